@@ -1,0 +1,288 @@
+"""Command-line and JSON arguments: four dataclasses, one parser, checks that run before any model is loaded.
+
+    python finetune.py recipes/llama2/qlora.json [more.json ...] [--flag value ...]
+
+JSON files set the defaults (later files win), flags given after them override.  Unknown keys, wrong types and
+impossible combinations raise `ArgumentError` naming the key, before anything heavy happens.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import transformers
+from transformers import HfArgumentParser
+
+logger = logging.getLogger(__name__)
+
+
+class ArgumentError(ValueError):
+    """A bad argument, file or combination: the message says what, where and how to fix it."""
+
+
+# Flags that transformers (or the seed scripts) have renamed: old name -> current name.
+ALIASES = {
+    "evaluation_strategy": "eval_strategy",
+    "max_seq_length": "model_max_length",
+    "max_length": "model_max_length",
+    "warmup_ratio": "warmup_steps",  # transformers 5: a float < 1 in warmup_steps is a ratio
+    "per_gpu_train_batch_size": "per_device_train_batch_size",
+    "per_gpu_eval_batch_size": "per_device_eval_batch_size",
+    "no_cuda": "use_cpu",
+}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Checkpoint folder (or hub id on a machine that can reach the hub)."})
+    family: str | None = field(
+        default=None, metadata={"help": "Model family (template, LoRA targets): llama2, qwen. "
+                                        "Default: from the checkpoint's config.json model_type."})
+    trainer: Literal["hf", "trl"] = field(default="hf", metadata={"help": "HF Trainer or TRL SFTTrainer."})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, flash_attention_2, ..."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped in the model folder."})
+
+
+@dataclass
+class DataArguments:
+    data_path: str | None = field(default=None, metadata={"help": "Training data: .json or .jsonl."})
+    eval_data_path: str | None = field(default=None, metadata={"help": "Optional evaluation data: .json or .jsonl."})
+    lazy_preprocess: bool = field(default=False, metadata={"help": "Tokenize samples when first used, not upfront."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
+
+
+@dataclass
+class LoraArguments:
+    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
+    q_lora: bool = field(default=False, metadata={"help": "Q-LoRA: LoRA on a 4-bit base (bitsandbytes NF4/FP4, "
+                                                          "or a GPTQ checkpoint as it is)."})
+    lora_r: int = 64
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "Module names to adapt; default: the family's list; 'all-linear' is "
+                                        "resolved to explicit names."})
+    lora_bias: Literal["none", "all", "lora_only"] = "none"
+    modules_to_save: list[str] | None = field(
+        default=None, metadata={"help": "Modules trained fully and saved with the adapter (e.g. embed_tokens lm_head)."})
+    use_dora: bool = False
+    use_rslora: bool = False
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
+        default="auto", metadata={"help": "auto: the training dtype (bf16/fp16/fp32)."})
+    bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
+    kbit_upcast: bool = field(
+        default=False, metadata={"help": "Use PEFT's prepare_model_for_kbit_training, which casts embeddings, norms "
+                                         "and lm_head to fp32 (about half the speed); default keeps the compute dtype."})
+
+
+@dataclass
+class TrainingArguments(transformers.TrainingArguments):
+    model_max_length: int = field(default=2048, metadata={"help": "Longer samples are truncated (and counted)."})
+    # Defaults that differ from transformers': see pitfalls #9, #14, #26.
+    gradient_checkpointing_kwargs: dict | str | None = field(default_factory=lambda: {"use_reentrant": False})
+    logging_nan_inf_filter: bool = False
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"])
+    report_to: None | str | list[str] = "none"
+
+
+DATACLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
+
+
+def _field_types() -> dict[str, tuple[type, object]]:
+    out = {}
+    for cls in DATACLASSES:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                out[f.name] = hints[f.name]
+    return out
+
+
+def _type_ok(value, hint) -> bool:
+    """Whether a JSON value fits a dataclass field's type (a small, strict check: 1 is not a bool, '1' not an int)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (list, typing.List):
+        (inner,) = typing.get_args(hint) or (object,)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value) or _type_ok(value, inner)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if isinstance(hint, type) and issubclass(hint, __import__("enum").Enum):
+        return value in [m.value for m in hint] or isinstance(value, hint)
+    return True  # anything exotic: let the dataclass check it
+
+
+def _describe(hint) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return str(hint).replace("typing.", "")
+
+
+def _canonical(key: str, where: str) -> str:
+    name = key.replace("-", "_")
+    if name in ALIASES:
+        logger.warning("%s: '%s' is an old name, use '%s' (accepted for now)", where, key, ALIASES[name])
+        print(f"warning: {where}: '{key}' is an old name, use '{ALIASES[name]}' (accepted for now)")
+        return ALIASES[name]
+    return name
+
+
+def read_json_args(path: str, known: dict) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ArgumentError(f"{path}: argument file not found")
+    try:
+        config = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ArgumentError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    if not isinstance(config, dict):
+        raise ArgumentError(f"{path}: must hold one JSON object of key: value arguments")
+    out = {}
+    for key, value in config.items():
+        name = _canonical(key, path)
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ArgumentError(f"{path}: unknown key '{key}'{hint}; see `python finetune.py --help`")
+        if not _type_ok(value, known[name]):
+            raise ArgumentError(f"{path}: key '{key}' must be {_describe(known[name])}, got {value!r}")
+        out[name] = value
+    return out
+
+
+def _rewrite_cli(argv: list[str]) -> list[str]:
+    out = []
+    for tok in argv:
+        if tok.startswith("--"):
+            flag, eq, val = tok[2:].partition("=")
+            if flag.replace("-", "_") in ALIASES:
+                tok = "--" + _canonical(flag, "command line") + eq + val
+        out.append(tok)
+    return out
+
+
+class _Parser(HfArgumentParser):
+    def error(self, message):  # argparse would print usage and exit; we want one clear error
+        raise ArgumentError(f"command line: {message}")
+
+
+def parse_args(argv: list[str] | None = None):
+    """Returns (model_args, data_args, lora_args, train_args), validated."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    json_files = []
+    while argv and not argv[0].startswith("-"):
+        if not argv[0].endswith(".json"):
+            raise ArgumentError(f"command line: '{argv[0]}' is neither a .json argument file nor a --flag")
+        json_files.append(argv.pop(0))
+    parser = _Parser(DATACLASSES)
+    known = _field_types()
+    defaults = {}
+    for path in json_files:
+        defaults.update(read_json_args(path, known))
+    for action in parser._actions:  # bool fields also have a --no_x action with the same dest
+        if action.dest in defaults:
+            action.default, action.required = defaults[action.dest], False
+    argv = _rewrite_cli(argv)
+    try:
+        model_args, data_args, lora_args, train_args = parser.parse_args_into_dataclasses(
+            args=argv, look_for_args_file=False)
+    except ArgumentError:
+        raise
+    except ValueError as e:  # raised by TrainingArguments.__post_init__ etc.
+        raise ArgumentError(f"arguments: {e}") from None
+    train_args._tunekit_sources = json_files
+    validate(model_args, data_args, lora_args, train_args)
+    return model_args, data_args, lora_args, train_args
+
+
+def is_distributed_launch() -> bool:
+    return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def validate(model_args, data_args, lora_args, train_args) -> None:
+    """Impossible combinations and missing files, before any model or data is loaded."""
+    if not model_args.model_name_or_path:
+        raise ArgumentError("--model_name_or_path is required (a checkpoint folder)")
+    if not data_args.data_path:
+        raise ArgumentError("--data_path is required (a .json or .jsonl file, see data/README.md)")
+    for key in ("data_path", "eval_data_path"):
+        path = getattr(data_args, key)
+        if path and not Path(path).is_file():
+            raise ArgumentError(f"--{key}: file not found: {path}")
+        if path and not path.endswith((".json", ".jsonl")):
+            raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
+    if lora_args.q_lora and not lora_args.use_lora:
+        raise ArgumentError("--q_lora trains LoRA adapters on a 4-bit model: add --use_lora "
+                            "(full fine-tuning of a quantized model is not possible)")
+    if not lora_args.use_lora:
+        for key in ("modules_to_save", "lora_target_modules"):
+            if getattr(lora_args, key):
+                raise ArgumentError(f"--{key} only applies with --use_lora")
+        if lora_args.use_dora or lora_args.use_rslora:
+            raise ArgumentError("--use_dora / --use_rslora only apply with --use_lora")
+    if lora_args.lora_r <= 0 or lora_args.lora_alpha <= 0:
+        raise ArgumentError("--lora_r and --lora_alpha must be positive")
+    if not 0 <= lora_args.lora_dropout < 1:
+        raise ArgumentError("--lora_dropout must be in [0, 1)")
+    if train_args.model_max_length < 2:
+        raise ArgumentError("--model_max_length must be at least 2")
+    if train_args.deepspeed:
+        ds = train_args.deepspeed
+        if isinstance(ds, str):
+            if not Path(ds).is_file():
+                raise ArgumentError(f"--deepspeed: config file not found: {ds}")
+            stage = json.loads(Path(ds).read_text()).get("zero_optimization", {}).get("stage", 0)
+        else:
+            stage = ds.get("zero_optimization", {}).get("stage", 0)
+        if stage == 3 and lora_args.q_lora:
+            raise ArgumentError("--deepspeed: ZeRO-3 cannot shard a 4-bit model; use ds_configs/zero2.json with --q_lora")
+        if not is_distributed_launch():
+            raise ArgumentError("--deepspeed needs a distributed launch: run `torchrun --nproc_per_node N finetune.py ...` "
+                                "(N=1 is fine), not plain `python`")
+    from .families import resolve_family  # reads only config.json
+
+    model_args.family = resolve_family(model_args.model_name_or_path, model_args.family)
+
+
+def to_jsonable(*dcs) -> dict:
+    out = {}
+    for dc in dcs:
+        for f in dataclasses.fields(dc):
+            if not f.init or f.name.startswith("_"):
+                continue
+            v = getattr(dc, f.name)
+            if hasattr(v, "value"):
+                v = v.value
+            try:
+                json.dumps(v)
+            except TypeError:
+                v = str(v)
+            out[f.name] = v
+    return out

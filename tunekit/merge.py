@@ -1,0 +1,122 @@
+"""Merge a LoRA adapter into its unquantized base and save a plain transformers model (sharded safetensors +
+tokenizer), checked against the adapter model on a probe batch, written to a temporary folder renamed into place.
+
+    python -m tunekit.merge --adapter out/llama2-qlora --output out/llama2-qlora-merged [--base /models/Llama-2-7b-hf]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .arguments import ArgumentError
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# The check's tolerance on logits; half precision rounds the merged weights, fp32 must agree closely.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.25, torch.float16: 0.05}
+
+
+def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
+    """PeftModel.from_pretrained on a bare base model.  On a model already wrapped by get_peft_model the adapter
+    would load as nothing, silently (pitfall #1), so that is refused."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if isinstance(base_model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in base_model.modules()):
+        raise ArgumentError("the base model already carries LoRA layers (get_peft_model was called on it): load the "
+                            "adapter onto a freshly loaded base model instead")
+    return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+
+
+def check_base(base: str) -> None:
+    cfg = Path(base) / "config.json"
+    if not cfg.is_file():
+        raise ArgumentError(f"--base: {base} has no config.json; pass the original (unquantized) model folder")
+    quant = json.loads(cfg.read_text()).get("quantization_config")
+    if quant:
+        raise ArgumentError(f"--base: {base} is quantized ({quant.get('quant_method', '?')}); a LoRA adapter cannot "
+                            "be merged into 4-bit or GPTQ weights. Pass the original unquantized model with --base")
+
+
+def probe_batch(tokenizer, n_tokens: int = 32) -> torch.Tensor:
+    text = "Fine-tuning check: the merged model must give the same logits as base plus adapter. " * 4
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens]
+    return torch.tensor([ids, ids[::-1]])
+
+
+@torch.no_grad()
+def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bfloat16",
+          max_shard_size: str = "2GB", overwrite: bool = False) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_cfg = Path(adapter) / "adapter_config.json"
+    if not adapter_cfg.is_file():
+        raise ArgumentError(f"--adapter: {adapter} has no adapter_config.json (is it a LoRA output folder?)")
+    base = base or json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ArgumentError("--base is required: the adapter does not record its base model")
+    check_base(base)
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise ArgumentError(f"--output: {out} already exists; pass --overwrite to replace it")
+
+    torch_dtype = DTYPES[dtype]
+    tokenizer = AutoTokenizer.from_pretrained(adapter)  # the tokenizer trained with the adapter, template included
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))  # before loading: the adapter carries the resized rows
+    model = load_adapter(model, adapter).eval()
+    probe = probe_batch(tokenizer)
+    expected = model(input_ids=probe).logits.float()
+    model = model.merge_and_unload(safe_merge=True)
+    got = model(input_ids=probe).logits.float()
+    diff = (got - expected).abs().max().item()
+    if diff > TOLERANCE[torch_dtype]:
+        raise RuntimeError(f"merged logits differ from the adapter model's by {diff:.3g} (> {TOLERANCE[torch_dtype]}); "
+                           "nothing was written")
+    if hasattr(model.config, "pretraining_tp"):
+        model.config.pretraining_tp = 1
+    model.config.use_cache = True
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report = {"base": base, "adapter": adapter, "output": str(out), "dtype": dtype, "probe_max_abs_diff": diff}
+    print(f"merged {adapter} into {base} -> {out} (probe logits max |diff| {diff:.2e})", flush=True)
+    return report
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adapter", required=True, help="folder written by finetune.py with --use_lora")
+    p.add_argument("--output", required=True, help="folder for the merged model")
+    p.add_argument("--base", help="the unquantized base model (default: the one recorded in the adapter)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
+    p.add_argument("--max_shard_size", default="2GB")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        merge(a.adapter, a.output, a.base, a.dtype, a.max_shard_size, a.overwrite)
+    except ArgumentError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

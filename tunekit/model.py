@@ -1,0 +1,222 @@
+"""Loading the tokenizer and the model, and the three branches: full fine-tuning, LoRA, Q-LoRA.
+
+Q-LoRA's branch is chosen from the checkpoint's own config.json: an unquantized checkpoint is quantized on load with
+bitsandbytes (NF4/FP4); a checkpoint whose `quantization_config` says GPTQ is trained as it is (see `_gptq_kwargs`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import nn
+
+from .arguments import ArgumentError
+from .families import Family, read_config
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8}
+
+
+def train_dtype(train_args) -> torch.dtype:
+    return torch.bfloat16 if train_args.bf16 else torch.float16 if train_args.fp16 else torch.float32
+
+
+def load_tokenizer(model_args, family: Family):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    if not tok.chat_template:  # e.g. a base (non-chat) checkpoint: use the family's, and save it with the adapter
+        tok.chat_template = family.chat_template
+    if tok.pad_token is None:
+        vocab = tok.get_vocab()
+        tok.pad_token = family.pad_token if family.pad_token in vocab else (tok.unk_token or tok.eos_token)
+    tok.padding_side = "right"  # training; generation uses a left-padded copy
+    return tok
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def bnb_config(lora_args, compute_dtype):
+    from transformers import BitsAndBytesConfig  # bitsandbytes itself is imported by transformers on load
+
+    if lora_args.bnb_4bit_compute_dtype != "auto":
+        compute_dtype = DTYPES[lora_args.bnb_4bit_compute_dtype]
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=lora_args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=lora_args.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=DTYPES[lora_args.bnb_4bit_quant_storage],
+    )
+
+
+def _gptq_kwargs(model_args, lora_args, quant_config):
+    # The GPTQ branch (LoRA on an already-quantized checkpoint) is added with the Qwen recipe; it loads through
+    # transformers' GPTQ integration with a backend that can train and refuses a second quantization on top.
+    raise ArgumentError(f"{model_args.model_name_or_path} is a GPTQ checkpoint; training GPTQ checkpoints is not "
+                        "supported yet. Use the unquantized checkpoint with --q_lora (bitsandbytes NF4) instead")
+
+
+def quantization_kwargs(model_args, lora_args, dtype) -> dict:
+    """from_pretrained kwargs for the quantized branches; {} for full fine-tuning and LoRA."""
+    existing = read_config(model_args.model_name_or_path).get("quantization_config")
+    if existing:
+        method = existing.get("quant_method", "?")
+        if not lora_args.q_lora:
+            raise ArgumentError(f"{model_args.model_name_or_path} is already quantized ({method}): "
+                                "train it with --use_lora --q_lora")
+        if method == "gptq":
+            return _gptq_kwargs(model_args, lora_args, existing)
+        if method == "bitsandbytes":
+            return {}  # pre-quantized bitsandbytes checkpoint: loads as saved
+        raise ArgumentError(f"{model_args.model_name_or_path}: quantization method '{method}' is not supported")
+    if lora_args.q_lora:
+        return {"quantization_config": bnb_config(lora_args, dtype)}
+    return {}
+
+
+def load_model(model_args, lora_args, train_args, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    dtype = train_dtype(train_args)
+    if not lora_args.use_lora:
+        dtype = torch.float32  # full fine-tuning keeps fp32 master weights; bf16/fp16 run under autocast
+    kwargs = quantization_kwargs(model_args, lora_args, dtype)
+    if kwargs and torch.cuda.is_available():
+        kwargs["device_map"] = {"": _local_rank()}  # one whole model per rank; "auto" would split it (pitfall #18)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation,
+        trust_remote_code=model_args.trust_remote_code, **kwargs)
+    model.config.use_cache = False  # training never reuses a KV cache
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    return model
+
+
+def is_quantized(model) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+                or getattr(model, "quantization_method", None) or getattr(model.config, "quantization_config", None))
+
+
+def prepare_kbit_model(model, lora_args, train_args):
+    """Make a 4-bit model trainable.  PEFT's prepare_model_for_kbit_training casts every non-quantized weight
+    (embeddings, norms, lm_head) to fp32, so the whole residual stream runs in fp32: half the speed on an H100.
+    Here the frozen weights stay in the compute dtype; the LoRA weights are fp32 (PEFT's autocast_adapter_dtype)."""
+    if lora_args.kbit_upcast:
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train_args.gradient_checkpointing,
+            gradient_checkpointing_kwargs=train_args.gradient_checkpointing_kwargs)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if train_args.gradient_checkpointing:
+        # Only needed by reentrant checkpointing, harmless otherwise: gives the checkpointed blocks an input that
+        # requires grad so LoRA weights inside them get gradients (pitfall #9).
+        model.enable_input_require_grads()
+    return model
+
+
+def linear_module_names(model) -> list[str]:
+    """Leaf names of every linear-like layer except the output head (nn.Linear, bnb 4-bit, GPTQ kernels)."""
+    head = model.get_output_embeddings()
+    names = set()
+    for name, module in model.named_modules():
+        if module is head or not name:
+            continue
+        if isinstance(module, nn.Linear) or hasattr(module, "qweight"):
+            names.add(name.split(".")[-1])
+    return sorted(names)
+
+
+def resolve_targets(model, requested, family: Family) -> list[str]:
+    present = linear_module_names(model)
+    if not requested:
+        targets = [t for t in family.lora_targets if t in present]
+    elif requested == ["all-linear"]:
+        targets = present
+    else:
+        targets = list(requested)
+    missing = [t for t in targets if t not in present]
+    if missing or not targets:
+        raise ArgumentError(f"--lora_target_modules: {missing or targets} not found among this model's linear "
+                            f"layers: {present}")
+    return targets
+
+
+def apply_lora(model, lora_args, train_args, family: Family):
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
+        raise ArgumentError("the model already carries LoRA layers; load a trained adapter with "
+                            "PeftModel.from_pretrained on a bare base model, never after get_peft_model")
+    if is_quantized(model):
+        model = prepare_kbit_model(model, lora_args, train_args)
+    elif train_args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    targets = resolve_targets(model, lora_args.lora_target_modules, family)
+    config = LoraConfig(
+        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
+        target_modules=targets, bias=lora_args.lora_bias, modules_to_save=lora_args.modules_to_save,
+        use_dora=lora_args.use_dora, use_rslora=lora_args.use_rslora, task_type="CAUSAL_LM")
+    model = get_peft_model(model, config)
+    return model
+
+
+def expected_trainable(model, lora_args) -> tuple[int, int]:
+    """(expected trainable parameters, adapted layers): r × (in + out) per adapted layer, plus DoRA magnitudes,
+    biases and fully trained modules."""
+    from peft.tuners.lora import LoraLayer
+
+    r, total, layers = lora_args.lora_r, 0, 0
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            base = module.get_base_layer()
+            fan_in, fan_out = base.in_features, base.out_features
+            total += r * (fan_in + fan_out) + (fan_out if lora_args.use_dora else 0)
+            if lora_args.lora_bias == "lora_only" and getattr(base, "bias", None) is not None:
+                total += fan_out
+            layers += 1
+    for name, p in model.named_parameters():
+        if "modules_to_save" in name and p.requires_grad:
+            total += p.numel()
+        elif lora_args.lora_bias == "all" and name.endswith(".bias") and "lora_" not in name:
+            total += p.numel()
+    return total, layers
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":  # packed: two 4-bit values per byte
+            n *= 2 * (p.element_size() if hasattr(p, "element_size") else 1)
+        total += n
+    return trainable, total
+
+
+def build_model(model_args, lora_args, train_args, tokenizer, family: Family):
+    """The model to train, with its trainable-parameter report (checked against the LoRA arithmetic)."""
+    model = load_model(model_args, lora_args, train_args, tokenizer)
+    if lora_args.use_lora:
+        model = apply_lora(model, lora_args, train_args, family)
+    trainable, total = count_parameters(model)
+    report = {"trainable_params": trainable, "all_params": total}
+    line = f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+    if lora_args.use_lora:
+        expected, layers = expected_trainable(model, lora_args)
+        if expected != trainable:
+            raise RuntimeError(f"trainable parameters {trainable:,} != expected {expected:,} from r × (in + out) over "
+                               f"{layers} adapted layers: some weights are unexpectedly trainable or frozen")
+        line += f" || = r × (in + out) over {layers} adapted layers"
+        report["adapted_layers"] = layers
+    if trainable == 0:
+        raise RuntimeError("nothing to train: no parameter requires a gradient")
+    print(line, flush=True)
+    return model, report

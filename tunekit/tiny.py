@@ -1,0 +1,95 @@
+"""The embedded default: a tiny random model of a family's real architecture, with a small tokenizer trained offline
+on the texts in data/ that carries the family's real special tokens and chat template.  Built once, cached.
+
+    python -m tunekit.tiny llama2 [--out .cache/tiny/llama2]      # prints the folder
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from .data import load_records
+from .families import Family, get_family
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = ROOT / "data"
+VOCAB_SIZE = 1200
+
+
+def corpus(data_dir: Path = DATA_DIR):
+    for path in sorted(data_dir.glob("*.json*")):
+        for rec in load_records(str(path)):
+            if "text" in rec:
+                yield rec["text"]
+            else:
+                yield from (m["content"] for m in rec["messages"])
+
+
+def train_tokenizer(family: Family, texts):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if family.name == "llama2":  # sentencepiece-style BPE with byte fallback, ids 0/1/2 = <unk>/<s>/</s> as in Llama-2
+        specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+        tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+        tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                        decoders.Strip(" ", 1, 0)])
+        trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False)
+        tk.train_from_iterator(texts, trainer)
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                          special_tokens=[("<s>", tk.token_to_id("<s>"))])
+    else:  # byte-level BPE as GPT-2/Qwen2, with the family's special tokens after the vocabulary
+        tk = Tokenizer(models.BPE())
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                      show_progress=False)
+        tk.train_from_iterator(texts, trainer)
+        tk.add_special_tokens(list(family.extra_special_tokens))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, chat_template=family.chat_template,
+                                  pad_token=family.pad_token, **family.special_tokens)
+    return tok
+
+
+def build(family_name: str, out: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    out = Path(out)
+    if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
+        return out
+    family = get_family(family_name)
+    tok = train_tokenizer(family, list(corpus()))
+    shape = dict(family.tiny_config)
+    config = AutoConfig.for_model(shape.pop("model_type"), vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **shape)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                               pad_token_id=tok.pad_token_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("family")
+    p.add_argument("--out", default=None, help="default: .cache/tiny/<family>")
+    a = p.parse_args(argv)
+    print(build(a.family, Path(a.out or ROOT / ".cache" / "tiny" / a.family)))
+
+
+if __name__ == "__main__":
+    main()
