@@ -13,7 +13,8 @@ from tunekit.model import build_model, load_tokenizer
 from tunekit.training import build_trainer, plot_loss, print_summary, summarize, write_json
 
 
-def main(argv=None) -> dict:
+def main(argv=None):
+    """Runs one fine-tuning job; returns the trainer (its `tunekit_summary` holds the run summary)."""
     model_args, data_args, lora_args, train_args = parse_args(argv)  # checks everything it can before loading
     family = get_family(model_args.family)
     tokenizer = load_tokenizer(model_args, family)
@@ -37,7 +38,8 @@ def main(argv=None) -> dict:
         write_json(out / "run_summary.json", summary)
         plot_loss(trainer.state.log_history, out / "loss_curve.png")
         print_summary(summary, str(out))
-    return summary
+    trainer.tunekit_summary = summary
+    return trainer
 
 
 if __name__ == "__main__":

@@ -147,7 +147,6 @@ def _canonical(key: str, where: str) -> str:
     name = key.replace("-", "_")
     if name in ALIASES:
         logger.warning("%s: '%s' is an old name, use '%s' (accepted for now)", where, key, ALIASES[name])
-        print(f"warning: {where}: '{key}' is an old name, use '{ALIASES[name]}' (accepted for now)")
         return ALIASES[name]
     return name
 
@@ -209,66 +208,72 @@ def parse_args(argv: list[str] | None = None):
     for action in parser._actions:  # bool fields also have a --no_x action with the same dest
         if action.dest in defaults:
             action.default, action.required = defaults[action.dest], False
-    argv = _rewrite_cli(argv)
-    try:
-        model_args, data_args, lora_args, train_args = parser.parse_args_into_dataclasses(
-            args=argv, look_for_args_file=False)
-    except ArgumentError:
-        raise
-    except ValueError as e:  # raised by TrainingArguments.__post_init__ etc.
-        raise ArgumentError(f"arguments: {e}") from None
-    train_args._tunekit_sources = json_files
-    validate(model_args, data_args, lora_args, train_args)
-    return model_args, data_args, lora_args, train_args
+    namespace, unknown = parser.parse_known_args(args=_rewrite_cli(argv))
+    if unknown:
+        flags = [u for u in unknown if u.startswith("-")] or unknown
+        close = difflib.get_close_matches(flags[0].lstrip("-").replace("-", "_"), known, n=1)
+        hint = f" (did you mean '--{close[0]}'?)" if close else ""
+        raise ArgumentError(f"command line: unknown argument {flags[0]}{hint}; see `python finetune.py --help`")
+    validate(namespace)  # before the dataclasses: TrainingArguments starts torch.distributed for DeepSpeed
+    outputs = []
+    for cls in DATACLASSES:
+        keys = {f.name for f in dataclasses.fields(cls) if f.init}
+        try:
+            outputs.append(cls(**{k: v for k, v in vars(namespace).items() if k in keys}))
+        except ValueError as e:  # raised by TrainingArguments.__post_init__ etc.
+            raise ArgumentError(f"arguments: {e}") from None
+    return tuple(outputs)
 
 
 def is_distributed_launch() -> bool:
     return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def validate(model_args, data_args, lora_args, train_args) -> None:
-    """Impossible combinations and missing files, before any model or data is loaded."""
-    if not model_args.model_name_or_path:
+def validate(a) -> None:
+    """Impossible combinations and missing files, before any model or data is loaded (a: the parsed namespace)."""
+    if not a.model_name_or_path:
         raise ArgumentError("--model_name_or_path is required (a checkpoint folder)")
-    if not data_args.data_path:
+    if not a.data_path:
         raise ArgumentError("--data_path is required (a .json or .jsonl file, see data/README.md)")
     for key in ("data_path", "eval_data_path"):
-        path = getattr(data_args, key)
+        path = getattr(a, key)
         if path and not Path(path).is_file():
             raise ArgumentError(f"--{key}: file not found: {path}")
         if path and not path.endswith((".json", ".jsonl")):
             raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
-    if lora_args.q_lora and not lora_args.use_lora:
+    if not a.eval_data_path and str(a.eval_strategy) not in ("no", "IntervalStrategy.NO"):
+        print(f"note: no --eval_data_path, so --eval_strategy {a.eval_strategy} is turned off")
+        a.eval_strategy = "no"
+    if a.q_lora and not a.use_lora:
         raise ArgumentError("--q_lora trains LoRA adapters on a 4-bit model: add --use_lora "
                             "(full fine-tuning of a quantized model is not possible)")
-    if not lora_args.use_lora:
+    if not a.use_lora:
         for key in ("modules_to_save", "lora_target_modules"):
-            if getattr(lora_args, key):
+            if getattr(a, key):
                 raise ArgumentError(f"--{key} only applies with --use_lora")
-        if lora_args.use_dora or lora_args.use_rslora:
+        if a.use_dora or a.use_rslora:
             raise ArgumentError("--use_dora / --use_rslora only apply with --use_lora")
-    if lora_args.lora_r <= 0 or lora_args.lora_alpha <= 0:
+    if a.lora_r <= 0 or a.lora_alpha <= 0:
         raise ArgumentError("--lora_r and --lora_alpha must be positive")
-    if not 0 <= lora_args.lora_dropout < 1:
+    if not 0 <= a.lora_dropout < 1:
         raise ArgumentError("--lora_dropout must be in [0, 1)")
-    if train_args.model_max_length < 2:
+    if a.model_max_length < 2:
         raise ArgumentError("--model_max_length must be at least 2")
-    if train_args.deepspeed:
-        ds = train_args.deepspeed
-        if isinstance(ds, str):
-            if not Path(ds).is_file():
-                raise ArgumentError(f"--deepspeed: config file not found: {ds}")
-            stage = json.loads(Path(ds).read_text()).get("zero_optimization", {}).get("stage", 0)
-        else:
-            stage = ds.get("zero_optimization", {}).get("stage", 0)
-        if stage == 3 and lora_args.q_lora:
+    if a.deepspeed:
+        if not Path(a.deepspeed).is_file():
+            raise ArgumentError(f"--deepspeed: config file not found: {a.deepspeed}")
+        try:
+            ds = json.loads(Path(a.deepspeed).read_text())
+        except json.JSONDecodeError as e:
+            raise ArgumentError(f"{a.deepspeed}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        if ds.get("zero_optimization", {}).get("stage", 0) == 3 and a.q_lora:
             raise ArgumentError("--deepspeed: ZeRO-3 cannot shard a 4-bit model; use ds_configs/zero2.json with --q_lora")
         if not is_distributed_launch():
             raise ArgumentError("--deepspeed needs a distributed launch: run `torchrun --nproc_per_node N finetune.py ...` "
                                 "(N=1 is fine), not plain `python`")
     from .families import resolve_family  # reads only config.json
 
-    model_args.family = resolve_family(model_args.model_name_or_path, model_args.family)
+    a.family = resolve_family(a.model_name_or_path, a.family)
 
 
 def to_jsonable(*dcs) -> dict:

@@ -167,13 +167,25 @@ class Stats:
 
 
 def tokenize_sample(sample: dict, tokenizer, family: Family, max_length: int) -> tuple[dict, bool]:
-    input_ids, labels = [], []
-    for text, trained in render_segments(sample, tokenizer, family):
-        if not text:
-            continue
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # the template already holds BOS/EOS
-        input_ids += ids
-        labels += ids if trained else [IGNORE_INDEX] * len(ids)
+    """Tokenize the whole rendering at once (exactly the ids inference sees, no double BOS: the template already
+    holds BOS/EOS) and label each token whose first character lies in a trained segment."""
+    segs = [(t, trained) for t, trained in render_segments(sample, tokenizer, family) if t]
+    if not tokenizer.is_fast:  # no offsets: tokenize segment by segment
+        input_ids, labels = [], []
+        for text, trained in segs:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            input_ids += ids
+            labels += ids if trained else [IGNORE_INDEX] * len(ids)
+    else:
+        spans, pos = [], 0
+        for text, trained in segs:
+            if trained:
+                spans.append((pos, pos + len(text)))
+            pos += len(text)
+        enc = tokenizer("".join(t for t, _ in segs), add_special_tokens=False, return_offsets_mapping=True)
+        input_ids = enc["input_ids"]
+        labels = [i if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+                  for i, (start, _) in zip(input_ids, enc["offset_mapping"])]
     truncated = len(input_ids) > max_length
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}, truncated
 

@@ -1,0 +1,31 @@
+# Everything runs through the virtualenv that `make install` creates (once; redone when requirements.txt changes).
+# MODEL=/path/to/checkpoint runs a recipe on a real model; with no MODEL, on the embedded tiny default (CPU).
+PYTHON := .venv/bin/python
+MODEL ?=
+export PYTHON MODEL
+
+.PHONY: install test llama2-qlora llama2-lora llama2-full llama2-merge bench-smoke clean
+
+install: .venv/.installed
+
+.venv/.installed: requirements.txt
+	test -x $(PYTHON) || python3 -m venv --system-site-packages .venv
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
+	$(PYTHON) -m pip install -q -r requirements.txt
+	touch $@
+
+test: install
+	$(PYTHON) -m pytest -q tests
+
+llama2-qlora llama2-lora llama2-full: llama2-%: install
+	bash recipes/llama2/train.sh $*
+	@if [ "$*" != full ]; then bash recipes/llama2/merge.sh out/llama2-$*; fi
+
+llama2-merge: install
+	bash recipes/llama2/merge.sh $(or $(ADAPTER),out/llama2-qlora)
+
+bench-smoke: install
+	$(PYTHON) bench/run.py --suite llama2-qlora --shape tiny --out out/bench-smoke
+
+clean:
+	rm -rf out .cache

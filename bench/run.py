@@ -1,0 +1,379 @@
+"""Benchmark runner: the project's recipe against the seed-style baseline, in one process tree on one machine.
+
+    python bench/run.py --suite llama2-qlora [--shape llama2-7b|tiny] [--out DIR] [--skip-recipe] [--merge]
+                        [--all-baselines] [--save NAME]
+
+Steps, each child in its own process (so peak memory is per run):
+  a. build the random-weight checkpoint once under $TMPDIR (with a tokenizer where each word t{i} is one token);
+  b. run the shared reference baseline (bench/reference/baseline_seed_style.py, copied from /work/shared/gpu/ when
+     missing; git-ignored, never committed) for the suite's baseline run, when present (llama2-7b shape, CUDA);
+  c. run our bench/baseline.py for the same run (and, with --all-baselines, for its other runs);
+  d. run the project's recipe (`bash recipes/<family>/train.sh <method> ...`, 50 steps) on a jsonl file of the same
+     lengths, and take its steady-state tokens/s from steps 21..50 of the run_summary.json it writes;
+  e. with --merge, `bash recipes/<family>/merge.sh ADAPTER OUTPUT` (failure is recorded, not raised);
+  f. write DIR/<suite>-<shape>.json and DIR/run.log, and regenerate BENCHMARKS.md from bench/results/*.json
+     (with --save NAME, this run's JSON is first kept as bench/results/NAME.json).
+A step that fails is recorded in the JSON and the runner goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(BENCH_DIR))
+
+import baseline  # noqa: E402  (bench/baseline.py: shapes, runs, workload, checkpoint)
+import report  # noqa: E402
+
+REFERENCE_SOURCE = Path("/work/shared/gpu/baseline_seed_style.py")
+REFERENCE = BENCH_DIR / "reference" / "baseline_seed_style.py"
+LOG_TAIL_CHARS = 3000
+
+
+@dataclass(frozen=True)
+class Suite:
+    family: str
+    method: str  # recipes/<family>/<method>.json through recipes/<family>/train.sh
+    baseline_run: str  # the bench/baseline.py run the recipe is compared with (and the reference reproduced on)
+    other_baseline_runs: tuple[str, ...] = ()
+
+
+SUITES = {
+    "llama2-qlora": Suite("llama2", "qlora", "qlora-seed-qv-r64-bs4",
+                          ("qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4")),
+}
+
+
+# ---------------------------------------------------------------------------------------------- child processes
+
+class Log:
+    """Everything the children print, prefixed, to our stdout and to one combined log file."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("w", encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        self.file.write(line)
+        self.file.flush()
+
+
+def run_child(label: str, command: list[str], log: Log, timeout_s: float, env: dict | None = None) -> dict:
+    """Runs one child in its own process group; returns rc, seconds, whether it timed out, and its output lines."""
+    log.write(f"\n==> [{label}] {shlex.join(command)}\n")
+    started = time.time()
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    try:
+        process = subprocess.Popen(command, cwd=ROOT, env=child_env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+    except OSError as error:
+        log.write(f"[{label}] could not start: {error}\n")
+        return {"rc": None, "seconds": 0.0, "timed_out": False, "lines": [], "error": str(error)}
+    timed_out = threading.Event()
+
+    def kill_group():
+        timed_out.set()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    timer = threading.Timer(timeout_s, kill_group)
+    timer.start()
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            log.write(f"[{label}] {line}")
+        process.wait()
+    finally:
+        timer.cancel()
+    seconds = round(time.time() - started, 1)
+    log.write(f"<== [{label}] rc={process.returncode} in {seconds}s"
+              + (f" (killed after {timeout_s:.0f}s)" if timed_out.is_set() else "") + "\n")
+    return {"rc": process.returncode, "seconds": seconds, "timed_out": timed_out.is_set(), "lines": lines}
+
+
+def tagged_json(lines: list[str], tag: str) -> list[dict]:
+    out = []
+    for line in lines:
+        if line.startswith(tag + " "):
+            try:
+                out.append(json.loads(line[len(tag) + 1:]))
+            except json.JSONDecodeError:
+                pass
+    return out
+
+
+def failure_text(child: dict) -> str:
+    if child.get("error"):
+        return child["error"]
+    if child["timed_out"]:
+        return f"timed out after {child['seconds']:.0f}s"
+    failed = [line.strip() for line in child["lines"] if line.startswith("FAILED ")]
+    if failed:
+        return failed[-1][:500]
+    tail = [line.strip() for line in child["lines"] if line.strip()][-3:]
+    return f"exit code {child['rc']}: " + " | ".join(tail)[-500:]
+
+
+def baseline_row(child: dict, name: str, implementation: str) -> dict:
+    results = [r for r in tagged_json(child["lines"], "RESULT") if r.get("name") == name]
+    if results:
+        return {**results[-1], "implementation": implementation, "status": "ok", "wall_s": child["seconds"]}
+    return {"name": name, "implementation": implementation, "status": "failed", "error": failure_text(child),
+            "wall_s": child["seconds"], "log_tail": "".join(child["lines"])[-LOG_TAIL_CHARS:]}
+
+
+# ---------------------------------------------------------------------------------------------- the recipe
+
+def write_workload(path: Path, vocab_size: int) -> dict:
+    """The baseline's samples as {"text": "t12 t345 ..."} lines, each 2 words shorter: the engine adds BOS and EOS."""
+    samples = baseline.sample_workload(vocab_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for ids in samples:
+            out.write(json.dumps({"text": " ".join(f"t{i}" for i in ids[:-2])}) + "\n")
+    lengths = [len(ids) for ids in samples]
+    return {"path": str(path), "samples": len(samples), "tokens_with_bos_eos": sum(lengths),
+            "max_tokens": max(lengths)}
+
+
+def steady_state(summary: dict, warmup: int, total: int) -> dict:
+    """Tokens/s over optimizer steps warmup+1..total from the engine's per-step lists."""
+    times, tokens = summary.get("step_times") or [], summary.get("step_tokens") or []
+    if len(times) < total or len(tokens) < total:
+        raise ValueError(f"run_summary.json has {len(times)} step times and {len(tokens)} step token counts; "
+                         f"need {total}")
+    seconds, real = sum(times[warmup:total]), sum(tokens[warmup:total])
+    return {"seconds": round(seconds, 2), "real_tokens": real, "tokens_per_s": round(real / seconds)}
+
+
+RECIPE_CONFIG_KEYS = ("q_lora", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
+                      "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "kbit_upcast", "optim", "bf16",
+                      "gradient_checkpointing", "per_device_train_batch_size", "gradient_accumulation_steps",
+                      "model_max_length", "trainer", "attn_implementation", "packing", "group_by_length")
+
+
+def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on_gpu: bool, log: Log,
+               timeout_s: float) -> dict:
+    name = f"recipe-{suite.family}-{suite.method}"
+    output_dir = work_dir / name
+    shutil.rmtree(output_dir, ignore_errors=True)
+    flags = ["--model_name_or_path", checkpoint, "--data_path", str(workload), "--output_dir", str(output_dir),
+             "--max_steps", str(baseline.TOTAL_STEPS), "--report_to", "none",
+             "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+             "--eval_data_path", "", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10"]
+    if not on_gpu:  # the CPU smoke test: no bitsandbytes, no bf16
+        flags += ["--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch"]
+    script = f"recipes/{suite.family}/train.sh"
+    command = ["bash", script, suite.method, *flags]
+    # train.sh reads MODEL/DATA/OUTPUT_DIR (an empty MODEL means its tiny CPU default), and PYTHON.
+    env = {"MODEL": checkpoint, "DATA": str(workload), "OUTPUT_DIR": str(output_dir), "PYTHON": sys.executable}
+    row = {"name": name, "implementation": "recipe", "command": shlex.join(command), "output_dir": str(output_dir)}
+    if not (ROOT / script).is_file():
+        return {**row, "status": "failed", "error": f"{script} does not exist yet"}
+    child = run_child(name, command, log, timeout_s, env)
+    row["wall_s"] = child["seconds"]
+    summary_path = output_dir / "run_summary.json"
+    if child["rc"] != 0 or not summary_path.is_file():
+        return {**row, "status": "failed", "error": failure_text(child) if child["rc"] != 0 else
+                f"exit code 0 but no {summary_path}", "log_tail": "".join(child["lines"])[-LOG_TAIL_CHARS:]}
+    summary = json.loads(summary_path.read_text())
+    try:
+        steady = steady_state(summary, baseline.WARMUP_STEPS, baseline.TOTAL_STEPS)
+    except ValueError as error:
+        return {**row, "status": "failed", "error": str(error), "summary": summary}
+    config = {}
+    args_path = output_dir / "finetune_args.json"
+    if args_path.is_file():
+        recorded = json.loads(args_path.read_text())
+        config = {key: recorded[key] for key in RECIPE_CONFIG_KEYS if key in recorded}
+    return {**row, "status": "ok", "steps": baseline.TOTAL_STEPS - baseline.WARMUP_STEPS, **steady,
+            "peak_gib": summary.get("peak_gib"), "trainable_params": summary.get("trainable_params"),
+            "final_loss": summary.get("final_loss"), "train_runtime_s": summary.get("train_runtime_s"),
+            "whole_run_tokens_per_s": summary.get("tokens_per_s"), "whole_run_real_tokens": summary.get("real_tokens"),
+            "data_stats": {key: summary[key] for key in ("samples", "truncated", "dropped") if key in summary},
+            "config": config,
+            "note": "peak over the whole run; " + ", ".join(f"{k}={v}" for k, v in config.items()
+                                                             if k in ("lora_r", "lora_alpha", "lora_target_modules",
+                                                                      "bnb_4bit_use_double_quant", "kbit_upcast",
+                                                                      "trainer"))}
+
+
+def run_merge(suite: Suite, recipe: dict, work_dir: Path, log: Log, timeout_s: float) -> dict:
+    script = f"recipes/{suite.family}/merge.sh"
+    output = work_dir / f"merged-{suite.family}-{suite.method}"
+    command = ["bash", script, recipe.get("output_dir", ""), str(output)]
+    row = {"command": shlex.join(command)}
+    if recipe.get("status") != "ok":
+        return {**row, "status": "skipped: the recipe run failed"}
+    if not (ROOT / script).is_file():
+        return {**row, "status": f"failed: {script} does not exist yet"}
+    shutil.rmtree(output, ignore_errors=True)
+    env = {"ADAPTER": recipe["output_dir"], "OUTPUT": str(output), "OUT": str(output), "PYTHON": sys.executable}
+    child = run_child("merge", command, log, timeout_s, env)
+    ok = child["rc"] == 0 and (output / "config.json").is_file()
+    result = {**row, "status": "ok" if ok else "failed: " + failure_text(child), "seconds": child["seconds"]}
+    if not ok:
+        result["log_tail"] = "".join(child["lines"])[-LOG_TAIL_CHARS:]
+    shutil.rmtree(output, ignore_errors=True)  # a merged 7B is 13.5 GB of /tmp
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def git_commit() -> str | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (commit + ("-dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def ensure_reference() -> bool:
+    if not REFERENCE.is_file() and REFERENCE_SOURCE.is_file():
+        REFERENCE.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REFERENCE_SOURCE, REFERENCE)
+    return REFERENCE.is_file()
+
+
+def add_ratios(rows: list[dict], ours_by_name: dict, compare_with: str) -> None:
+    for row in rows:
+        if row.get("status") != "ok":
+            continue
+        ours = ours_by_name.get(compare_with if row["implementation"] == "recipe" else row["name"])
+        if not ours:
+            continue
+        row["compared_with"] = ours["name"]
+        row["tokens_per_s_vs_ours"] = round(row["tokens_per_s"] / ours["tokens_per_s"], 3)
+        row["same_real_tokens_as_ours"] = row["real_tokens"] == ours["real_tokens"]  # same batches in the same order
+        if row.get("peak_gib") and ours.get("peak_gib"):
+            row["peak_vs_ours"] = round(row["peak_gib"] / ours["peak_gib"], 3)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", choices=sorted(SUITES), required=True)
+    parser.add_argument("--shape", choices=sorted(baseline.SHAPES), default="llama2-7b")
+    parser.add_argument("--out", help="folder for <suite>-<shape>.json and run.log (default: out/bench/<suite>-<shape>)")
+    parser.add_argument("--checkpoint", help="checkpoint folder (default: under $TMPDIR; built if missing)")
+    parser.add_argument("--skip-reference", action="store_true", help="do not run the shared reference script")
+    parser.add_argument("--skip-recipe", action="store_true", help="only the checkpoint and the baselines (a-c)")
+    parser.add_argument("--all-baselines", action="store_true",
+                        help="also run our baseline's other runs (all-linear NF4 and bf16 LoRA)")
+    parser.add_argument("--merge", action="store_true", help="also run the recipe's merge.sh on its adapter")
+    parser.add_argument("--child-timeout", type=float, default=420, help="seconds before a child is killed")
+    parser.add_argument("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
+    args = parser.parse_args(argv)
+
+    started = time.time()
+    suite = SUITES[args.suite]
+    key = f"{args.suite}-{args.shape}"
+    out_dir = Path(args.out or ROOT / "out" / "bench" / key).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(baseline.tmp_root()) / f"tunekit-bench-{args.shape}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.checkpoint or baseline.default_checkpoint(args.shape)
+    log = Log(out_dir / "run.log")
+    python = sys.executable
+    ours_script = str(BENCH_DIR / "baseline.py")
+    shape_flags = ["--shape", args.shape, "--checkpoint", checkpoint]
+    result = {"suite": args.suite, "shape": args.shape, "command": shlex.join(["python", "bench/run.py",
+                                                                                *(argv or sys.argv[1:])]),
+              "git_commit": git_commit(), "checkpoint": checkpoint, "runs": []}
+
+    def finish() -> int:
+        result["runner_seconds"] = round(time.time() - started, 1)
+        result["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        json_path = out_dir / f"{key}.json"
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        if args.save:
+            report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(json_path, report.RESULTS_DIR / f"{args.save}.json")
+        report.write_benchmarks()
+        log.write(f"\nwrote {json_path} and {report.BENCHMARKS} in {result['runner_seconds']}s\n")
+        summary = [(r["name"], r["implementation"], r.get("status"), r.get("tokens_per_s"), r.get("peak_gib"),
+                    r.get("tokens_per_s_vs_ours")) for r in result["runs"]]
+        for row in summary:
+            log.write("SUMMARY " + json.dumps(row) + "\n")
+        if result.get("reproduction"):
+            log.write("REPRODUCTION " + json.dumps(result["reproduction"]) + "\n")
+        return 0 if all(r.get("status") == "ok" for r in result["runs"]) else 1
+
+    # a. the checkpoint (and a description of the machine), in a child so the GPU is free again afterwards
+    prepare = run_child("prepare", [python, ours_script, *shape_flags, "--prepare"], log, args.child_timeout)
+    described = tagged_json(prepare["lines"], "ENV")
+    if not described:
+        result["error"] = "could not build the checkpoint: " + failure_text(prepare)
+        result["prepare_log_tail"] = "".join(prepare["lines"])[-LOG_TAIL_CHARS:]
+        return finish()
+    env_info = described[-1]
+    result["environment"] = {k: v for k, v in env_info.items() if k not in ("checkpoint", "built", "seconds")}
+    result["checkpoint_build_s"] = env_info.get("seconds")
+    on_gpu = env_info.get("device") not in (None, "cpu")
+
+    # b. the shared reference, for the suite's baseline run
+    if args.skip_reference:
+        result["reference"] = "skipped (--skip-reference)"
+    elif not ensure_reference():
+        result["reference"] = f"skipped: {REFERENCE} is missing"
+    elif args.shape != "llama2-7b" or not on_gpu:
+        result["reference"] = "skipped: the reference hard-codes the llama2-7b shape and needs CUDA"
+    else:
+        child = run_child("reference", [python, str(REFERENCE), suite.baseline_run], log, args.child_timeout,
+                          {"BASELINE_CKPT": checkpoint})
+        result["runs"].append(baseline_row(child, suite.baseline_run, "reference"))
+
+    # c. our baseline, each run in its own process
+    ours_runs = [suite.baseline_run, *(suite.other_baseline_runs if args.all_baselines else ())]
+    for name in ours_runs:
+        child = run_child(f"ours {name}", [python, ours_script, *shape_flags, name], log, args.child_timeout)
+        result["runs"].append(baseline_row(child, name, "ours"))
+
+    # d. the project's recipe on the same lengths, e. its merge
+    if args.skip_recipe:
+        result["recipe"] = "skipped (--skip-recipe)"
+    else:
+        workload = write_workload(work_dir / "workload.jsonl", baseline.SHAPES[args.shape]["vocab_size"])
+        result["workload"] = workload
+        recipe = run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log, args.child_timeout)
+        result["runs"].append(recipe)
+        if args.merge:
+            result["merge"] = run_merge(suite, recipe, work_dir, log, args.child_timeout)
+
+    # f. ratios to our baseline of the same run, and how well ours reproduces the reference
+    ours_by_name = {r["name"]: r for r in result["runs"] if r["implementation"] == "ours" and r["status"] == "ok"}
+    add_ratios(result["runs"], ours_by_name, suite.baseline_run)
+    reference = next((r for r in result["runs"] if r["implementation"] == "reference" and r["status"] == "ok"), None)
+    ours = ours_by_name.get(suite.baseline_run)
+    if reference and ours:
+        result["reproduction"] = {
+            "name": suite.baseline_run, "reference_tokens_per_s": reference["tokens_per_s"],
+            "ours_tokens_per_s": ours["tokens_per_s"],
+            "tokens_per_s_ratio": round(ours["tokens_per_s"] / reference["tokens_per_s"], 4),
+            "reference_peak_gib": reference["peak_gib"], "ours_peak_gib": ours["peak_gib"],
+            "same_real_tokens": reference["real_tokens"] == ours["real_tokens"],
+            "within_5_percent": abs(ours["tokens_per_s"] / reference["tokens_per_s"] - 1) <= 0.05}
+    return finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

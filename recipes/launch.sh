@@ -1,0 +1,24 @@
+# Shared by every recipe's train.sh (sourced, not run): builds the finetune.py command from the variables the
+# recipe script sets, and runs it under torchrun.  With MODEL empty it first builds the family's embedded tiny
+# model (cached in .cache/tiny/) and adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}"  # make install makes .venv
+recipe="recipes/$FAMILY/$METHOD.json"
+[ -f "$recipe" ] || { echo "error: no recipe $recipe (methods: $(cd "recipes/$FAMILY" && ls *.json | sed 's/.json//' | tr '\n' ' '))" >&2; exit 2; }
+args=("$recipe")
+if [ -z "$MODEL" ]; then
+  MODEL="$("$PYTHON" -m tunekit.tiny "$FAMILY" | tail -n 1)"
+  args+=(recipes/cpu-tiny.json)
+  GPUS_PER_NODE=1
+fi
+args+=(--model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR")
+[ -n "$DATA" ] && args+=(--data_path "$DATA")
+[ -n "$EVAL_DATA" ] && args+=(--eval_data_path "$EVAL_DATA")
+[ -n "$DS_CONFIG" ] && args+=(--deepspeed "$DS_CONFIG")
+if [ -z "$GPUS_PER_NODE" ]; then
+  GPUS_PER_NODE="$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')"
+fi
+cmd=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE"
+     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" finetune.py "${args[@]}" "$@")
+if [ -n "${DRY_RUN:-}" ]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi

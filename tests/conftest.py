@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny random models with tokenizers built offline (nothing here touches the network)."""
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+DATA = ROOT / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama2(tmp_path_factory):
+    from tunekit.tiny import build
+
+    return str(build("llama2", tmp_path_factory.mktemp("models") / "llama2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory):
+    from tunekit.tiny import build
+
+    return str(build("qwen", tmp_path_factory.mktemp("models") / "qwen"))
+
+
+@pytest.fixture
+def guanaco_small(tmp_path):
+    """The first 24 records of the shipped guanaco sample."""
+    lines = (DATA / "llama2_guanaco.jsonl").read_text(encoding="utf-8").splitlines()[:24]
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def write_json(path: Path, obj) -> str:
+    path.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
+    return str(path)
+
+
+def cpu_flags(output_dir, **overrides):
+    """Flags for a quick, deterministic CPU run of finetune.main."""
+    flags = {"output_dir": str(output_dir), "use_cpu": True, "bf16": False, "optim": "adamw_torch",
+             "report_to": "none", "save_strategy": "no", "logging_steps": 1, "per_device_train_batch_size": 4,
+             "gradient_accumulation_steps": 1, "learning_rate": 5e-3, "lr_scheduler_type": "constant",
+             "model_max_length": 128, "seed": 0, "dataloader_num_workers": 0, "disable_tqdm": True}
+    flags.update(overrides)
+    argv = []
+    for k, v in flags.items():
+        if isinstance(v, list):
+            argv += [f"--{k}", *map(str, v)]
+        else:
+            argv += [f"--{k}", str(v)]
+    return argv

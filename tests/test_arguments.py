@@ -1,0 +1,142 @@
+"""JSON + CLI precedence, aliases, and errors that stop before any model is loaded."""
+import json
+
+import pytest
+
+from conftest import ROOT, write_json
+from tunekit.arguments import ArgumentError, parse_args
+
+
+@pytest.fixture
+def base(tiny_llama2, tmp_path):
+    recipe = write_json(tmp_path / "r.json", {"learning_rate": 1e-4, "num_train_epochs": 3, "use_lora": True,
+                                              "lora_r": 8, "output_dir": str(tmp_path / "o")})
+    return recipe, ["--model_name_or_path", tiny_llama2, "--data_path", str(ROOT / "data/llama2_guanaco.jsonl")]
+
+
+def test_json_sets_values_and_cli_overrides(base):
+    recipe, req = base
+    m, d, lora, t = parse_args([recipe, *req, "--learning_rate", "3e-5"])
+    assert t.learning_rate == 3e-5  # CLI wins
+    assert t.num_train_epochs == 3 and lora.lora_r == 8 and lora.use_lora is True  # from the JSON
+    assert m.family == "llama2"  # from config.json model_type "llama"
+
+
+def test_later_json_files_override_earlier(base, tmp_path):
+    recipe, req = base
+    second = write_json(tmp_path / "s.json", {"lora_r": 4})
+    assert parse_args([recipe, second, *req])[2].lora_r == 4
+
+
+def test_bool_flags_without_value_and_no_prefix(base):
+    recipe, req = base
+    _, _, lora, _ = parse_args([recipe, *req, "--use_lora", "--no_bnb_4bit_use_double_quant"])
+    assert lora.use_lora is True and lora.bnb_4bit_use_double_quant is False
+
+
+def test_old_flag_names_are_aliases_with_a_warning(base, caplog):
+    recipe, req = base
+    _, _, _, t = parse_args([recipe, *req, "--evaluation_strategy", "no", "--warmup_ratio", "0.01"])
+    assert t.eval_strategy == "no" and t.warmup_steps == 0.01
+    assert "'evaluation_strategy' is an old name, use 'eval_strategy'" in caplog.text
+    assert caplog.text.count("old name") == 2
+
+
+def test_unknown_json_key_names_file_and_key(base, tmp_path):
+    recipe, req = base
+    bad = write_json(tmp_path / "bad.json", {"learnig_rate": 1e-4})
+    with pytest.raises(ArgumentError, match=r"bad.json: unknown key 'learnig_rate' \(did you mean 'learning_rate'"):
+        parse_args([bad, *req])
+
+
+def test_unknown_cli_flag(base):
+    recipe, req = base
+    with pytest.raises(ArgumentError, match="--lora_rank"):
+        parse_args([recipe, *req, "--lora_rank", "8"])
+
+
+@pytest.mark.parametrize("key,value,expect", [
+    ("learning_rate", "fast", "must be"),
+    ("num_train_epochs", True, "must be"),
+    ("lora_r", 8.5, "must be"),
+    ("use_lora", "yes", "must be"),
+    ("bnb_4bit_quant_type", "nf3", "must be one of 'nf4', 'fp4'"),
+])
+def test_wrong_json_type_names_key(base, tmp_path, key, value, expect):
+    recipe, req = base
+    bad = write_json(tmp_path / "bad.json", {key: value})
+    with pytest.raises(ArgumentError, match=f"key '{key}' {expect}"):
+        parse_args([bad, *req])
+
+
+def test_invalid_json_file(base, tmp_path):
+    _, req = base
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"lora_r": 8,}')
+    with pytest.raises(ArgumentError, match="broken.json: not valid JSON"):
+        parse_args([str(bad), *req])
+
+
+def test_qlora_with_full_finetuning_is_refused(base):
+    recipe, req = base
+    with pytest.raises(ArgumentError, match="--q_lora .* add --use_lora"):
+        parse_args([recipe, *req, "--use_lora", "false", "--q_lora"])
+
+
+def test_deepspeed_without_distributed_launch_is_refused(base, monkeypatch):
+    recipe, req = base
+    for var in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ArgumentError, match="torchrun"):
+        parse_args([recipe, *req, "--deepspeed", str(ROOT / "ds_configs/zero2.json")])
+
+
+def test_zero3_with_qlora_is_refused(base, monkeypatch):
+    recipe, req = base
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ArgumentError, match="ZeRO-3"):
+        parse_args([recipe, *req, "--q_lora", "--deepspeed", str(ROOT / "ds_configs/zero3.json")])
+
+
+def test_missing_data_file_is_named(base):
+    recipe, req = base
+    with pytest.raises(ArgumentError, match="--data_path: file not found: nowhere.jsonl"):
+        parse_args([recipe, *req, "--data_path", "nowhere.jsonl"])
+
+
+def test_family_unknown_and_unknown_model_type(base, tmp_path):
+    recipe, req = base
+    with pytest.raises(ArgumentError, match="--family 'gpt5' is unknown"):
+        parse_args([recipe, *req, "--family", "gpt5"])
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "mamba"}))
+    with pytest.raises(ArgumentError, match="model_type 'mamba'.*pass --family"):
+        parse_args([recipe, *req, "--model_name_or_path", str(odd)])
+
+
+def test_family_comes_from_config_not_path(tiny_qwen, tmp_path):
+    # A Qwen2 checkpoint in a folder whose name says "llama": the family follows config.json.
+    import shutil
+
+    fake = tmp_path / "Llama-2-7b-hf"
+    shutil.copytree(tiny_qwen, fake)
+    m, *_ = parse_args(["--model_name_or_path", str(fake), "--data_path", str(ROOT / "data/messages.jsonl"),
+                        "--output_dir", str(tmp_path / "o")])
+    assert m.family == "qwen"
+
+
+def test_no_eval_file_turns_eval_off(base):
+    recipe, req = base
+    _, _, _, t = parse_args([recipe, *req, "--eval_strategy", "steps"])
+    assert t.eval_strategy == "no"
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "recipes").glob("*/*.json")))
+def test_every_recipe_parses(recipe, tiny_llama2, tiny_qwen, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    family = json.loads((ROOT / recipe).read_text()).get("family")
+    model = tiny_qwen if family == "qwen" else tiny_llama2
+    m, d, lora, t = parse_args([recipe, "--model_name_or_path", model, "--output_dir", str(tmp_path / "o"), "--use_cpu"])
+    assert m.family == family
+    assert t.model_max_length > 0 and d.data_path

@@ -1,0 +1,170 @@
+"""Label masks per format against hand-written golden token/label pairs, truncation and drop counts, padding."""
+import pytest
+import torch
+
+from conftest import DATA, write_json
+from tunekit.data import (IGNORE_INDEX, DataError, PaddingCollator, build_dataset, load_records, tokenize_sample)
+from tunekit.families import get_family
+
+
+def word_tokenizer(family_name, words):
+    """A word-level tokenizer whose ids are easy to reason about: one token per word or punctuation run."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    fam = get_family(family_name)
+    specials = (["<unk>", "<s>", "</s>"] if family_name == "llama2" else list(fam.extra_special_tokens))
+    vocab = {t: i for i, t in enumerate(specials + sorted(set(words) - set(specials)))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token=specials[0]))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, chat_template=fam.chat_template, pad_token=fam.pad_token,
+                                  **fam.special_tokens)
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    return tok
+
+
+def golden(family_name, sample, pairs, max_length=512):
+    """pairs: [(space-separated tokens, trained?)] written by hand."""
+    toks = [(t, trained) for text, trained in pairs for t in text.split()]
+    tok = word_tokenizer(family_name, [t for t, _ in toks])
+    ex, truncated = tokenize_sample(sample, tok, get_family(family_name), max_length)
+    got = [(tok.convert_ids_to_tokens(i), lab != IGNORE_INDEX) for i, lab in zip(ex["input_ids"], ex["labels"])]
+    assert got == toks
+    assert all(lab in (i, IGNORE_INDEX) for i, lab in zip(ex["input_ids"], ex["labels"]))
+    return ex, truncated
+
+
+def test_conversations_llama2_with_system_and_two_rounds():
+    sample = load_records_from({"conversations": [
+        {"from": "system", "value": "Be brief."}, {"from": "user", "value": "Hi there"},
+        {"from": "assistant", "value": "Hello friend"}, {"from": "human", "value": "Bye"},
+        {"from": "gpt", "value": "See you"}]})
+    golden("llama2", sample, [
+        ("<s> [ INST ] << SYS >> Be brief . <</ SYS >> Hi there [/ INST ]", False),
+        ("Hello friend </s>", True),
+        ("<s> [ INST ] Bye [/ INST ]", False),
+        ("See you </s>", True),
+    ])
+
+
+def test_messages_qwen_chatml_default_system():
+    sample = load_records_from({"messages": [{"role": "user", "content": "Hi there"},
+                                             {"role": "assistant", "content": "Hello friend"}]})
+    golden("qwen", sample, [
+        ("<|im_start|> system You are a helpful assistant . <|im_end|> <|im_start|> user Hi there <|im_end|> "
+         "<|im_start|> assistant", False),
+        ("Hello friend <|im_end|>", True),
+    ])
+
+
+def test_alpaca_with_input():
+    sample = load_records_from({"instruction": "Add the numbers", "input": "2 and 3", "output": "5"})
+    golden("llama2", sample, [("<s> [ INST ] Add the numbers 2 and 3 [/ INST ]", False), ("5 </s>", True)])
+
+
+def test_guanaco_text_two_rounds():
+    sample = load_records_from({"text": "### Human: Hi there### Assistant: Hello friend### Human: Bye### Assistant: Ciao"})
+    golden("llama2", sample, [
+        ("<s> ### Human : Hi there ### Assistant :", False), ("Hello friend", True),
+        ("### Human : Bye ### Assistant :", False), ("Ciao </s>", True),
+    ])
+
+
+def test_plain_text_learns_everything_and_eos():
+    sample = load_records_from({"text": "Once upon a time"})
+    golden("llama2", sample, [("<s>", False), ("Once upon a time </s>", True)])
+
+
+def test_truncation_keeps_start():
+    sample = load_records_from({"text": "### Human: a b c d### Assistant: e f g"})
+    ex, truncated = golden("llama2", sample, [("<s> ### Human : a b c d ### Assistant :", False), ("e", True)],
+                           max_length=12)
+    assert truncated
+
+
+def load_records_from(record, tmp=None):
+    import json
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump([record], f)
+    return load_records(f.name)[0]
+
+
+def test_shipped_samples_supervise_exactly_the_answers(tiny_llama2, tiny_qwen):
+    """With the real (BPE) tiny tokenizers: the supervised tokens decode to the assistant turns plus end tokens."""
+    from transformers import AutoTokenizer
+
+    for model, path, family in [(tiny_qwen, "qwen_conversations.json", "qwen"),
+                                (tiny_llama2, "messages.jsonl", "llama2"),
+                                (tiny_llama2, "alpaca.json", "llama2")]:
+        tok = AutoTokenizer.from_pretrained(model)
+        fam = get_family(family)
+        for rec in load_records(str(DATA / path))[:20]:
+            ex, _ = tokenize_sample(rec, tok, fam, 4096)
+            ids = torch.tensor(ex["input_ids"])
+            labels = torch.tensor(ex["labels"])
+            answers = [m["content"].strip() for m in rec["messages"] if m["role"] == "assistant"]
+            supervised = tok.decode(ids[labels != IGNORE_INDEX])
+            end = tok.eos_token
+            assert supervised.count(end) == len(answers)
+            for a in answers:
+                assert a in supervised
+            # exactly the ids of the tokenizer's own chat template (what inference sees; no double BOS)
+            assert ex["input_ids"] == tok.apply_chat_template(rec["messages"], tokenize=True)["input_ids"]
+
+
+def test_collator_pads_right_and_keeps_eos_label_even_when_pad_is_eos():
+    eos = 2
+    feats = [{"input_ids": [5, 6, eos], "labels": [-100, 6, eos]}, {"input_ids": [7, eos], "labels": [7, eos]}]
+    batch = PaddingCollator(pad_token_id=eos)(feats)
+    assert batch["input_ids"].tolist() == [[5, 6, eos], [7, eos, eos]]
+    assert batch["labels"].tolist() == [[-100, 6, eos], [7, eos, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_samples_without_labels_are_dropped_and_counted(tiny_llama2, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama2)
+    long_prompt = "word " * 300
+    path = write_json(tmp_path / "d.json", [
+        {"instruction": long_prompt, "input": "", "output": "short"},
+        {"instruction": "ok", "input": "", "output": "fine"},
+        {"instruction": "long answer", "input": "", "output": "x " * 300},
+    ])
+    ds = build_dataset(path, tok, get_family("llama2"), max_length=64)
+    assert (ds.stats.samples, ds.stats.truncated, ds.stats.dropped, len(ds)) == (3, 2, 1, 2)
+
+
+def test_lazy_preprocess_tokenizes_on_demand(tiny_llama2):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama2)
+    path = str(DATA / "llama2_guanaco.jsonl")
+    eager = build_dataset(path, tok, get_family("llama2"), 256)
+    lazy = build_dataset(path, tok, get_family("llama2"), 256, lazy=True)
+    assert not lazy.cache
+    assert lazy[3] == eager[3] and len(lazy.cache) == 1
+
+
+@pytest.mark.parametrize("content,message", [
+    ('[{"conversations": [{"from": "bot", "value": "x"}]}]', r"record 0: conversations\[0\] has from='bot'"),
+    ('[{"conversations": [{"from": "assistant", "value": "x"}]}]', "must alternate"),
+    ('[{"question": "x"}]', "record 0: unknown record format"),
+    ('[{"text": ""}]', "'text' must be a non-empty string"),
+    ('[{"messages": [{"role": "user", "content": "hi"}]}]', "no assistant turn"),
+    ('{"text": "a"}\n{"text": "b"}\n', "one record per line must be named .jsonl"),
+])
+def test_bad_records_name_file_and_record(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_records(str(path))
+
+
+def test_bad_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "a"}\n{"text": "b"\n')
+    with pytest.raises(DataError, match="bad.jsonl line 2: not valid JSON"):
+        load_records(str(path))

@@ -1,0 +1,55 @@
+"""DeepSpeed ZeRO-2 on CPU under torchrun: the seed's command line as written, and 2 processes = 1 process with
+twice the gradient accumulation.  (The first run on a machine compiles a small DeepSpeed op, about a minute.)"""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import DATA, ROOT
+
+
+def torchrun(nproc, *args, port):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--nnodes", "1",
+           "--node_rank", "0", "--master_addr", "localhost", "--master_port", str(port), "finetune.py", *args]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    return r
+
+
+def test_seed_qwen_command_line_runs_as_written(tiny_qwen, tmp_path):
+    out = tmp_path / "out"
+    torchrun(1, "--model_name_or_path", tiny_qwen, "--data_path", str(DATA / "qwen_conversations.json"),
+             "--bf16", "False", "--output_dir", str(out), "--num_train_epochs", "1",
+             "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1",
+             "--gradient_accumulation_steps", "2", "--evaluation_strategy", "no", "--save_strategy", "steps",
+             "--save_steps", "1000", "--save_total_limit", "10", "--learning_rate", "1e-5", "--weight_decay", "0.1",
+             "--adam_beta2", "0.95", "--warmup_ratio", "0.01", "--lr_scheduler_type", "cosine", "--logging_steps",
+             "1", "--report_to", "none", "--model_max_length", "256", "--gradient_checkpointing", "True",
+             "--lazy_preprocess", "True", "--deepspeed", "ds_configs/zero2.json", "--use_lora", "--q_lora",
+             port=29511)
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    weights = load_file(out / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+
+
+def test_two_processes_equal_one_process_with_double_accumulation(tiny_llama2, tmp_path):
+    common = ["--model_name_or_path", tiny_llama2, "--data_path", str(DATA / "llama2_guanaco.jsonl"),
+              "--use_lora", "--lora_r", "8", "--lora_dropout", "0", "--bf16", "False", "--use_cpu", "True",
+              "--optim", "adamw_torch", "--learning_rate", "1e-2", "--lr_scheduler_type", "constant",
+              "--max_steps", "4", "--per_device_train_batch_size", "1", "--train_sampling_strategy", "sequential",
+              "--model_max_length", "128", "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none",
+              "--seed", "0", "--deepspeed", "ds_configs/zero2.json"]
+    torchrun(1, *common, "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "one"), port=29512)
+    torchrun(2, *common, "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / "two"), port=29513)
+    one = load_file(tmp_path / "one" / "adapter_model.safetensors")
+    two = load_file(tmp_path / "two" / "adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    moved = 0
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=0, msg=k)
+        moved += "lora_B" in k and one[k].abs().max() > 1e-3
+    assert moved  # the adapters really trained

@@ -1,0 +1,34 @@
+"""The README's first command, end to end on the embedded default: train.sh (tiny Llama-2, Q-LoRA, CPU), merge.sh,
+then plain transformers loads the merged model and generates."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import ROOT
+
+
+def test_llama2_qlora_recipe_end_to_end(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    env = dict(os.environ, PYTHON=sys.executable, MODEL="", OUTPUT_DIR=str(tmp_path / "adapter"),
+               MASTER_PORT="29531", OMP_NUM_THREADS="2")
+    r = subprocess.run(["bash", "recipes/llama2/train.sh", "qlora"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "real tokens/s" in r.stdout
+    adapter = tmp_path / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "loss_curve.png"):
+        assert (adapter / name).is_file(), name
+    r = subprocess.run(["bash", "recipes/llama2/merge.sh", str(adapter), str(tmp_path / "merged")], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert ">>> " in r.stdout  # the sample generation ran
+    tok = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    ids = tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    assert model.dtype == torch.bfloat16

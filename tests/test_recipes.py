@@ -1,0 +1,56 @@
+"""Recipes, launchers and DeepSpeed configs are consistent: what the README tells people to run stays runnable."""
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+DS = sorted((ROOT / "ds_configs").glob("*.json"))
+SHELL = sorted(ROOT.glob("recipes/**/*.sh")) + [ROOT / ".ci/run"]
+
+
+@pytest.mark.parametrize("path", DS, ids=lambda p: p.name)
+def test_deepspeed_configs_leave_the_trainer_in_charge(path):
+    cfg = json.loads(path.read_text())
+    assert "optimizer" not in cfg and "scheduler" not in cfg  # they would override optim / lr_scheduler_type
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+                "gradient_clipping"):
+        assert cfg[key] == "auto", key
+    assert cfg["fp16"]["enabled"] == "auto" and cfg["bf16"]["enabled"] == "auto"
+
+
+@pytest.mark.parametrize("path", SHELL, ids=lambda p: str(p.relative_to(ROOT)))
+def test_shell_scripts_parse(path):
+    subprocess.run(["bash", "-n", str(path)], check=True)
+
+
+def test_recipe_jsons_leave_deepspeed_to_the_launcher():
+    for path in ROOT.glob("recipes/*/*.json"):
+        assert "deepspeed" not in json.loads(path.read_text()), path
+
+
+def test_launcher_runs_torchrun_with_quoted_paths(tmp_path):
+    model = tmp_path / "my models" / "llama; echo pwned"
+    env = dict(os.environ, DRY_RUN="1", MODEL=str(model), DS_CONFIG="ds_configs/zero2.json", GPUS_PER_NODE="2",
+               PYTHON="python3")
+    out = subprocess.run(["bash", "recipes/llama2/train.sh", "qlora", "--max_steps", "5"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("python3 -m torch.distributed.run ") and "--nproc_per_node 2" in out
+    assert "finetune.py recipes/llama2/qlora.json" in out and "--deepspeed ds_configs/zero2.json" in out
+    assert "pwned" not in subprocess.run(["bash", "-c", "printf '%s\\n' " + out.split("--model_name_or_path ")[1]
+                                          .split(" --output_dir")[0]], capture_output=True, text=True).stdout \
+        .replace(str(model), "")
+
+
+def test_unknown_method_is_a_clear_error():
+    env = dict(os.environ, DRY_RUN="1", MODEL="/x", PYTHON="python3")
+    r = subprocess.run(["bash", "recipes/llama2/train.sh", "qlroa"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "no recipe recipes/llama2/qlroa.json" in r.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci/run").read_text()
+    assert "make test" in ci and "make test" in readme
