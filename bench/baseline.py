@@ -214,6 +214,7 @@ def load_model(checkpoint: str, spec: RunSpec, on_gpu: bool):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quantize = spec.quantized and on_gpu
+    started = time.time()
     if on_gpu:
         quantization = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
@@ -222,6 +223,8 @@ def load_model(checkpoint: str, spec: RunSpec, on_gpu: bool):
                                                      dtype=torch.bfloat16, device_map={"": 0})
     else:
         model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    memory = f", mem {torch.cuda.memory_allocated() / 2**30:.1f} GiB" if on_gpu else ""
+    print(f"[{spec.name}] loaded in {time.time() - started:.1f}s{memory}", flush=True)  # as the reference reports it
     model.config.use_cache = False
     if quantize:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
@@ -242,9 +245,7 @@ def run(spec: RunSpec, checkpoint: str, vocab_size: int, total_steps: int = TOTA
     on_gpu = torch.cuda.is_available()
     started = time.time()
     model, quantized = load_model(checkpoint, spec, on_gpu)
-    load_seconds = round(time.time() - started, 1)
-    memory = f", mem {torch.cuda.memory_allocated() / 2**30:.1f} GiB" if on_gpu else ""
-    print(f"[{spec.name}] loaded in {load_seconds}s{memory}", flush=True)
+    load_seconds = round(time.time() - started, 1)  # loading, k-bit preparation and adapters
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     optimizer = "paged_adamw_32bit" if on_gpu else "adamw_torch"

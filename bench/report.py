@@ -71,8 +71,9 @@ def section(name: str, result: dict) -> str:
             notes.append(f"- `{row.get('name')}` ({row.get('implementation')}): **{row.get('status')}**"
                          + (f": {row['error']}" if row.get("error") else ""))
             continue
+        trial = f" #{row['trial']}" if row.get("trial") and result.get("repeat", 1) > 1 else ""
         lines.append(
-            f"| {row['name']} | {row['implementation']} | {fmt_number(row.get('tokens_per_s'))} "
+            f"| {row['name']}{trial} | {row['implementation']} | {fmt_number(row.get('tokens_per_s'))} "
             f"| {fmt_number(row.get('peak_gib'), 2)} | {fmt_ratio(row.get('tokens_per_s_vs_ours'))} "
             f"| {fmt_ratio(row.get('peak_vs_ours'))} | {fmt_number(row.get('real_tokens'))} "
             f"| {fmt_number(row.get('trainable_params'))} |")
@@ -80,7 +81,10 @@ def section(name: str, result: dict) -> str:
             notes.append(f"- `{row['name']}` ({row['implementation']}): {row['note']}")
     repro = result.get("reproduction")
     if repro:
-        lines += ["", f"**Reproduction** (`{repro['name']}`): ours {fmt_number(repro['ours_tokens_per_s'])} vs "
+        trials = repro.get("trials", 1)
+        each = (f" (mean of {trials} runs each in ABBA order; ours {repro['ours_tokens_per_s_each']}, reference "
+                f"{repro['reference_tokens_per_s_each']})") if trials > 1 else ""
+        lines += ["", f"**Reproduction** (`{repro['name']}`{each}): ours {fmt_number(repro['ours_tokens_per_s'])} vs "
                       f"reference {fmt_number(repro['reference_tokens_per_s'])} real tokens/s = "
                       f"**{repro['tokens_per_s_ratio']:.3f}×**; peak {fmt_number(repro['ours_peak_gib'], 2)} vs "
                       f"{fmt_number(repro['reference_peak_gib'], 2)} GiB; same timed real tokens: "

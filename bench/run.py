@@ -255,6 +255,18 @@ def ensure_reference() -> bool:
     return REFERENCE.is_file()
 
 
+def mean_of(rows: list[dict], name: str, implementation: str) -> dict | None:
+    """Mean tokens/s, max peak and the (identical) real-token set of the successful trials of one run."""
+    ok = [r for r in rows if r["name"] == name and r["implementation"] == implementation and r.get("status") == "ok"]
+    if not ok:
+        return None
+    peaks = [r["peak_gib"] for r in ok if r.get("peak_gib") is not None]
+    return {"name": name, "trials": len(ok), "each": [r["tokens_per_s"] for r in ok],
+            "tokens_per_s": round(sum(r["tokens_per_s"] for r in ok) / len(ok)),
+            "peak_gib": max(peaks) if peaks else None,
+            "real_tokens": ok[0]["real_tokens"] if len({r["real_tokens"] for r in ok}) == 1 else None}
+
+
 def add_ratios(rows: list[dict], ours_by_name: dict, compare_with: str) -> None:
     for row in rows:
         if row.get("status") != "ok":
@@ -279,10 +291,14 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-recipe", action="store_true", help="only the checkpoint and the baselines (a-c)")
     parser.add_argument("--all-baselines", action="store_true",
                         help="also run our baseline's other runs (all-linear NF4 and bf16 LoRA)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="pairs of reference/ours runs of the baseline run, in ABBA order (default 1)")
     parser.add_argument("--merge", action="store_true", help="also run the recipe's merge.sh on its adapter")
     parser.add_argument("--child-timeout", type=float, default=420, help="seconds before a child is killed")
     parser.add_argument("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     started = time.time()
     suite = SUITES[args.suite]
@@ -298,7 +314,7 @@ def main(argv=None) -> int:
     shape_flags = ["--shape", args.shape, "--checkpoint", checkpoint]
     result = {"suite": args.suite, "shape": args.shape, "command": shlex.join(["python", "bench/run.py",
                                                                                 *(argv or sys.argv[1:])]),
-              "git_commit": git_commit(), "checkpoint": checkpoint, "runs": []}
+              "git_commit": git_commit(), "checkpoint": checkpoint, "repeat": args.repeat, "runs": []}
 
     def finish() -> int:
         result["runner_seconds"] = round(time.time() - started, 1)
@@ -330,23 +346,34 @@ def main(argv=None) -> int:
     result["checkpoint_build_s"] = env_info.get("seconds")
     on_gpu = env_info.get("device") not in (None, "cpu")
 
-    # b. the shared reference, for the suite's baseline run
+    # b + c. the shared reference and our baseline for the suite's baseline run, each in its own process; with
+    # --repeat N, N pairs in ABBA order (reference, ours, ours, reference, ...) so that drift favours neither
     if args.skip_reference:
         result["reference"] = "skipped (--skip-reference)"
     elif not ensure_reference():
         result["reference"] = f"skipped: {REFERENCE} is missing"
     elif args.shape != "llama2-7b" or not on_gpu:
         result["reference"] = "skipped: the reference hard-codes the llama2-7b shape and needs CUDA"
-    else:
-        child = run_child("reference", [python, str(REFERENCE), suite.baseline_run], log, args.child_timeout,
-                          {"BASELINE_CKPT": checkpoint})
-        result["runs"].append(baseline_row(child, suite.baseline_run, "reference"))
+    with_reference = "reference" not in result
 
-    # c. our baseline, each run in its own process
-    ours_runs = [suite.baseline_run, *(suite.other_baseline_runs if args.all_baselines else ())]
-    for name in ours_runs:
-        child = run_child(f"ours {name}", [python, ours_script, *shape_flags, name], log, args.child_timeout)
-        result["runs"].append(baseline_row(child, name, "ours"))
+    def run_reference(trial):
+        child = run_child(f"reference #{trial}", [python, str(REFERENCE), suite.baseline_run], log,
+                          args.child_timeout, {"BASELINE_CKPT": checkpoint})
+        result["runs"].append({**baseline_row(child, suite.baseline_run, "reference"), "trial": trial})
+
+    def run_ours(name, trial):
+        child = run_child(f"ours {name} #{trial}", [python, ours_script, *shape_flags, name], log,
+                          args.child_timeout)
+        result["runs"].append({**baseline_row(child, name, "ours"), "trial": trial})
+
+    for trial in range(1, args.repeat + 1):
+        if trial % 2 and with_reference:
+            run_reference(trial)
+        run_ours(suite.baseline_run, trial)
+        if not trial % 2 and with_reference:
+            run_reference(trial)
+    for name in suite.other_baseline_runs if args.all_baselines else ():
+        run_ours(name, 1)
 
     # d. the project's recipe on the same lengths, e. its merge
     if args.skip_recipe:
@@ -359,19 +386,22 @@ def main(argv=None) -> int:
         if args.merge:
             result["merge"] = run_merge(suite, recipe, work_dir, log, args.child_timeout)
 
-    # f. ratios to our baseline of the same run, and how well ours reproduces the reference
-    ours_by_name = {r["name"]: r for r in result["runs"] if r["implementation"] == "ours" and r["status"] == "ok"}
+    # f. ratios to our baseline of the same run (mean over its trials), and how well ours reproduces the reference
+    ours_by_name = {name: mean_of(result["runs"], name, "ours") for name in
+                    {r["name"] for r in result["runs"] if r["implementation"] == "ours"}}
+    ours_by_name = {name: row for name, row in ours_by_name.items() if row}
     add_ratios(result["runs"], ours_by_name, suite.baseline_run)
-    reference = next((r for r in result["runs"] if r["implementation"] == "reference" and r["status"] == "ok"), None)
-    ours = ours_by_name.get(suite.baseline_run)
+    reference, ours = mean_of(result["runs"], suite.baseline_run, "reference"), ours_by_name.get(suite.baseline_run)
     if reference and ours:
+        ratio = ours["tokens_per_s"] / reference["tokens_per_s"]
         result["reproduction"] = {
-            "name": suite.baseline_run, "reference_tokens_per_s": reference["tokens_per_s"],
-            "ours_tokens_per_s": ours["tokens_per_s"],
-            "tokens_per_s_ratio": round(ours["tokens_per_s"] / reference["tokens_per_s"], 4),
+            "name": suite.baseline_run, "trials": min(reference["trials"], ours["trials"]),
+            "reference_tokens_per_s": reference["tokens_per_s"], "ours_tokens_per_s": ours["tokens_per_s"],
+            "reference_tokens_per_s_each": reference["each"], "ours_tokens_per_s_each": ours["each"],
+            "tokens_per_s_ratio": round(ratio, 4),
             "reference_peak_gib": reference["peak_gib"], "ours_peak_gib": ours["peak_gib"],
             "same_real_tokens": reference["real_tokens"] == ours["real_tokens"],
-            "within_5_percent": abs(ours["tokens_per_s"] / reference["tokens_per_s"] - 1) <= 0.05}
+            "within_5_percent": abs(ratio - 1) <= 0.05}
     return finish()
 
 

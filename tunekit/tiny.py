@@ -15,7 +15,7 @@ from .families import Family, get_family
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = ROOT / "data"
-VOCAB_SIZE = 1200
+VOCAB_SIZE = 2000
 
 
 def corpus(data_dir: Path = DATA_DIR):
@@ -83,12 +83,22 @@ def build(family_name: str, out: Path, seed: int = 0) -> Path:
     return out
 
 
+def default_dir(family_name: str) -> Path:
+    """Cached per family and per content of data/, so editing the samples rebuilds the tokenizer."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(DATA_DIR.glob("*.json*")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return ROOT / ".cache" / "tiny" / f"{family_name}-{digest.hexdigest()[:8]}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family")
-    p.add_argument("--out", default=None, help="default: .cache/tiny/<family>")
+    p.add_argument("--out", default=None, help="default: .cache/tiny/<family>-<hash of data/>")
     a = p.parse_args(argv)
-    print(build(a.family, Path(a.out or ROOT / ".cache" / "tiny" / a.family)))
+    print(build(a.family, Path(a.out) if a.out else default_dir(a.family)))
 
 
 if __name__ == "__main__":

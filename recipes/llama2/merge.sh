@@ -8,7 +8,7 @@ ADAPTER="${1:-${ADAPTER:-out/llama2-qlora}}"
 OUTPUT="${2:-${OUTPUT:-$ADAPTER-merged}}"
 BASE="${BASE:-}"                 # empty: the base recorded in the adapter
 DTYPE="${DTYPE:-bfloat16}"
-PROMPT="${PROMPT:-Give me three tips for a good night's sleep.}"
+PROMPT="${PROMPT:-Give me three tips for better sleep.}"
 args=(--adapter "$ADAPTER" --output "$OUTPUT" --dtype "$DTYPE" --overwrite)
 [ -n "$BASE" ] && args+=(--base "$BASE")
 "$PYTHON" -m tunekit.merge "${args[@]}"
