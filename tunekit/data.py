@@ -198,9 +198,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
     """Tokenized up front; samples left with no supervised token after truncation are dropped (and counted)."""
 
     def __init__(self, records, tokenizer, family, max_length):
+        from tqdm.auto import tqdm
+
         self.stats = Stats()
         self.examples = []
-        for rec in records:
+        for rec in tqdm(records, desc="tokenizing", disable=len(records) < 5000):
             ex, truncated = tokenize_sample(rec, tokenizer, family, max_length)
             self.stats.samples += 1
             self.stats.truncated += truncated

@@ -93,7 +93,11 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, trainer_kind=
 
 
 def plot_loss(log_history, path: Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # e.g. a bare GPU image: the losses are in run_summary.json and trainer_state.json anyway
+        print(f"note: matplotlib is not installed, so {path.name} was not drawn (pip install -r requirements.txt)")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
