@@ -6,6 +6,8 @@
 import sys
 from pathlib import Path
 
+from transformers import set_seed
+
 from tunekit.arguments import ArgumentError, parse_args, to_jsonable
 from tunekit.data import build_dataset
 from tunekit.families import get_family
@@ -22,6 +24,7 @@ def main(argv=None):
                 lazy=data_args.lazy_preprocess)
     train_ds = build_dataset(data_args.data_path, max_samples=data_args.max_samples, **data)
     eval_ds = build_dataset(data_args.eval_data_path, **data) if data_args.eval_data_path else None
+    set_seed(train_args.seed)  # before the model: LoRA's initial weights are drawn from it
     model, model_report = build_model(model_args, lora_args, train_args, tokenizer, family)
 
     trainer = build_trainer(model, tokenizer, train_ds, eval_ds, train_args, model_args.trainer)

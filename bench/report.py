@@ -55,8 +55,10 @@ def section(name: str, result: dict) -> str:
     lines = [f"## {name}: {env.get('device', '?')}, {result.get('shape', '?')} shape",
              "",
              f"- date: {result.get('finished_at', '?')}; suite `{result.get('suite')}`; "
-             f"runner commit `{result.get('git_commit') or '?'}`",
-             f"- command: `{result.get('command', '?')}`",
+             f"runner commit `{result.get('git_commit') or '–'}`",
+             f"- command: `{result.get('command', '?')}`"
+             + (f" (on the device: `bash bench/gpu_llama2.sh {result['device_flags']}`)"
+                if result.get("device_flags") else ""),
              "- software: " + ", ".join(f"{pkg} {env.get(pkg) or '–'}" for pkg in
                                         ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl"))
              + f"; Python {env.get('python', '?')}, CUDA {env.get('cuda') or '–'}",
@@ -82,8 +84,8 @@ def section(name: str, result: dict) -> str:
     repro = result.get("reproduction")
     if repro:
         trials = repro.get("trials", 1)
-        each = (f" (mean of {trials} runs each in ABBA order; ours {repro['ours_tokens_per_s_each']}, reference "
-                f"{repro['reference_tokens_per_s_each']})") if trials > 1 else ""
+        each = (f", mean of {trials} runs each in ABBA order: ours {repro['ours_tokens_per_s_each']}, reference "
+                f"{repro['reference_tokens_per_s_each']}") if trials > 1 else ""
         lines += ["", f"**Reproduction** (`{repro['name']}`{each}): ours {fmt_number(repro['ours_tokens_per_s'])} vs "
                       f"reference {fmt_number(repro['reference_tokens_per_s'])} real tokens/s = "
                       f"**{repro['tokens_per_s_ratio']:.3f}×**; peak {fmt_number(repro['ours_peak_gib'], 2)} vs "
@@ -93,6 +95,8 @@ def section(name: str, result: dict) -> str:
     if merge:
         notes.append(f"- merge (`{merge.get('command')}`): {merge.get('status')}"
                      + (f" in {merge['seconds']:.0f} s" if merge.get("seconds") is not None else ""))
+    if result.get("comment"):
+        notes.append(f"- {result['comment']}")
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"
@@ -100,11 +104,12 @@ def section(name: str, result: dict) -> str:
 
 def load_results(results_dir: Path = RESULTS_DIR) -> list[tuple[str, dict]]:
     out = []
-    for path in sorted(results_dir.glob("*.json")):
+    for path in sorted(results_dir.glob("*.json"), key=lambda p: p.name):
         try:
             out.append((path.stem, json.loads(path.read_text())))
         except (OSError, json.JSONDecodeError) as error:
             print(f"report: skipping {path}: {error}", file=sys.stderr)
+    out.sort(key=lambda item: str(item[1].get("finished_at", "")), reverse=True)  # newest first
     return out
 
 

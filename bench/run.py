@@ -1,13 +1,17 @@
 """Benchmark runner: the project's recipe against the seed-style baseline, in one process tree on one machine.
 
     python bench/run.py --suite llama2-qlora [--shape llama2-7b|tiny] [--out DIR] [--skip-recipe] [--merge]
-                        [--all-baselines] [--save NAME]
+                        [--all-baselines] [--repeat N] [--save NAME]
+    bash bench/gpu_llama2.sh [flags]     # on the device machine: installs the carried wheels, then the above
 
 Steps, each child in its own process (so peak memory is per run):
   a. build the random-weight checkpoint once under $TMPDIR (with a tokenizer where each word t{i} is one token);
+     On a GPU, a short unmeasured run of our baseline follows (the first training process of a fresh machine is
+     slower; --no-warm-process skips it);
   b. run the shared reference baseline (bench/reference/baseline_seed_style.py, copied from /work/shared/gpu/ when
      missing; git-ignored, never committed) for the suite's baseline run, when present (llama2-7b shape, CUDA);
-  c. run our bench/baseline.py for the same run (and, with --all-baselines, for its other runs);
+  c. run our bench/baseline.py for the same run (and, with --all-baselines, for its other runs); with --repeat N,
+     b and c run N times each in ABBA order and ratios use the means (single runs of one process swing ~±7%);
   d. run the project's recipe (`bash recipes/<family>/train.sh <method> ...`, 50 steps) on a jsonl file of the same
      lengths, and take its steady-state tokens/s from steps 21..50 of the run_summary.json it writes;
   e. with --merge, `bash recipes/<family>/merge.sh ADAPTER OUTPUT` (failure is recorded, not raised);
@@ -293,6 +297,8 @@ def main(argv=None) -> int:
                         help="also run our baseline's other runs (all-linear NF4 and bf16 LoRA)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="pairs of reference/ours runs of the baseline run, in ABBA order (default 1)")
+    parser.add_argument("--no-warm-process", action="store_true",
+                        help="skip the short unmeasured GPU run made before the measured ones")
     parser.add_argument("--merge", action="store_true", help="also run the recipe's merge.sh on its adapter")
     parser.add_argument("--child-timeout", type=float, default=420, help="seconds before a child is killed")
     parser.add_argument("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
@@ -345,6 +351,14 @@ def main(argv=None) -> int:
     result["environment"] = {k: v for k, v in env_info.items() if k not in ("checkpoint", "built", "seconds")}
     result["checkpoint_build_s"] = env_info.get("seconds")
     on_gpu = env_info.get("device") not in (None, "cpu")
+
+    # The first GPU training process on a fresh machine ran ~10% slower than later ones (H100, twice: 2,103 vs
+    # 2,217-2,434 tokens/s), whichever script it was; a short throwaway run first keeps that out of the figures.
+    if on_gpu and not args.no_warm_process:
+        child = run_child("warm-up process (not measured)", [python, ours_script, *shape_flags, "--steps", "8",
+                                                             "--warmup", "4", suite.baseline_run],
+                          log, args.child_timeout)
+        result["warm_process"] = {"rc": child["rc"], "seconds": child["seconds"]}
 
     # b + c. the shared reference and our baseline for the suite's baseline run, each in its own process; with
     # --repeat N, N pairs in ABBA order (reference, ours, ours, reference, ...) so that drift favours neither

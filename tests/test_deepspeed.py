@@ -1,5 +1,6 @@
 """DeepSpeed ZeRO-2 on CPU under torchrun: the seed's command line as written, and 2 processes = 1 process with
 twice the gradient accumulation.  (The first run on a machine compiles a small DeepSpeed op, about a minute.)"""
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,7 @@ def test_seed_qwen_command_line_runs_as_written(tiny_qwen, tmp_path):
              "--lazy_preprocess", "True", "--deepspeed", "ds_configs/zero2.json", "--use_lora", "--q_lora",
              port=29511)
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert json.loads((out / "run_summary.json").read_text())["deepspeed"] is True
     weights = load_file(out / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
 
@@ -45,6 +47,9 @@ def test_two_processes_equal_one_process_with_double_accumulation(tiny_llama2, t
               "--seed", "0", "--deepspeed", "ds_configs/zero2.json"]
     torchrun(1, *common, "--gradient_accumulation_steps", "2", "--output_dir", str(tmp_path / "one"), port=29512)
     torchrun(2, *common, "--gradient_accumulation_steps", "1", "--output_dir", str(tmp_path / "two"), port=29513)
+    for name, world in (("one", 1), ("two", 2)):  # DeepSpeed really ran (plain DDP would also match)
+        summary = json.loads((tmp_path / name / "run_summary.json").read_text())
+        assert summary["deepspeed"] is True and summary["world_size"] == world
     one = load_file(tmp_path / "one" / "adapter_model.safetensors")
     two = load_file(tmp_path / "two" / "adapter_model.safetensors")
     assert one.keys() == two.keys()

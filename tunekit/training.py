@@ -128,6 +128,8 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         **model_report,
         **data_stats,
         "steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
+        "deepspeed": bool(trainer.is_deepspeed_enabled),
         "train_runtime_s": round(runtime, 3),
         "real_tokens": tokens,
         "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
