@@ -16,10 +16,12 @@ def generate(model_dir: str, prompts: list[str], max_new_tokens: int = 48) -> li
 
     tokenizer = copy.copy(AutoTokenizer.from_pretrained(model_dir))
     tokenizer.padding_side = "left"  # batched generation pads on the left; training pads on the right
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                 device_map={"": "cuda" if cuda else "cpu"}).eval()
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                            add_generation_prompt=True) for p in prompts]
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id)
     return [tokenizer.decode(o[batch["input_ids"].shape[1]:], skip_special_tokens=True) for o in out]

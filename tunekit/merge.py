@@ -67,11 +67,12 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
 
     torch_dtype = DTYPES[dtype]
     tokenizer = AutoTokenizer.from_pretrained(adapter)  # the tokenizer trained with the adapter, template included
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a 7B merge is minutes faster on a GPU
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, device_map={"": device})
     if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))  # before loading: the adapter carries the resized rows
     model = load_adapter(model, adapter).eval()
-    probe = probe_batch(tokenizer)
+    probe = probe_batch(tokenizer).to(device)
     expected = model(input_ids=probe).logits.float()
     model = model.merge_and_unload(safe_merge=True)
     got = model(input_ids=probe).logits.float()
