@@ -34,7 +34,7 @@ each batch padded to its longest sequence. Throughput is **real (non-pad) tokens
   taken against it, in the same run; the reference-vs-ours ratio shows that it reproduces the reference.
 - **recipe**: the project's own recipe (`bash recipes/<family>/train.sh ...`, 50 steps on the same lengths written
   as a jsonl text file); its tokens/s is computed from the per-step times and real-token counts it records for steps
-  21..50. Its peak memory is over the whole run (warm-up included), the baselines' over the timed steps.
+  21..50, and its peak memory is the largest of its per-step peaks over the same steps, as for the baselines.
 
 Absolute numbers move from machine to machine; compare ratios within one section.
 """

@@ -3,7 +3,7 @@
 # model (cached in .cache/tiny/) and adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}"  # make install makes .venv
+PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"  # make install makes .venv
 recipe="recipes/$FAMILY/$METHOD.json"
 [ -f "$recipe" ] || { echo "error: no recipe $recipe (methods: $(cd "recipes/$FAMILY" && ls *.json | sed 's/.json//' | tr '\n' ' '))" >&2; exit 2; }
 args=("$recipe")

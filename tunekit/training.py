@@ -32,7 +32,7 @@ class RunRecorder(TrainerCallback):
 
     def __init__(self, trainer):
         self.trainer = trainer
-        self.step_times, self.step_tokens = [], []
+        self.step_times, self.step_tokens, self.step_peak_gib = [], [], []
         self.t_step = None
         self.t_start = None
 
@@ -44,10 +44,13 @@ class RunRecorder(TrainerCallback):
     def on_step_begin(self, args, state, control, **kw):
         if self.t_step is None:
             self.t_step = time.perf_counter()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()  # per-step peaks: a benchmark can skip the warm-up steps
 
     def on_step_end(self, args, state, control, **kw):
         if torch.cuda.is_available():
             torch.cuda.synchronize()
+            self.step_peak_gib.append(round(torch.cuda.max_memory_allocated() / 2**30, 3))
         now = time.perf_counter()
         self.step_times.append(round(now - self.t_step, 6))
         self.step_tokens.append(self.trainer.tunekit_tokens)
@@ -133,13 +136,14 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         "train_runtime_s": round(runtime, 3),
         "real_tokens": tokens,
         "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
-        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if torch.cuda.is_available() else None,
+        "peak_gib": max(rec.step_peak_gib) if rec.step_peak_gib else None,  # during training steps
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "final_eval_loss": evals[-1] if evals else None,
         "train_loss": train_result.training_loss,
         "step_times": rec.step_times,
         "step_tokens": rec.step_tokens,
+        "step_peak_gib": rec.step_peak_gib,
     }
 
 

@@ -3,7 +3,7 @@
 #   bash recipes/llama2/merge.sh [ADAPTER_DIR] [OUTPUT_DIR]      (BASE=/models/Llama-2-7b-hf to override the base)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}"  # make install makes .venv
+PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"  # make install makes .venv
 ADAPTER="${1:-${ADAPTER:-out/llama2-qlora}}"
 OUTPUT="${2:-${OUTPUT:-$ADAPTER-merged}}"
 BASE="${BASE:-}"                 # empty: the base recorded in the adapter
