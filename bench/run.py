@@ -52,11 +52,16 @@ class Suite:
     method: str  # recipes/<family>/<method>.json through recipes/<family>/train.sh
     baseline_run: str  # the bench/baseline.py run the recipe is compared with (and the reference reproduced on)
     other_baseline_runs: tuple[str, ...] = ()
+    # extra recipe runs: (name suffix, flags added to the recipe), e.g. the baseline's own adapters for a
+    # like-for-like comparison of the engine
+    variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 SUITES = {
     "llama2-qlora": Suite("llama2", "qlora", "qlora-seed-qv-r64-bs4",
-                          ("qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4")),
+                          ("qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4"),
+                          variants=(("-qv-r64-single-quant", ("--lora_target_modules", "q_proj", "v_proj",
+                                                               "--no_bnb_4bit_use_double_quant")),)),
 }
 
 
@@ -174,8 +179,8 @@ RECIPE_CONFIG_KEYS = ("q_lora", "use_lora", "lora_r", "lora_alpha", "lora_dropou
 
 
 def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on_gpu: bool, log: Log,
-               timeout_s: float) -> dict:
-    name = f"recipe-{suite.family}-{suite.method}"
+               timeout_s: float, variant: tuple[str, tuple[str, ...]] = ("", ())) -> dict:
+    name = f"recipe-{suite.family}-{suite.method}{variant[0]}"
     output_dir = work_dir / name
     shutil.rmtree(output_dir, ignore_errors=True)
     flags = ["--model_name_or_path", checkpoint, "--data_path", str(workload), "--output_dir", str(output_dir),
@@ -185,7 +190,7 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
     if not on_gpu:  # the CPU smoke test: no bitsandbytes, no bf16
         flags += ["--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch"]
     script = f"recipes/{suite.family}/train.sh"
-    command = ["bash", script, suite.method, *flags]
+    command = ["bash", script, suite.method, *flags, *variant[1]]
     # train.sh reads MODEL/DATA/OUTPUT_DIR (an empty MODEL means its tiny CPU default), and PYTHON.
     env = {"MODEL": checkpoint, "DATA": str(workload), "OUTPUT_DIR": str(output_dir), "PYTHON": sys.executable}
     row = {"name": name, "implementation": "recipe", "command": shlex.join(command), "output_dir": str(output_dir)}
@@ -401,6 +406,9 @@ def main(argv=None) -> int:
         result["runs"].append(recipe)
         if args.merge:
             result["merge"] = run_merge(suite, recipe, work_dir, log, args.child_timeout)
+        for variant in suite.variants:
+            result["runs"].append(run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log,
+                                             args.child_timeout, variant))
 
     # f. ratios to our baseline of the same run (mean over its trials), and how well ours reproduces the reference
     ours_by_name = {name: mean_of(result["runs"], name, "ours") for name in

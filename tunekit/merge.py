@@ -17,8 +17,9 @@ import torch
 from .arguments import ArgumentError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# The check's tolerance on logits; half precision rounds the merged weights, fp32 must agree closely.
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 0.25, torch.float16: 0.05}
+# The check's tolerance on logits, relative to the largest logit: merging rounds W + BA to the storage dtype once,
+# so fp32 must agree to rounding, bf16 (8-bit mantissa) to a few parts in a hundred after 30-odd layers.
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
 def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
@@ -77,9 +78,10 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
     model = model.merge_and_unload(safe_merge=True)
     got = model(input_ids=probe).logits.float()
     diff = (got - expected).abs().max().item()
-    if diff > TOLERANCE[torch_dtype]:
-        raise RuntimeError(f"merged logits differ from the adapter model's by {diff:.3g} (> {TOLERANCE[torch_dtype]}); "
-                           "nothing was written")
+    relative = diff / max(expected.abs().max().item(), 1e-6)
+    if relative > TOLERANCE[torch_dtype]:
+        raise RuntimeError(f"merged logits differ from the adapter model's by {diff:.3g} ({relative:.2%} of the largest "
+                           f"logit, more than {TOLERANCE[torch_dtype]:.0%} for {dtype}); nothing was written")
     if hasattr(model.config, "pretraining_tp"):
         model.config.pretraining_tp = 1
     model.config.use_cache = True
@@ -99,8 +101,10 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    report = {"base": base, "adapter": adapter, "output": str(out), "dtype": dtype, "probe_max_abs_diff": diff}
-    print(f"merged {adapter} into {base} -> {out} (probe logits max |diff| {diff:.2e})", flush=True)
+    report = {"base": base, "adapter": adapter, "output": str(out), "dtype": dtype, "probe_max_abs_diff": diff,
+              "probe_relative_diff": relative}
+    print(f"merged {adapter} into {base} -> {out} (probe logits: max |diff| {diff:.2e} = {relative:.2e} of the "
+          f"largest logit)", flush=True)
     return report
 
 
