@@ -4,7 +4,8 @@ PYTHON := .venv/bin/python
 MODEL ?=
 export PYTHON MODEL
 
-.PHONY: install test llama2-qlora llama2-lora llama2-full llama2-merge bench-smoke clean
+.PHONY: install test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
+        qwen-full qwen-merge bench-smoke clean
 
 install: .venv/.installed
 
@@ -23,6 +24,16 @@ llama2-qlora llama2-lora llama2-full: llama2-%: install
 
 llama2-merge: install
 	bash recipes/llama2/merge.sh $(or $(ADAPTER),out/llama2-qlora)
+
+# A GPTQ adapter merges into the unquantized model: BASE=/models/Qwen2.5-7B-Instruct (the tiny default finds its own).
+qwen-qlora qwen-qlora-gptq qwen-lora qwen-full: qwen-%: install
+	bash recipes/qwen/train.sh $*
+	@if [ "$*" = qlora-gptq ] && [ -z "$(MODEL)" ]; then \
+		BASE="$$($(PYTHON) -m tunekit.tiny qwen)" bash recipes/qwen/merge.sh out/qwen-$*; \
+	elif [ "$*" != full ]; then bash recipes/qwen/merge.sh out/qwen-$*; fi
+
+qwen-merge: install
+	bash recipes/qwen/merge.sh $(or $(ADAPTER),out/qwen-qlora)
 
 bench-smoke: install
 	$(PYTHON) bench/run.py --suite llama2-qlora --shape tiny --out out/bench-smoke

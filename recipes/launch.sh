@@ -8,7 +8,8 @@ recipe="recipes/$FAMILY/$METHOD.json"
 [ -f "$recipe" ] || { echo "error: no recipe $recipe (methods: $(cd "recipes/$FAMILY" && ls *.json | sed 's/.json//' | tr '\n' ' '))" >&2; exit 2; }
 args=("$recipe")
 if [ -z "$MODEL" ]; then
-  MODEL="$("$PYTHON" -m tunekit.tiny "$FAMILY" | tail -n 1)"
+  tiny=("$FAMILY"); [[ "$METHOD" == *gptq* ]] && tiny+=(--gptq)  # a GPTQ-Int4 copy of the tiny model
+  MODEL="$("$PYTHON" -m tunekit.tiny "${tiny[@]}" | tail -n 1)"
   args+=(recipes/cpu-tiny.json)
   GPUS_PER_NODE=1
 fi

@@ -1,7 +1,7 @@
 """Loading the tokenizer and the model, and the three branches: full fine-tuning, LoRA, Q-LoRA.
 
 Q-LoRA's branch is chosen from the checkpoint's own config.json: an unquantized checkpoint is quantized on load with
-bitsandbytes (NF4/FP4); a checkpoint whose `quantization_config` says GPTQ is trained as it is (see `_gptq_kwargs`).
+bitsandbytes (NF4/FP4); a checkpoint whose `quantization_config` says GPTQ is trained as it is (tunekit/gptq.py).
 """
 from __future__ import annotations
 
@@ -29,6 +29,14 @@ def load_tokenizer(model_args, family: Family):
     tok = AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
     if not tok.chat_template:  # e.g. a base (non-chat) checkpoint: use the family's, and save it with the adapter
         tok.chat_template = family.chat_template
+    # A base tokenizer may lack the template's special tokens (ChatML's <|im_start|>/<|im_end|>): add them; the
+    # model's embeddings are resized and trained fully (build_model), and the end-of-turn token becomes EOS.
+    vocab = tok.get_vocab()
+    tok.tunekit_added_tokens = [t for t in family.extra_special_tokens if t not in vocab]
+    if tok.tunekit_added_tokens:
+        tok.add_special_tokens({"additional_special_tokens": tok.tunekit_added_tokens})
+        if family.special_tokens.get("eos_token") in tok.tunekit_added_tokens:
+            tok.eos_token = family.special_tokens["eos_token"]
     if tok.pad_token is None:
         vocab = tok.get_vocab()
         tok.pad_token = family.pad_token if family.pad_token in vocab else (tok.unk_token or tok.eos_token)
@@ -54,13 +62,6 @@ def bnb_config(lora_args, compute_dtype):
     )
 
 
-def _gptq_kwargs(model_args, lora_args, quant_config):
-    # The GPTQ branch (LoRA on an already-quantized checkpoint) is added with the Qwen recipe; it loads through
-    # transformers' GPTQ integration with a backend that can train and refuses a second quantization on top.
-    raise ArgumentError(f"{model_args.model_name_or_path} is a GPTQ checkpoint; training GPTQ checkpoints is not "
-                        "supported yet. Use the unquantized checkpoint with --q_lora (bitsandbytes NF4) instead")
-
-
 def quantization_kwargs(model_args, lora_args, dtype) -> dict:
     """from_pretrained kwargs for the quantized branches; {} for full fine-tuning and LoRA."""
     existing = read_config(model_args.model_name_or_path).get("quantization_config")
@@ -69,8 +70,10 @@ def quantization_kwargs(model_args, lora_args, dtype) -> dict:
         if not lora_args.q_lora:
             raise ArgumentError(f"{model_args.model_name_or_path} is already quantized ({method}): "
                                 "train it with --use_lora --q_lora")
-        if method == "gptq":
-            return _gptq_kwargs(model_args, lora_args, existing)
+        if method == "gptq":  # trained as it is, with a kernel that has a backward pass (pitfalls #19, #41)
+            from .gptq import gptq_load_kwargs
+
+            return gptq_load_kwargs(existing, on_gpu=torch.cuda.is_available())
         if method == "bitsandbytes":
             return {}  # pre-quantized bitsandbytes checkpoint: loads as saved
         raise ArgumentError(f"{model_args.model_name_or_path}: quantization method '{method}' is not supported")
@@ -86,7 +89,7 @@ def load_model(model_args, lora_args, train_args, tokenizer):
     if not lora_args.use_lora:
         dtype = torch.float32  # full fine-tuning keeps fp32 master weights; bf16/fp16 run under autocast
     kwargs = quantization_kwargs(model_args, lora_args, dtype)
-    if kwargs and torch.cuda.is_available():
+    if kwargs and torch.cuda.is_available() and "device_map" not in kwargs:
         kwargs["device_map"] = {"": _local_rank()}  # one whole model per rank; "auto" would split it (pitfall #18)
     model = AutoModelForCausalLM.from_pretrained(
         model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation,
@@ -204,6 +207,10 @@ def count_parameters(model) -> tuple[int, int]:
 def build_model(model_args, lora_args, train_args, tokenizer, family: Family):
     """The model to train, with its trainable-parameter report (checked against the LoRA arithmetic)."""
     model = load_model(model_args, lora_args, train_args, tokenizer)
+    if lora_args.use_lora and tokenizer.tunekit_added_tokens and not lora_args.modules_to_save:
+        lora_args.modules_to_save = list(family.embedding_modules)  # new tokens need trained embedding rows
+        print(f"note: added {tokenizer.tunekit_added_tokens} to the tokenizer, so {lora_args.modules_to_save} "
+              "are trained fully and saved with the adapter")
     if lora_args.use_lora:
         model = apply_lora(model, lora_args, train_args, family)
     trainable, total = count_parameters(model)

@@ -1,7 +1,8 @@
 """The embedded default: a tiny random model of a family's real architecture, with a small tokenizer trained offline
 on the texts in data/ that carries the family's real special tokens and chat template.  Built once, cached.
 
-    python -m tunekit.tiny llama2 [--out .cache/tiny/llama2]      # prints the folder
+    python -m tunekit.tiny llama2 [--out DIR]       # prints the folder
+    python -m tunekit.tiny qwen --gptq             # and a GPTQ-Int4 copy of it (prints that folder)
 """
 from __future__ import annotations
 
@@ -97,8 +98,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family")
     p.add_argument("--out", default=None, help="default: .cache/tiny/<family>-<hash of data/>")
+    p.add_argument("--gptq", action="store_true", help="also pack a GPTQ-Int4 copy and print its folder")
     a = p.parse_args(argv)
-    print(build(a.family, Path(a.out) if a.out else default_dir(a.family)))
+    out = build(a.family, Path(a.out) if a.out else default_dir(a.family))
+    if a.gptq:
+        from .gptq import pack_rtn
+
+        gptq_dir = out.with_name(out.name + "-gptq")
+        if not (gptq_dir / "config.json").is_file():
+            pack_rtn(out, gptq_dir)
+        out = gptq_dir
+    print(out)
 
 
 if __name__ == "__main__":
