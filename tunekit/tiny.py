@@ -28,7 +28,8 @@ def corpus(data_dir: Path = DATA_DIR):
                 yield from (m["content"] for m in rec["messages"])
 
 
-def train_tokenizer(family: Family, texts):
+def train_tokenizer(family: Family, texts, base: bool = False):
+    """base=True: a base-model tokenizer, without the chat template or the template's special tokens."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -49,13 +50,13 @@ def train_tokenizer(family: Family, texts):
         trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
         tk.train_from_iterator(texts, trainer)
-        tk.add_special_tokens(list(family.extra_special_tokens))
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, chat_template=family.chat_template,
-                                  pad_token=family.pad_token, **family.special_tokens)
-    return tok
+        tk.add_special_tokens([family.pad_token] if base else list(family.extra_special_tokens))
+    specials = {"eos_token": family.pad_token} if base else family.special_tokens
+    return PreTrainedTokenizerFast(tokenizer_object=tk, chat_template=None if base else family.chat_template,
+                                   pad_token=family.pad_token, **specials)
 
 
-def build(family_name: str, out: Path, seed: int = 0) -> Path:
+def build(family_name: str, out: Path, seed: int = 0, base: bool = False) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
@@ -63,7 +64,7 @@ def build(family_name: str, out: Path, seed: int = 0) -> Path:
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
     family = get_family(family_name)
-    tok = train_tokenizer(family, list(corpus()))
+    tok = train_tokenizer(family, list(corpus()), base=base)
     shape = dict(family.tiny_config)
     config = AutoConfig.for_model(shape.pop("model_type"), vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **shape)
