@@ -1,27 +1,29 @@
-"""The README's first command, end to end on the embedded default: train.sh (tiny Llama-2, Q-LoRA, CPU), merge.sh,
+"""The README's first command, end to end on the embedded default: train.sh (tiny model, Q-LoRA, CPU), merge.sh,
 then plain transformers loads the merged model and generates."""
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
 
 
-def test_llama2_qlora_recipe_end_to_end(tmp_path):
+@pytest.mark.parametrize("family,port", [("qwen", 29531), ("llama2", 29532)])
+def test_qlora_recipe_end_to_end(family, port, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     env = dict(os.environ, PYTHON=sys.executable, MODEL="", OUTPUT_DIR=str(tmp_path / "adapter"),
-               MASTER_PORT="29531", OMP_NUM_THREADS="2")
-    r = subprocess.run(["bash", "recipes/llama2/train.sh", "qlora"], cwd=ROOT, env=env, capture_output=True,
+               MASTER_PORT=str(port), OMP_NUM_THREADS="2")
+    r = subprocess.run(["bash", f"recipes/{family}/train.sh", "qlora"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert "real tokens/s" in r.stdout
     adapter = tmp_path / "adapter"
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "loss_curve.png"):
         assert (adapter / name).is_file(), name
-    r = subprocess.run(["bash", "recipes/llama2/merge.sh", str(adapter), str(tmp_path / "merged")], cwd=ROOT,
+    r = subprocess.run(["bash", f"recipes/{family}/merge.sh", str(adapter), str(tmp_path / "merged")], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert ">>> " in r.stdout  # the sample generation ran
