@@ -120,7 +120,10 @@ def export_fast(model_file, chatglm3: bool = False):
     vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
     # BPE merges in the order sentencepiece applies them: by the rank of the merged piece (scores fall with the id).
     merges = []
+    normal = {p.piece for p in proto.pieces if p.type == 1}  # never merge into control, byte or unused pieces
     for piece, rank in vocab.items():
+        if piece not in normal:
+            continue
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
             if left in vocab and right in vocab:
