@@ -58,6 +58,11 @@ class DataArguments:
     eval_data_path: str | None = field(default=None, metadata={"help": "Optional evaluation data: .json or .jsonl."})
     lazy_preprocess: bool = field(default=False, metadata={"help": "Tokenize samples when first used, not upfront."})
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
+    max_source_length: int | None = field(
+        default=None, metadata={"help": "ADGEN content/summary records (chatglm2): cut the prompt, [gMASK] <sop> "
+                                        "included, to this many tokens."})
+    max_target_length: int | None = field(
+        default=None, metadata={"help": "ADGEN records: cut the summary to this many tokens (EOS follows)."})
 
 
 @dataclass
@@ -94,6 +99,12 @@ class TrainingArguments(transformers.TrainingArguments):
     logging_nan_inf_filter: bool = False
     label_names: list[str] | None = field(default_factory=lambda: ["labels"])
     report_to: None | str | list[str] = "none"
+    # Output safety and resume (tunekit/checkpoints.py).
+    overwrite_output_dir: bool = field(default=False, metadata={
+        "help": "Replace a finished run (or another run's checkpoints) in --output_dir; otherwise that is refused."})
+    resume_from_checkpoint: str | None = field(default=None, metadata={
+        "help": "auto: the newest complete checkpoint in --output_dir (the default when it holds checkpoints of the "
+                "same run), or a checkpoint folder."})
 
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
@@ -267,12 +278,18 @@ def validate(a) -> None:
         except json.JSONDecodeError as e:
             raise ArgumentError(f"{a.deepspeed}: not valid JSON (line {e.lineno}: {e.msg})") from None
         if ds.get("zero_optimization", {}).get("stage", 0) == 3 and a.q_lora:
-            raise ArgumentError("--deepspeed: ZeRO-3 cannot shard a 4-bit model; use ds_configs/zero2.json with --q_lora")
+            dtype = "bfloat16" if a.bf16 else "float16" if a.fp16 else "float32"
+            storage = (f" (and --bnb_4bit_quant_storage {a.bnb_4bit_quant_storage} differs from the model dtype {dtype}: "
+                       "ZeRO-3 shards flat buffers of one dtype)" if a.bnb_4bit_quant_storage != dtype else "")
+            raise ArgumentError(f"--deepspeed {a.deepspeed}: ZeRO-3 cannot shard a 4-bit model here{storage}; "
+                                "use ds_configs/zero2.json with --q_lora")
         if not is_distributed_launch():
             raise ArgumentError("--deepspeed needs a distributed launch: run `torchrun --nproc_per_node N finetune.py ...` "
                                 "(N=1 is fine), not plain `python`")
     from .families import resolve_family  # reads only config.json
+    from .safety import check_remote_code
 
+    check_remote_code(a.model_name_or_path, a.trust_remote_code)  # before anything reads the model folder further
     a.family = resolve_family(a.model_name_or_path, a.family)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .checkpoints import AtomicCheckpointMixin
 from .data import PaddingCollator, to_hf_dataset
 
 
@@ -87,7 +88,7 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, trainer_kind=
         eval_ds = to_hf_dataset(eval_ds) if eval_ds is not None else None
     else:
         base, args = Trainer, train_args
-    cls = type(f"TokenCounting{base.__name__}", (TokenCountingMixin, base), {"tunekit_tokens": 0})
+    cls = type(f"TokenCounting{base.__name__}", (TokenCountingMixin, AtomicCheckpointMixin, base), {"tunekit_tokens": 0})
     trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                   processing_class=tokenizer)
     trainer.tunekit_recorder = RunRecorder(trainer)

@@ -1,0 +1,261 @@
+"""Checkpoints that are either complete or absent, and resuming from the newest complete one.
+
+Saving (AtomicCheckpointMixin, mixed into the Trainer): the Trainer writes `checkpoint-N` inside a staging folder
+`.tmp-checkpoint-N/`; once every rank has finished, rank 0 writes the completion marker (`tunekit_checkpoint.json`:
+step, run fingerprint, the size of every file) as the last file, renames the folder to `checkpoint-N`, and only then
+deletes checkpoints beyond `--save_total_limit`.  A crash at any moment leaves either no `checkpoint-N` or a complete
+one.  The Trainer's pickled `training_args.bin` is replaced by `training_args.json`.
+
+Resuming (plan_run, before any model is loaded): `--resume_from_checkpoint auto`, or nothing when the output folder
+holds checkpoints of the same run (same fingerprint), picks the newest checkpoint whose marker is present and whose
+files are all there at the recorded sizes; others are skipped with a warning.  The Trainer then restores model,
+optimizer, scheduler, RNG states and the position in the data order.  An output folder holding a finished run
+(`run_summary.json`) or checkpoints of another run is refused unless `--overwrite_output_dir`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .arguments import ArgumentError
+
+logger = logging.getLogger(__name__)
+
+MARKER = "tunekit_checkpoint.json"
+FINISHED = "run_summary.json"  # written last by finetune.py: the folder holds a finished run
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Arguments that do not change what is computed: a run may be resumed with different values of these.
+NOT_FINGERPRINTED = {
+    "output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "overwrite_output_dir", "report_to",
+    "disable_tqdm", "logging_steps", "logging_strategy", "logging_first_step", "save_steps", "save_strategy",
+    "save_total_limit", "save_only_model", "eval_data_path", "eval_strategy", "eval_steps",
+    "per_device_eval_batch_size", "dataloader_num_workers", "push_to_hub", "hub_model_id", "hub_strategy",
+    "hub_token", "hub_private_repo", "trust_remote_code", "lazy_preprocess",
+}
+
+
+# ---------------------------------------------------------------- run fingerprint
+
+def file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(args: dict) -> dict:
+    """What must be equal for a checkpoint to continue this run: every argument that changes the computation, the
+    training data's content and the number of processes."""
+    fp = {k: v for k, v in sorted(args.items()) if k not in NOT_FINGERPRINTED}
+    if args.get("data_path") and Path(args["data_path"]).is_file():
+        fp["data_sha256"] = file_digest(args["data_path"])
+    fp["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
+    return fp
+
+
+def differences(a: dict, b: dict) -> list[str]:
+    return [f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+# ---------------------------------------------------------------- which checkpoints are complete
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """checkpoint-N folders, newest first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in out.iterdir() if p.is_dir() and (m := CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def why_incomplete(ckpt: Path) -> str | None:
+    """None for a complete checkpoint, else the reason it cannot be resumed from."""
+    marker = ckpt / MARKER
+    if not marker.is_file():
+        return f"no completion marker {MARKER}"
+    try:
+        info = json.loads(marker.read_text())
+        files = info["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"unreadable {MARKER}"
+    for name, size in files.items():
+        p = ckpt / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != size:
+            return f"{name} has {p.stat().st_size} bytes, {size} were written"
+    if "trainer_state.json" not in files:
+        return "no trainer_state.json"
+    return None
+
+
+def read_marker(ckpt: Path) -> dict:
+    return json.loads((ckpt / MARKER).read_text())
+
+
+def newest_complete(output_dir, warn: bool = True) -> Path | None:
+    for ckpt in list_checkpoints(output_dir):
+        reason = why_incomplete(ckpt)
+        if reason is None:
+            return ckpt
+        if warn:
+            logger.warning("skipping %s: incomplete (%s); it will be replaced when this step is saved again",
+                           ckpt, reason)
+            print(f"warning: skipping {ckpt}: incomplete ({reason})", flush=True)
+    return None
+
+
+# ---------------------------------------------------------------- deciding how a run starts
+
+def plan_run(train_args, fp: dict) -> str | None:
+    """The checkpoint to resume from (None: start fresh), or ArgumentError when the output folder must not be
+    touched.  Reads only; nothing on disk changes here."""
+    out = Path(train_args.output_dir)
+    requested = train_args.resume_from_checkpoint
+    overwrite = getattr(train_args, "overwrite_output_dir", False)
+    if requested and str(requested).lower() in ("false", "no", "none"):
+        requested = None
+    how = "pass --overwrite_output_dir to replace it, or choose another --output_dir"
+    if overwrite:
+        if requested:
+            raise ArgumentError("--overwrite_output_dir starts the run afresh, --resume_from_checkpoint continues it: "
+                                "pass only one of them")
+        return None
+    if (out / FINISHED).is_file():
+        raise ArgumentError(f"--output_dir: {out} holds a finished run ({FINISHED}); {how}")
+    if requested and str(requested).lower() not in ("auto", "true"):
+        ckpt = Path(requested)
+        if not ckpt.is_dir():
+            raise ArgumentError(f"--resume_from_checkpoint: {ckpt} is not a folder")
+        reason = why_incomplete(ckpt)
+        if reason:
+            raise ArgumentError(f"--resume_from_checkpoint: {ckpt} is incomplete ({reason}); pass "
+                                "--resume_from_checkpoint auto to use the newest complete checkpoint")
+    else:
+        ckpt = newest_complete(out)
+        if ckpt is None:
+            if requested:
+                print(f"note: --resume_from_checkpoint auto: no complete checkpoint in {out}, starting afresh")
+            return None
+    saved = read_marker(ckpt).get("fingerprint", {})
+    diff = differences(saved, fp)
+    if diff:
+        raise ArgumentError(f"{ckpt} belongs to a different run ({'; '.join(diff[:5])}); resume with the same "
+                            f"arguments and data, or {how}")
+    print(f"note: resuming from {ckpt} (step {read_marker(ckpt)['step']})", flush=True)
+    return str(ckpt)
+
+
+def clear_for_overwrite(output_dir) -> None:
+    """--overwrite_output_dir: the old run's finished marker and checkpoints go before the new run writes anything,
+    so the folder never mixes the two runs.  Called once every check has passed and the model is loaded."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return
+    (out / FINISHED).unlink(missing_ok=True)
+    for p in out.iterdir():
+        if p.is_dir() and (CHECKPOINT.match(p.name) or p.name.startswith(".tmp-checkpoint-")):
+            shutil.rmtree(p)
+
+
+# ---------------------------------------------------------------- saving atomically
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_marker(ckpt: Path, step: int, fp: dict | None) -> None:
+    files = {str(p.relative_to(ckpt)): p.stat().st_size for p in sorted(ckpt.rglob("*")) if p.is_file()}
+    tmp = ckpt / (MARKER + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "fingerprint": fp or {}, "files": files}, indent=1))
+    _fsync_tree(ckpt)
+    tmp.replace(ckpt / MARKER)
+
+
+def rotate(run_dir: Path, keep: int | None, protect: str | None) -> None:
+    """Keep the newest `keep` complete checkpoints (and the best one); never delete the last complete one."""
+    if not keep or keep <= 0:
+        return
+    complete = [p for p in list_checkpoints(run_dir) if why_incomplete(p) is None]
+    for p in complete[keep:]:
+        if protect and Path(protect).resolve() == p.resolve():
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+
+
+class AtomicCheckpointMixin:
+    """Trainer mixin: checkpoints staged under a temporary name, marked complete last, renamed into place."""
+
+    tunekit_fingerprint: dict | None = None
+    _tunekit_staging: str | None = None
+
+    def _get_output_dir(self, trial):
+        if self._tunekit_staging is not None:
+            return self._tunekit_staging
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        staging = run_dir / f".tmp-{name}"
+        main_process = self.args.should_save
+        if main_process:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+            staging.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation happens after the rename
+        self._tunekit_staging = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._tunekit_staging = None
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()  # every rank's shards are written
+        if main_process:
+            final = run_dir / name
+            if self.state.best_global_step:  # the Trainer looked for the best checkpoint inside the staging folder
+                best = run_dir / f"checkpoint-{self.state.best_global_step}"
+                if best.exists() or self.state.best_global_step == self.state.global_step:
+                    self.state.best_model_checkpoint = str(best)
+                self.state.save_to_json(str(staging / name / "trainer_state.json"))
+            write_marker(staging / name, self.state.global_step, self.tunekit_fingerprint)
+            if final.exists():  # an incomplete leftover, or the previous run's (overwrite)
+                shutil.rmtree(final)
+            os.rename(staging / name, final)
+            staging.rmdir()
+            _fsync_dir(run_dir)
+            rotate(run_dir, limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
+
+    def _save(self, output_dir=None, state_dict=None):
+        """Weights as safetensors (save_pretrained's default), training arguments as JSON, never pickled."""
+        super()._save(output_dir, state_dict)
+        out = Path(output_dir if output_dir is not None else self.args.output_dir)
+        (out / "training_args.bin").unlink(missing_ok=True)
+        (out / "training_args.json").write_text(self.args.to_json_string())
