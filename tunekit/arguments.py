@@ -151,6 +151,8 @@ def _describe(hint) -> str:
     origin = typing.get_origin(hint)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if isinstance(hint, type):
+        return hint.__name__  # int, not <class 'int'>
     return str(hint).replace("typing.", "")
 
 

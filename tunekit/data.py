@@ -32,7 +32,15 @@ class DataError(ArgumentError):
 
 def read_records(path: str) -> list[dict]:
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path} line {line}: not valid UTF-8 (byte {e.start} is {raw[e.start:e.start + 1]!r}); "
+                        "save the file as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty; it must hold training records (see data/README.md)")
     if path.endswith(".jsonl"):
         records = []
         for lineno, line in enumerate(text.splitlines(), 1):

@@ -34,14 +34,50 @@ def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
     return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
 
 
-def check_base(base: str) -> None:
+def check_base(base: str, trust_remote_code: bool = False) -> None:
+    from .safety import check_remote_code
+
     cfg = Path(base) / "config.json"
     if not cfg.is_file():
         raise ArgumentError(f"--base: {base} has no config.json; pass the original (unquantized) model folder")
+    check_remote_code(base, trust_remote_code)
     quant = json.loads(cfg.read_text()).get("quantization_config")
     if quant:
         raise ArgumentError(f"--base: {base} is quantized ({quant.get('quant_method', '?')}); a LoRA adapter cannot "
                             "be merged into 4-bit or GPTQ weights. Pass the original unquantized model with --base")
+
+
+def check_adapter_fits(adapter: str, base: str, trust_remote_code: bool = False) -> None:
+    """Every module the adapter adapts exists in the base, with the in/out sizes the adapter was trained on.  Checked
+    on an empty (meta-device) copy of the base, before any weight is read: a Qwen adapter on a Llama base, or a 7B
+    adapter on a 13B base, is refused here instead of failing inside PEFT with a size-mismatch trace."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    weights = Path(adapter) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ArgumentError(f"--adapter: {adapter} has no adapter_model.safetensors")
+    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        modules = dict(AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code).named_modules())
+    with safe_open(str(weights), "pt") as f:
+        for key in f.keys():
+            name = key.removeprefix("base_model.model.")
+            part = ".lora_A." if ".lora_A." in name else ".lora_B." if ".lora_B." in name else None
+            if part is None:
+                continue
+            target = name.split(part)[0]
+            module = modules.get(target)
+            if module is None or not hasattr(module, "in_features"):
+                raise ArgumentError(f"--adapter {adapter} adapts '{target}', which the base {base} (model_type "
+                                    f"'{config.model_type}') does not have: the adapter was trained on another model; "
+                                    "pass the model it was trained on with --base")
+            shape = f.get_slice(key).get_shape()
+            got, want = (shape[1], module.in_features) if part == ".lora_A." else (shape[0], module.out_features)
+            if got != want:
+                raise ArgumentError(f"--adapter {adapter}: {key} has shape {list(shape)}, but '{target}' of the base "
+                                    f"{base} has {'in' if part == '.lora_A.' else 'out'}_features={want}: the adapter "
+                                    "was trained on another model (architecture or size); pass that model with --base")
 
 
 def probe_batch(tokenizer, n_tokens: int = 32) -> torch.Tensor:
@@ -52,7 +88,7 @@ def probe_batch(tokenizer, n_tokens: int = 32) -> torch.Tensor:
 
 @torch.no_grad()
 def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bfloat16",
-          max_shard_size: str = "2GB", overwrite: bool = False) -> dict:
+          max_shard_size: str = "2GB", overwrite: bool = False, trust_remote_code: bool = False) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     adapter_cfg = Path(adapter) / "adapter_config.json"
@@ -61,15 +97,17 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
     base = base or json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
     if not base:
         raise ArgumentError("--base is required: the adapter does not record its base model")
-    check_base(base)
+    check_base(base, trust_remote_code)
     out = Path(output)
     if out.exists() and not overwrite:
         raise ArgumentError(f"--output: {out} already exists; pass --overwrite to replace it")
+    check_adapter_fits(adapter, base, trust_remote_code)
 
     torch_dtype = DTYPES[dtype]
-    tokenizer = AutoTokenizer.from_pretrained(adapter)  # the tokenizer trained with the adapter, template included
+    tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code)  # the tokenizer trained with the adapter, template included
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a 7B merge is minutes faster on a GPU
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, device_map={"": device})
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, device_map={"": device},
+                                                 trust_remote_code=trust_remote_code)
     if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))  # before loading: the adapter carries the resized rows
     model = load_adapter(model, adapter).eval()
@@ -116,9 +154,10 @@ def main(argv=None):
     p.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
     p.add_argument("--max_shard_size", default="2GB")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--trust_remote_code", action="store_true", help="run code shipped in the base model folder")
     a = p.parse_args(argv)
     try:
-        merge(a.adapter, a.output, a.base, a.dtype, a.max_shard_size, a.overwrite)
+        merge(a.adapter, a.output, a.base, a.dtype, a.max_shard_size, a.overwrite, a.trust_remote_code)
     except ArgumentError as e:
         sys.exit(f"error: {e}")
 

@@ -26,7 +26,13 @@ def train_dtype(train_args) -> torch.dtype:
 def load_tokenizer(model_args, family: Family):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_args.model_name_or_path, trust_remote_code=model_args.trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
+                                            trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError, TypeError) as e:  # no tokenizer files, or files that do not parse
+        raise ArgumentError(f"--model_name_or_path: {model_args.model_name_or_path}: the tokenizer does not load "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); the folder needs tokenizer.json "
+                            "or tokenizer.model with tokenizer_config.json") from None
     if not tok.chat_template:  # e.g. a base (non-chat) checkpoint: use the family's, and save it with the adapter
         tok.chat_template = family.chat_template
     # A base tokenizer may lack the template's special tokens (ChatML's <|im_start|>/<|im_end|>): add them; the
@@ -39,7 +45,14 @@ def load_tokenizer(model_args, family: Family):
             tok.eos_token = family.special_tokens["eos_token"]
     if tok.pad_token is None:
         vocab = tok.get_vocab()
-        tok.pad_token = family.pad_token if family.pad_token in vocab else (tok.unk_token or tok.eos_token)
+        stand_in = family.pad_token if family.pad_token in vocab else tok.unk_token
+        if stand_in is None:  # EOS is no pad: generation would learn to stop nowhere (pitfall #20)
+            raise ArgumentError(
+                f"{model_args.model_name_or_path}/tokenizer_config.json: the tokenizer has no pad token, and neither "
+                f"the {family.name} family's pad {family.pad_token!r} nor an unk token exists to stand in for it; set "
+                "\"pad_token\" in tokenizer_config.json to an unused special token of this vocabulary (not the EOS "
+                "token)")
+        tok.pad_token = stand_in
     tok.padding_side = "right"  # training; generation uses a left-padded copy
     return tok
 

@@ -1,0 +1,280 @@
+"""Bad input ends with one `error: ...` line naming the file/record/key and how to fix it, a non-zero exit status, no
+traceback, and nothing on disk changed (issue 6).  finetune.cli is the command line's own entry point
+(`python finetune.py` runs exactly `sys.exit(cli())`); one case also runs it as a real process."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import finetune
+from conftest import ROOT, cpu_flags
+from tunekit.arguments import ArgumentError
+
+GOOD = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]}
+
+
+def tree(*roots):
+    """Every path under the roots with its size, mtime and content hash: any change on disk shows."""
+    import hashlib
+
+    out = {}
+    for root in roots:
+        for p in sorted(Path(root).rglob("*")):
+            st = p.stat()
+            digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            out[str(p)] = (st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+@pytest.fixture
+def ws(tmp_path, tiny_llama2):
+    """A workspace: a good data file, the tiny model, and an output folder that does not exist yet."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "good.jsonl").write_text(json.dumps(GOOD) + "\n", encoding="utf-8")
+    return tmp_path
+
+
+def refused(capsys, argv, pattern, *roots, runner=None):
+    """Runs the command line; asserts a non-zero exit, an `error:` message matching pattern, no traceback, and no
+    change under the roots."""
+    before = tree(*roots)
+    capsys.readouterr()
+    code = (runner or finetune.cli)(argv)
+    out, err = capsys.readouterr()
+    assert code not in (0, None), out + err
+    assert err.startswith("error: ") and err.count("\n") == 1, err  # one line
+    assert re.search(pattern, err), err
+    assert "Traceback" not in out + err
+    assert tree(*roots) == before
+    return err
+
+
+def args(ws, model, data=None, **flags):
+    data = data or str(ws / "data" / "good.jsonl")
+    return ["--model_name_or_path", model, "--data_path", str(data), "--use_lora",
+            *cpu_flags(ws / "out", max_steps=1, **flags)]
+
+
+def write(path: Path, content) -> str:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return str(path)
+
+
+# ---------------------------------------------------------------- argument files
+
+@pytest.mark.parametrize("content,pattern", [
+    ('{"lora_r": 8,}', r"bad\.json: not valid JSON \(line 1, column 14"),
+    ('{"learnig_rate": 1e-4}', r"bad\.json: unknown key 'learnig_rate' \(did you mean 'learning_rate'\?\)"),
+    ('{"lora_r": "eight"}', r"bad\.json: key 'lora_r' must be int, got 'eight'"),
+    ('{"use_lora": 1}', r"bad\.json: key 'use_lora' must be bool, got 1"),
+    ('[1, 2]', r"bad\.json: must hold one JSON object"),
+])
+def test_bad_argument_file(ws, tiny_llama2, capsys, content, pattern):
+    bad = write(ws / "bad.json", content)
+    refused(capsys, [bad, *args(ws, tiny_llama2)], pattern, ws, tiny_llama2)
+
+
+def test_bad_argument_file_as_a_real_process(ws, tiny_llama2):
+    """The same through `python finetune.py`: exit status 2, one line on stderr, no traceback."""
+    bad = write(ws / "bad.json", '{"lora_r": 8,}')
+    before = tree(ws, tiny_llama2)
+    r = subprocess.run([sys.executable, "finetune.py", bad, *args(ws, tiny_llama2)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2
+    assert f"error: {bad}: not valid JSON (line 1, column 14" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert tree(ws, tiny_llama2) == before
+
+
+def test_unknown_flag_and_wrong_flag_type(ws, tiny_llama2, capsys):
+    refused(capsys, [*args(ws, tiny_llama2), "--lora_rank", "8"], r"unknown argument --lora_rank", ws)
+    refused(capsys, [*args(ws, tiny_llama2), "--lora_r", "eight"], r"argument --lora_r.*: invalid int value: 'eight'", ws)
+
+
+# ---------------------------------------------------------------- data files
+
+@pytest.mark.parametrize("name,content,pattern", [
+    ("empty.jsonl", "", r"empty\.jsonl: the file is empty"),
+    ("empty.json", "  \n", r"empty\.json: the file is empty"),
+    ("list.jsonl", json.dumps(GOOD) + "\n[1, 2]\n", r"list\.jsonl record 1: a record must be a JSON object, got list"),
+    ("nomsg.jsonl", '{"messages": []}\n', r"nomsg\.jsonl record 0: 'messages' must be a non-empty list"),
+    ("other.jsonl", '{"prompt": "hi", "answer": "ho"}\n',
+     r"other\.jsonl record 0: unknown record format \(keys: \['answer', 'prompt'\]\)"),
+    ("role.jsonl", json.dumps({"messages": [{"role": "robot", "content": "x"}, GOOD["messages"][1]]}) + "\n",
+     r"role\.jsonl record 0: messages\[0\] has role='robot'; expected user, assistant or system"),
+    ("noasst.jsonl", json.dumps({"messages": [GOOD["messages"][0]]}) + "\n",
+     r"noasst\.jsonl record 0: no assistant turn"),
+    ("latin1.jsonl", json.dumps(GOOD).encode() + b'\n{"text": "caf\xe9"}\n',
+     r"latin1\.jsonl line 2: not valid UTF-8 \(byte \d+ is b'\\xe9'\); save the file as UTF-8"),
+    ("broken.jsonl", json.dumps(GOOD) + '\n{"text": \n', r"broken\.jsonl line 2: not valid JSON"),
+])
+def test_bad_data_file(ws, tiny_llama2, capsys, name, content, pattern):
+    path = write(ws / "data" / name, content)
+    refused(capsys, args(ws, tiny_llama2, data=path), pattern, ws, tiny_llama2)
+
+
+def test_missing_data_file(ws, tiny_llama2, capsys):
+    refused(capsys, args(ws, tiny_llama2, data=ws / "nowhere.jsonl"), r"--data_path: file not found: .*nowhere\.jsonl",
+            ws)
+
+
+def test_every_sample_truncated_to_no_labels(ws, tiny_llama2, capsys):
+    long_prompt = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    path = write(ws / "data" / "long.jsonl", json.dumps(long_prompt) + "\n")
+    refused(capsys, args(ws, tiny_llama2, data=path, model_max_length=16),
+            r"long\.jsonl: every sample lost its supervised tokens to truncation at --model_max_length 16; raise it",
+            ws, tiny_llama2)
+
+
+# ---------------------------------------------------------------- model folder, tokenizer, output folder
+
+def test_missing_model_folder(ws, capsys):
+    refused(capsys, args(ws, str(ws / "no-model")), r"--model_name_or_path: .*no-model does not exist", ws)
+
+
+def test_model_folder_without_config(ws, capsys):
+    (ws / "empty-model").mkdir()
+    refused(capsys, args(ws, str(ws / "empty-model")), r"empty-model has no config\.json", ws)
+
+
+def test_tokenizer_without_pad_token(ws, tiny_llama2, capsys):
+    """A Llama-architecture folder whose tokenizer has neither pad nor unk: EOS is not used as pad (pitfall #20)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = ws / "nopad"
+    folder.mkdir()
+    shutil.copy(Path(tiny_llama2) / "config.json", folder / "config.json")
+    words = ["<s>", "</s>", "Say", "hi.", "Hi."]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=None))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>").save_pretrained(folder)
+    refused(capsys, args(ws, str(folder)), r"nopad/tokenizer_config\.json: the tokenizer has no pad token.*set "
+            r"\"pad_token\" in tokenizer_config\.json", ws)
+
+
+def test_output_folder_holding_a_finished_run(ws, tiny_llama2, capsys):
+    out = ws / "out"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_bytes(b"trained for a week")
+    (out / "run_summary.json").write_text("{}")
+    refused(capsys, args(ws, tiny_llama2), r"--output_dir: .*out holds a finished run \(run_summary\.json\); pass "
+            r"--overwrite_output_dir to replace it", ws)
+
+
+def test_overwrite_output_dir_replaces_a_finished_run(ws, tiny_llama2):
+    """Asked explicitly, the run goes ahead; the old run's checkpoints are gone so the folder holds one run only."""
+    out = ws / "out"
+    (out / "checkpoint-500").mkdir(parents=True)
+    (out / "run_summary.json").write_text('{"steps": 500}')
+    trainer = finetune.main(args(ws, tiny_llama2) + ["--overwrite_output_dir"])
+    assert trainer.state.global_step == 1
+    assert not (out / "checkpoint-500").exists()
+    assert json.loads((out / "run_summary.json").read_text())["steps"] == 1
+
+
+# ---------------------------------------------------------------- quantization and DeepSpeed
+
+def test_qlora_without_bitsandbytes(ws, tiny_llama2, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` now raises ImportError
+    refused(capsys, [*args(ws, tiny_llama2), "--q_lora"], r"--q_lora loads the model in 4 bits with bitsandbytes, "
+            r"which cannot be imported \((ModuleNotFound|Import)Error.*pip install 'bitsandbytes", ws, tiny_llama2)
+
+
+def test_zero3_with_4bit_and_a_different_quant_storage(ws, tiny_llama2, capsys, monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as under torchrun: the check comes before torch.distributed starts
+    refused(capsys, [*args(ws, tiny_llama2), "--q_lora", "--bnb_4bit_quant_storage", "uint8", "--deepspeed",
+                     str(ROOT / "ds_configs/zero3.json")],
+            r"zero3\.json: ZeRO-3 cannot shard a 4-bit model here \(and --bnb_4bit_quant_storage uint8 differs from "
+            r"the model dtype float32", ws)
+
+
+# ---------------------------------------------------------------- merge
+
+@pytest.fixture(scope="module")
+def llama_adapter(tiny_llama2, tmp_path_factory):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama2),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                                      task_type="CAUSAL_LM"))
+    out = tmp_path_factory.mktemp("adapter") / "llama-adapter"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama2).save_pretrained(out)
+    return str(out)
+
+
+def merge_cli(argv):
+    from tunekit.merge import main
+
+    try:
+        main(argv)
+    except SystemExit as e:  # argparse-style: sys.exit("error: ...") prints the message and exits 1
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 1
+        return e.code
+    return 0
+
+
+@pytest.mark.parametrize("method", ["bitsandbytes", "gptq"])
+def test_merge_onto_a_quantized_base(ws, tiny_llama2, llama_adapter, capsys, method):
+    q = ws / f"base-{method}"
+    shutil.copytree(tiny_llama2, q)
+    cfg = json.loads((q / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": method, "bits": 4, "load_in_4bit": method == "bitsandbytes"}
+    (q / "config.json").write_text(json.dumps(cfg))
+    refused(capsys, ["--adapter", llama_adapter, "--base", str(q), "--output", str(ws / "merged")],
+            rf"--base: .*base-{method} is quantized \({method}\); a LoRA adapter cannot be merged into 4-bit or GPTQ "
+            r"weights\. Pass the original unquantized model with --base", ws, llama_adapter, runner=merge_cli)
+
+
+def test_merge_adapter_onto_another_architecture(ws, tiny_qwen, llama_adapter, capsys):
+    refused(capsys, ["--adapter", llama_adapter, "--base", tiny_qwen, "--output", str(ws / "merged")],
+            r"llama-adapter: base_model\.model\.model\.layers\.0\.self_attn\.v_proj\.lora_B\.weight has shape \[64, 4\], "
+            r"but 'model\.layers\.0\.self_attn\.v_proj' of the base .* has out_features=32: the adapter was trained on "
+            r"another model", ws, llama_adapter, tiny_qwen, runner=merge_cli)
+
+
+def test_merge_adapter_onto_a_model_without_its_modules(ws, tiny_llama2, llama_adapter, capsys):
+    """A base whose layers are named differently (here: fewer layers) is refused by name."""
+    small = ws / "one-layer"
+    shutil.copytree(tiny_llama2, small)
+    cfg = json.loads((small / "config.json").read_text())
+    cfg["num_hidden_layers"] = 1
+    (small / "config.json").write_text(json.dumps(cfg))
+    refused(capsys, ["--adapter", llama_adapter, "--base", str(small), "--output", str(ws / "merged")],
+            r"adapts 'model\.layers\.1\.self_attn\.q_proj', which the base .*one-layer \(model_type 'llama'\) does "
+            r"not have", ws, llama_adapter, runner=merge_cli)
+
+
+def test_adapter_onto_an_already_wrapped_model(tiny_llama2, llama_adapter):
+    """No command loads an adapter onto a model in training (resume goes through the Trainer), so this is the API
+    merge uses: refused with the project error, and the wrapped model is left as it was."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.merge import load_adapter
+
+    wrapped = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama2),
+                             LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    before = {k: v.clone() for k, v in wrapped.state_dict().items()}
+    for model in (wrapped, wrapped.base_model.model):
+        with pytest.raises(ArgumentError, match="already carries LoRA layers .* load the adapter onto a freshly "
+                                                "loaded base model"):
+            load_adapter(model, llama_adapter)
+    after = wrapped.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert list(wrapped.peft_config) == ["default"]
