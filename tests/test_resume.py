@@ -45,7 +45,8 @@ finetune.main(sys.argv[1:])
 
 def argv(model, data, out, **flags):
     # 24 samples, batch 4: 6 steps per epoch, so the resumed part crosses into the second epoch's shuffle.
-    flags = {"max_steps": 8, "save_strategy": "steps", "save_steps": 2, "lora_dropout": 0.1, **flags}
+    flags = {"max_steps": 8, "save_strategy": "steps", "save_steps": 2, "lora_dropout": 0.1, "model_max_length": 64,
+             **flags}
     return ["--model_name_or_path", model, "--data_path", data, "--use_lora", *cpu_flags(out, **flags)]
 
 
@@ -86,7 +87,9 @@ def test_killed_run_resumes_exactly(tiny_llama2, guanaco_small, tmp_path, capsys
     assert want.keys() == got.keys() and any("lora_B" in k for k in want)
     worst = max((want[k] - got[k]).abs().max().item() for k in want)
     assert worst <= 1e-6, worst
-    assert any(want[k].abs().max() > 0 for k in want if "lora_B" in k)  # it trained: the comparison means something
+    # the tolerance is meaningful: four more steps move the adapter far more than 1e-6
+    at_crash = adapter(crashed / "checkpoint-4")
+    assert max((want[k] - at_crash[k]).abs().max().item() for k in want) > 1e-4
 
     straight_losses = losses_by_step(reference.state.log_history)
     after_restart = losses_by_step(resumed.state.log_history, after=4)
@@ -96,38 +99,6 @@ def test_killed_run_resumes_exactly(tiny_llama2, guanaco_small, tmp_path, capsys
     # the step-6 checkpoint written after the restart replaced the truncated one, and is complete
     assert why_incomplete(crashed / "checkpoint-6") is None and why_incomplete(crashed / "checkpoint-8") is None
     assert not list(crashed.glob(".tmp-*"))
-
-
-def test_resume_without_restoring_state_would_differ(tiny_llama2, guanaco_small, tmp_path):
-    """The comparison above can fail: continuing from the checkpoint's adapter weights alone (fresh optimizer,
-    scheduler, RNG and data order: the classic manual 'resume') does not reproduce the run."""
-    from transformers import TrainerCallback
-
-    import finetune
-
-    reference = main(argv(tiny_llama2, guanaco_small, tmp_path / "straight", max_steps=4, save_steps=2))
-    weights = adapter(tmp_path / "straight" / "checkpoint-2")
-
-    class LoadAdapterOnly(TrainerCallback):
-        def on_train_begin(self, args, state, control, model=None, **kw):
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(model, weights)
-
-    build = finetune.build_trainer
-
-    def build_with(*a, **k):
-        trainer = build(*a, **k)
-        trainer.add_callback(LoadAdapterOnly())
-        return trainer
-
-    finetune.build_trainer = build_with
-    try:
-        manual = main(argv(tiny_llama2, guanaco_small, tmp_path / "manual", max_steps=2, save_steps=2))
-    finally:
-        finetune.build_trainer = build
-    straight = losses_by_step(reference.state.log_history)
-    assert abs(losses_by_step(manual.state.log_history)[1] - straight[3]) > 1e-4
 
 
 def test_newest_complete_checkpoint_is_chosen(tmp_path):
@@ -164,27 +135,16 @@ def test_crash_while_saving_leaves_no_checkpoint_and_keeps_the_previous(tiny_lla
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", failing)
     out = tmp_path / "out"
     with pytest.raises(OSError, match="simulated"):
-        main(argv(tiny_llama2, guanaco_small, out, max_steps=6, save_total_limit=1))
+        main(argv(tiny_llama2, guanaco_small, out, max_steps=4, save_total_limit=1))
     assert not (out / "checkpoint-4").exists() and (out / ".tmp-checkpoint-4").is_dir()
     assert why_incomplete(out / "checkpoint-2") is None
     assert newest_complete(out) == out / "checkpoint-2"
 
 
-def test_checkpoint_of_another_run_is_refused(tiny_llama2, guanaco_small, tmp_path):
+def test_checkpoint_files_and_another_runs_checkpoint_refused(tiny_llama2, guanaco_small, tmp_path):
     out = tmp_path / "out"
     main(argv(tiny_llama2, guanaco_small, out, max_steps=2))
-    (out / "run_summary.json").unlink()  # as if it had crashed after its last checkpoint
-    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*"))
-    with pytest.raises(ArgumentError, match=r"checkpoint-2 belongs to a different run \(learning_rate: 0.005 then, "
-                                            r"0.001 now\)"):
-        main(argv(tiny_llama2, guanaco_small, out, max_steps=2, learning_rate=1e-3))
-    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == before
-
-
-def test_checkpoints_hold_no_pickled_arguments(tiny_llama2, guanaco_small, tmp_path):
-    out = tmp_path / "out"
-    main(argv(tiny_llama2, guanaco_small, out, max_steps=2))
-    for folder in (out, out / "checkpoint-2"):
+    for folder in (out, out / "checkpoint-2"):  # arguments as JSON, never pickled; weights as safetensors
         names = {p.name for p in folder.iterdir()}
         assert "training_args.bin" not in names and "training_args.json" in names
         assert json.loads((folder / "training_args.json").read_text())["learning_rate"] == 0.005
@@ -192,13 +152,20 @@ def test_checkpoints_hold_no_pickled_arguments(tiny_llama2, guanaco_small, tmp_p
     marker = json.loads((out / "checkpoint-2" / MARKER).read_text())
     assert marker["step"] == 2 and marker["fingerprint"]["data_sha256"] and "optimizer.pt" in marker["files"]
 
+    (out / "run_summary.json").unlink()  # as if it had crashed after its last checkpoint
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    with pytest.raises(ArgumentError, match=r"checkpoint-2 belongs to a different run \(learning_rate: 0.005 then, "
+                                            r"0.001 now\)"):
+        main(argv(tiny_llama2, guanaco_small, out, max_steps=2, learning_rate=1e-3))
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+
 
 @pytest.mark.parametrize("trainer", ["hf"])
 def test_same_seed_same_adapter_other_seed_other_adapter(trainer, tiny_llama2, guanaco_small, tmp_path):
     """--seed fixes LoRA init, dropout and data order: the same seed gives bit-identical adapters on CPU."""
     runs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        main(argv(tiny_llama2, guanaco_small, tmp_path / name, max_steps=3, save_strategy="no", seed=seed,
+        main(argv(tiny_llama2, guanaco_small, tmp_path / name, max_steps=2, save_strategy="no", seed=seed,
                   trainer=trainer))
         runs[name] = adapter(tmp_path / name)
     a, b, c = runs["a"], runs["b"], runs["c"]
