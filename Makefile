@@ -35,6 +35,16 @@ qwen-qlora qwen-qlora-gptq qwen-lora qwen-full: qwen-%: install
 qwen-merge: install
 	bash recipes/qwen/merge.sh $(or $(ADAPTER),out/qwen-qlora)
 
+# ChatGLM2/3: MODEL may be the original THUDM folder (converted to native glm first, cached); merge.sh also writes the
+# merged model back in the original layout (out/chatglm2-<method>-merged-chatglm2).
+.PHONY: chatglm2-lora chatglm2-qlora chatglm2-merge
+chatglm2-lora chatglm2-qlora: chatglm2-%: install
+	OUTPUT_DIR="$${OUTPUT:-out/chatglm2-$*}" bash recipes/chatglm2/train.sh $*
+	@out="$${OUTPUT:-out/chatglm2-$*}"; bash recipes/chatglm2/merge.sh "$$out" "$$out-merged"
+
+chatglm2-merge: install
+	@adapter="$${ADAPTER:-out/chatglm2-lora}"; bash recipes/chatglm2/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
+
 bench-smoke: install
 	$(PYTHON) bench/run.py --suite llama2-qlora --shape tiny --out out/bench-smoke
 

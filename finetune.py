@@ -27,7 +27,8 @@ def main(argv=None):
     check_quantization_backend(model_args.model_name_or_path, lora_args.q_lora)
     tokenizer = load_tokenizer(model_args, family)
     data = dict(tokenizer=tokenizer, family=family, max_length=train_args.model_max_length,
-                lazy=data_args.lazy_preprocess)
+                lazy=data_args.lazy_preprocess, max_source_length=data_args.max_source_length,
+                max_target_length=data_args.max_target_length)
     train_ds = build_dataset(data_args.data_path, max_samples=data_args.max_samples, **data)
     eval_ds = build_dataset(data_args.eval_data_path, **data) if data_args.eval_data_path else None
     set_seed(train_args.seed)  # before the model: LoRA's initial weights are drawn from it

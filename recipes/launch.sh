@@ -7,6 +7,11 @@ PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 recipe="recipes/$FAMILY/$METHOD.json"
 [ -f "$recipe" ] || { echo "error: no recipe $recipe (methods: $(cd "recipes/$FAMILY" && ls *.json | sed 's/.json//' | tr '\n' ' '))" >&2; exit 2; }
 args=("$recipe")
+# An original layout that needs remote code (ChatGLM2/3 `chatglm`, Qwen-1 `qwen`) is converted first (cached).
+case "$([ -f "$MODEL/config.json" ] && grep -o '"model_type": *"[a-z0-9_]*"' "$MODEL/config.json" | head -n 1)" in
+  *'"chatglm"') MODEL="$("$PYTHON" -m tunekit.convert_chatglm2 "$MODEL" | tail -n 1)" ;;
+  *'"qwen"') MODEL="$("$PYTHON" -m tunekit.convert_qwen "$MODEL" | tail -n 1)" ;;
+esac
 if [ -z "$MODEL" ]; then
   tiny=("$FAMILY"); [[ "$METHOD" == *gptq* ]] && tiny+=(--gptq)  # a GPTQ-Int4 copy of the tiny model
   MODEL="$("$PYTHON" -m tunekit.tiny "${tiny[@]}" | tail -n 1)"

@@ -6,6 +6,9 @@ Formats (detected per record):
   messages       {"messages": [{"role": "user"|"assistant"|"system", "content": ...}]}     (OpenAI style)
   alpaca         {"instruction": ..., "input": ..., "output": ...}
   text           {"text": "..."}: plain text; guanaco-style "### Human: ... ### Assistant: ..." is split into turns
+  adgen          {"content": ..., "summary": ...}  (ChatGLM2's ADGEN): for a family with a `source_template`
+                 (chatglm2) prefix + template(content) cut to max_source_length, summary cut to max_target_length,
+                 then EOS; loss on the summary and EOS only.  Other families: one user/assistant turn.
 """
 from __future__ import annotations
 
@@ -92,12 +95,18 @@ def normalise(record, where: str) -> dict:
                 raise DataError(f"{where}: '{k}' must be a string")
         prompt = record["instruction"] + ("\n\n" + record["input"] if record.get("input") else "")
         return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]}
+    if "content" in record and "summary" in record:
+        for k in ("content", "summary"):
+            if not isinstance(record[k], str) or not record[k].strip():
+                raise DataError(f"{where}: '{k}' must be a non-empty string (ADGEN records: content + summary)")
+        return {"messages": [{"role": "user", "content": record["content"]},
+                             {"role": "assistant", "content": record["summary"]}], "adgen": True}
     if "text" in record:
         if not isinstance(record["text"], str) or not record["text"].strip():
             raise DataError(f"{where}: 'text' must be a non-empty string")
         return {"text": record["text"]}
     raise DataError(f"{where}: unknown record format (keys: {sorted(record)}); expected 'conversations', "
-                    "'messages', 'instruction'+'output' or 'text' (see data/README.md)")
+                    "'messages', 'instruction'+'output', 'content'+'summary' or 'text' (see data/README.md)")
 
 
 def check_roles(messages: list[dict], where: str) -> None:
@@ -174,9 +183,29 @@ class Stats:
     tokens: int = 0
 
 
-def tokenize_sample(sample: dict, tokenizer, family: Family, max_length: int) -> tuple[dict, bool]:
+def adgen_ids(sample: dict, tokenizer, family: Family, max_source_length=None, max_target_length=None):
+    """ChatGLM2's ADGEN preprocessing: prefix + template(content) (source, cut to max_source_length including the
+    prefix) + summary (cut to max_target_length) + EOS, each part tokenized on its own; labels on summary and EOS."""
+    content, summary = (m["content"] for m in sample["messages"])
+    prefix = tokenizer.convert_tokens_to_ids(list(family.prefix_tokens))
+    source = tokenizer(family.source_template.format(content=content), add_special_tokens=False)["input_ids"]
+    target = tokenizer(summary, add_special_tokens=False)["input_ids"]
+    if max_source_length:
+        source = source[: max(max_source_length - len(prefix), 0)]
+    if max_target_length:
+        target = target[:max_target_length]
+    input_ids = prefix + source + target + [tokenizer.eos_token_id]
+    labels = [IGNORE_INDEX] * (len(prefix) + len(source)) + target + [tokenizer.eos_token_id]
+    return input_ids, labels
+
+
+def tokenize_sample(sample: dict, tokenizer, family: Family, max_length: int, max_source_length=None,
+                    max_target_length=None) -> tuple[dict, bool]:
     """Tokenize the whole rendering at once (exactly the ids inference sees, no double BOS: the template already
     holds BOS/EOS) and label each token whose first character lies in a trained segment."""
+    if sample.get("adgen") and family.source_template:
+        input_ids, labels = adgen_ids(sample, tokenizer, family, max_source_length, max_target_length)
+        return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}, len(input_ids) > max_length
     segs = [(t, trained) for t, trained in render_segments(sample, tokenizer, family) if t]
     if not tokenizer.is_fast:  # no offsets: tokenize segment by segment
         input_ids, labels = [], []
@@ -205,13 +234,13 @@ def has_labels(example: dict) -> bool:
 class SupervisedDataset(torch.utils.data.Dataset):
     """Tokenized up front; samples left with no supervised token after truncation are dropped (and counted)."""
 
-    def __init__(self, records, tokenizer, family, max_length):
+    def __init__(self, records, tokenizer, family, max_length, **limits):
         from tqdm.auto import tqdm
 
         self.stats = Stats()
         self.examples = []
         for rec in tqdm(records, desc="tokenizing", disable=len(records) < 5000):
-            ex, truncated = tokenize_sample(rec, tokenizer, family, max_length)
+            ex, truncated = tokenize_sample(rec, tokenizer, family, max_length, **limits)
             self.stats.samples += 1
             self.stats.truncated += truncated
             if not has_labels(ex):
@@ -232,8 +261,9 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
     """Records are read and checked up front, tokenized on first use (--lazy_preprocess).  A sample left with no
     supervised token cannot be dropped here; it contributes no loss and is counted in stats."""
 
-    def __init__(self, records, tokenizer, family, max_length):
+    def __init__(self, records, tokenizer, family, max_length, **limits):
         self.records, self.tokenizer, self.family, self.max_length = records, tokenizer, family, max_length
+        self.limits = limits  # max_source_length / max_target_length of ADGEN records
         self.cache = {}
         self.stats = Stats(samples=len(records))
 
@@ -242,17 +272,23 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         if i not in self.cache:
-            ex, truncated = tokenize_sample(self.records[i], self.tokenizer, self.family, self.max_length)
+            ex, truncated = tokenize_sample(self.records[i], self.tokenizer, self.family, self.max_length,
+                                            **self.limits)
             self.stats.truncated += truncated
             self.stats.dropped += not has_labels(ex)
             self.cache[i] = ex
         return self.cache[i]
 
 
-def build_dataset(path, tokenizer, family, max_length, lazy=False, max_samples=None):
+def build_dataset(path, tokenizer, family, max_length, lazy=False, max_samples=None, max_source_length=None,
+                  max_target_length=None):
+    for key, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length)):
+        if value is not None and value < 1:
+            raise DataError(f"--{key} must be a positive number of tokens, got {value}")
     records = load_records(path, max_samples)
     cls = LazySupervisedDataset if lazy else SupervisedDataset
-    ds = cls(records, tokenizer, family, max_length)
+    ds = cls(records, tokenizer, family, max_length, max_source_length=max_source_length,
+             max_target_length=max_target_length)
     if len(ds) == 0:
         raise DataError(f"{path}: every sample lost its supervised tokens to truncation at "
                         f"--model_max_length {max_length}; raise it")

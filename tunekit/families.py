@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .arguments import ArgumentError
+from .chatglm2_tokenizer import CHAT_TEMPLATE as CHATGLM2_CHAT_TEMPLATE
 
 # Meta's Llama-2-chat format, as in the official tokenizer_config.json (BOS + [INST] per turn, EOS after each answer).
 LLAMA2_CHAT_TEMPLATE = (
@@ -49,6 +50,8 @@ class Family:
     extra_special_tokens: tuple[str, ...] = ()
     tiny_config: dict = field(default_factory=dict)  # shape of the embedded default model (besides vocab)
     embedding_modules: tuple[str, ...] = ("embed_tokens", "lm_head")
+    prefix_tokens: tuple[str, ...] = ()    # tokens every input starts with (ChatGLM2's [gMASK] <sop>)
+    source_template: str | None = None     # ADGEN content/summary records: the prompt around `content` (data.py)
 
 
 FAMILIES = {
@@ -76,7 +79,23 @@ FAMILIES = {
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
                          rms_norm_eps=1e-6, tie_word_embeddings=False),
     ),
+    # ChatGLM2/ChatGLM3 after tunekit/convert_chatglm2.py (native `glm`); its tiny default is built in the original
+    # layout and converted (tunekit/tiny_chatglm2.py).
+    "chatglm2": Family(
+        name="chatglm2",
+        model_types=("glm",),
+        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"),
+        chat_template=CHATGLM2_CHAT_TEMPLATE,
+        special_tokens={"eos_token": "</s>", "unk_token": "<unk>"},
+        pad_token="<unk>",  # id 0, as ChatGLM2 pads
+        prefix_tokens=("[gMASK]", "<sop>"),
+        source_template="[Round 1]\n\n问：{content}\n\n答：",
+    ),
 }
+
+
+# Original layouts that are converted to a native model first: model_type -> converter module.
+CONVERTERS = {"chatglm": "tunekit.convert_chatglm2", "qwen": "tunekit.convert_qwen"}
 
 
 def read_config(model_path: str) -> dict:
@@ -97,6 +116,10 @@ def resolve_family(model_path: str, family: str | None) -> str:
             raise ArgumentError(f"--family '{family}' is unknown; choose one of: {known}")
         return family
     model_type = read_config(model_path).get("model_type")
+    if model_type in CONVERTERS:
+        raise ArgumentError(f"{model_path}/config.json has model_type '{model_type}', an original layout that needs the "
+                            f"checkpoint's own code: convert it first with `python -m {CONVERTERS[model_type]} "
+                            f"{model_path}` (the recipes' train.sh does this for you)")
     for fam in FAMILIES.values():
         if model_type in fam.model_types:
             return fam.name

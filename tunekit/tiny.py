@@ -101,6 +101,11 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="default: .cache/tiny/<family>-<hash of data/>")
     p.add_argument("--gptq", action="store_true", help="also pack a GPTQ-Int4 copy and print its folder")
     a = p.parse_args(argv)
+    if a.family == "chatglm2":  # built in the original ChatGLM2 layout, then converted to native glm
+        from .tiny_chatglm2 import build_default
+
+        print(build_default())
+        return
     out = build(a.family, Path(a.out) if a.out else default_dir(a.family))
     if a.gptq:
         from .gptq import pack_rtn
