@@ -1,8 +1,20 @@
 # Everything runs through the virtualenv that `make install` creates (once; redone when requirements.txt changes).
 # MODEL=/path/to/checkpoint runs a recipe on a real model; with no MODEL, on the embedded tiny default (CPU).
 PYTHON := .venv/bin/python
+# MODEL, DATA, OUTPUT, ADAPTER, BASE reach the scripts through the environment, taken literally ($(value ...)) and
+# never pasted into a command line: spaces, quotes and $(...) in a path stay part of the path.
+#   make qwen-lora MODEL=/models/Qwen2.5-7B-Instruct DATA=/data/train.jsonl OUTPUT=out/my-run
 MODEL ?=
-export PYTHON MODEL
+DATA ?=
+OUTPUT ?=
+ADAPTER ?=
+BASE ?=
+override MODEL := $(value MODEL)
+override DATA := $(value DATA)
+override OUTPUT := $(value OUTPUT)
+override ADAPTER := $(value ADAPTER)
+override BASE := $(value BASE)
+export PYTHON MODEL DATA OUTPUT ADAPTER BASE
 
 .PHONY: install test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
         qwen-full qwen-merge bench-smoke clean
@@ -19,21 +31,21 @@ test: install
 	$(PYTHON) -m pytest -q tests
 
 llama2-qlora llama2-lora llama2-full: llama2-%: install
-	bash recipes/llama2/train.sh $*
-	@if [ "$*" != full ]; then bash recipes/llama2/merge.sh out/llama2-$*; fi
+	OUTPUT_DIR="$${OUTPUT:-out/llama2-$*}" bash recipes/llama2/train.sh $*
+	@out="$${OUTPUT:-out/llama2-$*}"; if [ "$*" != full ]; then bash recipes/llama2/merge.sh "$$out" "$$out-merged"; fi
 
 llama2-merge: install
-	bash recipes/llama2/merge.sh $(or $(ADAPTER),out/llama2-qlora)
+	@adapter="$${ADAPTER:-out/llama2-qlora}"; bash recipes/llama2/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
 
 # A GPTQ adapter merges into the unquantized model: BASE=/models/Qwen2.5-7B-Instruct (the tiny default finds its own).
 qwen-qlora qwen-qlora-gptq qwen-lora qwen-full: qwen-%: install
-	bash recipes/qwen/train.sh $*
-	@if [ "$*" = qlora-gptq ] && [ -z "$(MODEL)" ]; then \
-		BASE="$$($(PYTHON) -m tunekit.tiny qwen)" bash recipes/qwen/merge.sh out/qwen-$*; \
-	elif [ "$*" != full ]; then bash recipes/qwen/merge.sh out/qwen-$*; fi
+	OUTPUT_DIR="$${OUTPUT:-out/qwen-$*}" bash recipes/qwen/train.sh $*
+	@out="$${OUTPUT:-out/qwen-$*}"; if [ "$*" = qlora-gptq ] && [ -z "$$MODEL" ]; then \
+		BASE="$$($(PYTHON) -m tunekit.tiny qwen)" bash recipes/qwen/merge.sh "$$out" "$$out-merged"; \
+	elif [ "$*" != full ]; then bash recipes/qwen/merge.sh "$$out" "$$out-merged"; fi
 
 qwen-merge: install
-	bash recipes/qwen/merge.sh $(or $(ADAPTER),out/qwen-qlora)
+	@adapter="$${ADAPTER:-out/qwen-qlora}"; bash recipes/qwen/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
 
 # ChatGLM2/3: MODEL may be the original THUDM folder (converted to native glm first, cached); merge.sh also writes the
 # merged model back in the original layout (out/chatglm2-<method>-merged-chatglm2).
