@@ -242,6 +242,16 @@ def is_distributed_launch() -> bool:
     return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def checkpointing_kwargs(zero_stage: int, use_lora: bool, kwargs) -> dict:
+    """Non-reentrant activation checkpointing everywhere (pitfalls #9, #10), except ZeRO-3 with PEFT: ZeRO-3
+    re-partitions frozen weights before the recompute, which non-reentrant checkpointing rejects ('Recomputed values
+    ... have different metadata', pitfall #11); reentrant works there because LoRA calls enable_input_require_grads."""
+    kwargs = json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs or {})
+    if zero_stage == 3 and use_lora:
+        return {**kwargs, "use_reentrant": True}
+    return kwargs
+
+
 def validate(a) -> None:
     """Impossible combinations and missing files, before any model or data is loaded (a: the parsed namespace)."""
     if not a.model_name_or_path:
@@ -285,6 +295,9 @@ def validate(a) -> None:
                        "ZeRO-3 shards flat buffers of one dtype)" if a.bnb_4bit_quant_storage != dtype else "")
             raise ArgumentError(f"--deepspeed {a.deepspeed}: ZeRO-3 cannot shard a 4-bit model here{storage}; "
                                 "use ds_configs/zero2.json with --q_lora")
+        if a.gradient_checkpointing:
+            a.gradient_checkpointing_kwargs = checkpointing_kwargs(
+                ds.get("zero_optimization", {}).get("stage", 0), a.use_lora, a.gradient_checkpointing_kwargs)
         if not is_distributed_launch():
             raise ArgumentError("--deepspeed needs a distributed launch: run `torchrun --nproc_per_node N finetune.py ...` "
                                 "(N=1 is fine), not plain `python`")

@@ -209,6 +209,37 @@ def rotate(run_dir: Path, keep: int | None, protect: str | None) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+class EmptyAdapterError(RuntimeError):
+    pass
+
+
+def validate_adapter(folder, expected_keys, trained: bool) -> None:
+    """After every adapter save (pitfall #5): the file exists, holds exactly the adapter's keys, no tensor is empty, and
+    once training has stepped, not every lora_B is zero.  Catches the 40-byte adapter of a ZeRO-3 save without gathered
+    weights, state_dict monkey-patching, and adapters that never trained."""
+    from safetensors import safe_open
+
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise EmptyAdapterError(f"{path} was not written")
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        problems = []
+        missing, extra = set(expected_keys) - keys, keys - set(expected_keys)
+        if missing or extra:
+            problems.append(f"{len(missing)} adapter tensors missing (e.g. {sorted(missing)[:2]}), "
+                            f"{len(extra)} unexpected (e.g. {sorted(extra)[:2]})")
+        empty = [k for k in keys if 0 in f.get_slice(k).get_shape()]
+        if empty:
+            problems.append(f"{len(empty)} empty tensors (e.g. {empty[0]})")
+        lora_b = [k for k in keys if "lora_B" in k and k not in empty]
+        if trained and lora_b and all(not f.get_tensor(k).any() for k in lora_b):
+            problems.append("every lora_B is zero after training steps: the adapter is a no-op")
+    if problems:
+        raise EmptyAdapterError(f"{path}: {'; '.join(problems)}. Under DeepSpeed ZeRO-3 set "
+                                "stage3_gather_16bit_weights_on_model_save: true")
+
+
 class AtomicCheckpointMixin:
     """Trainer mixin: checkpoints staged under a temporary name, marked complete last, renamed into place."""
 
@@ -257,5 +288,10 @@ class AtomicCheckpointMixin:
         """Weights as safetensors (save_pretrained's default), training arguments as JSON, never pickled."""
         super()._save(output_dir, state_dict)
         out = Path(output_dir if output_dir is not None else self.args.output_dir)
+        if getattr(self.model, "peft_config", None) and (out / "adapter_config.json").is_file():
+            from peft import get_peft_model_state_dict
+
+            expected = get_peft_model_state_dict(self.accelerator.unwrap_model(self.model)).keys()
+            validate_adapter(out, expected, trained=self.state.global_step > 0)
         (out / "training_args.bin").unlink(missing_ok=True)
         (out / "training_args.json").write_text(self.args.to_json_string())

@@ -1,0 +1,265 @@
+"""Items of ../shared/reference/pitfalls.md not covered elsewhere (the full map is in the issue-6 notes); each test
+names its pitfall number."""
+import json
+import math
+import re
+import types
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import ROOT, cpu_flags
+from finetune import main
+
+
+def run(model, data, out, *extra, **flags):
+    flags.setdefault("max_steps", 3)
+    flags.setdefault("model_max_length", 64)
+    return main(["--model_name_or_path", model, "--data_path", data, *cpu_flags(out, **flags), *extra])
+
+
+def losses(trainer):
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+@pytest.fixture(scope="module")
+def random_adapter(tiny_llama2, tmp_path_factory):
+    """An adapter with non-zero A and B (init_lora_weights=False), so checks on it are not vacuous."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama2),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                                      task_type="CAUSAL_LM"))
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama2).save_pretrained(out)
+    return str(out)
+
+
+# ---------------------------------------------------------------- #5 adapter saved empty / no-op
+
+def test_5_adapter_validator_catches_empty_zero_and_partial_adapters(random_adapter, tmp_path):
+    from tunekit.checkpoints import EmptyAdapterError, validate_adapter
+
+    good = load_file(f"{random_adapter}/adapter_model.safetensors")
+    keys = set(good)
+    validate_adapter(random_adapter, keys, trained=True)  # the real save path passes
+
+    def saved(tensors):
+        folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        return folder
+
+    zero_b = {k: torch.zeros_like(v) if "lora_B" in k else v for k, v in good.items()}
+    with pytest.raises(EmptyAdapterError, match="every lora_B is zero after training steps"):
+        validate_adapter(saved(zero_b), keys, trained=True)
+    validate_adapter(saved(zero_b), keys, trained=False)  # before the first step B is zero by design
+    with pytest.raises(EmptyAdapterError, match="empty tensors"):
+        validate_adapter(saved({k: torch.empty(0) for k in good}), keys, trained=True)
+    with pytest.raises(EmptyAdapterError, match=r"\d+ adapter tensors missing"):
+        validate_adapter(saved({}), keys, trained=True)  # the 40-byte ZeRO-3 adapter
+
+
+# ---------------------------------------------------------------- #9, #33, #37, #40 gradient checkpointing
+
+@pytest.mark.parametrize("family,reentrant", [("llama2", True), ("qwen", False)])
+def test_9_gradient_checkpointing_trains_every_lora_weight(family, reentrant, tiny_llama2, tiny_qwen, guanaco_small,
+                                                          tmp_path):
+    """With checkpointing on (reentrant too) and a head trained fully outside the checkpointed blocks (the silent
+    variant), every lora_B leaves zero and the head moves; the model runs without a KV cache (#40)."""
+    model = tiny_llama2 if family == "llama2" else tiny_qwen
+    kwargs = json.dumps({"use_reentrant": reentrant})
+    import warnings
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer = run(model, guanaco_small, tmp_path, "--use_lora", "--modules_to_save", "lm_head",
+                      gradient_checkpointing=True, gradient_checkpointing_kwargs=kwargs, lora_dropout=0.0)
+    assert not [w for w in record if "Gradients will be None" in str(w.message)]
+    assert trainer.model.base_model.model.is_gradient_checkpointing
+    assert trainer.model.config.use_cache is False
+    lora_b = {n: p for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    assert lora_b and all(p.abs().max() > 0 for p in lora_b.values()), [n for n, p in lora_b.items() if not p.any()]
+    base_head = trainer.model.base_model.model.lm_head.original_module.weight
+    trained_head = trainer.model.base_model.model.lm_head.modules_to_save["default"].weight
+    assert not torch.equal(base_head, trained_head)
+    assert all(math.isfinite(x) for x in losses(trainer))
+
+
+def test_10_11_checkpointing_rule_table():
+    from tunekit.arguments import checkpointing_kwargs
+
+    assert checkpointing_kwargs(0, True, {"use_reentrant": False}) == {"use_reentrant": False}  # DDP (#10)
+    assert checkpointing_kwargs(2, True, {"use_reentrant": False}) == {"use_reentrant": False}
+    assert checkpointing_kwargs(3, True, '{"use_reentrant": false}') == {"use_reentrant": True}  # ZeRO-3 + PEFT (#11)
+    assert checkpointing_kwargs(3, False, {"use_reentrant": False}) == {"use_reentrant": False}  # full fine-tuning
+
+
+def test_10_default_is_non_reentrant(tiny_llama2, guanaco_small, tmp_path):
+    from tunekit.arguments import parse_args
+
+    *_, t = parse_args(["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small,
+                        "--output_dir", str(tmp_path / "o")])
+    assert t.gradient_checkpointing_kwargs == {"use_reentrant": False}
+    assert t.logging_nan_inf_filter is False and t.label_names == ["labels"]  # #14, #26
+
+
+# ---------------------------------------------------------------- #12, #14 non-finite loss
+
+def test_12_14_nan_loss_stops_the_run(tiny_llama2, guanaco_small, tmp_path, monkeypatch):
+    """A forward that turns NaN at step 2 stops the run with a message; the Trainer default would have logged the
+    running average instead (logging_nan_inf_filter)."""
+    import finetune
+    from tunekit.training import NonFiniteLossError
+
+    build = finetune.build_trainer
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == 2 else output
+
+    def spy(model, *a, **k):
+        model.get_output_embeddings().register_forward_hook(poison)
+        return build(model, *a, **k)
+
+    monkeypatch.setattr(finetune, "build_trainer", spy)
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 2: stopping"):
+        run(tiny_llama2, guanaco_small, tmp_path, "--use_lora")
+    assert not (tmp_path / "run_summary.json").exists()
+
+
+# ---------------------------------------------------------------- #13, #15, #18 precision, quantization, placement
+
+def test_13_adapters_are_fp32_on_an_fp16_base(tiny_llama2):
+    from tunekit.arguments import LoraArguments, ModelArguments
+    from tunekit.families import get_family
+    from tunekit.model import build_model, load_tokenizer
+
+    family = get_family("llama2")
+    model_args = ModelArguments(model_name_or_path=tiny_llama2, family="llama2")
+    train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False,
+                                       gradient_checkpointing_kwargs={"use_reentrant": False})
+    model, _ = build_model(model_args, LoraArguments(use_lora=True, lora_r=4), train_args,
+                           load_tokenizer(model_args, family), family)
+    params = dict(model.named_parameters())
+    assert all(p.dtype == torch.float32 for p in params.values() if p.requires_grad)
+    assert all(p.dtype == torch.float16 for p in params.values() if not p.requires_grad)
+    assert sum(p.requires_grad for p in params.values()) > 0
+
+
+def test_15_compute_dtype_follows_training_dtype():
+    from tunekit.arguments import LoraArguments
+    from tunekit.model import bnb_config
+
+    assert bnb_config(LoraArguments(), torch.bfloat16).bnb_4bit_compute_dtype == torch.bfloat16
+    assert bnb_config(LoraArguments(), torch.float16).bnb_4bit_compute_dtype == torch.float16
+    for path in ROOT.glob("recipes/*/qlora*.json"):
+        recipe = json.loads(path.read_text())
+        assert recipe.get("bnb_4bit_compute_dtype", "auto") in ("auto", "bfloat16" if recipe.get("bf16") else "float16")
+
+
+def test_18_quantized_model_goes_whole_to_its_own_gpu(tiny_llama2, monkeypatch):
+    """Under DDP each rank loads the whole 4-bit model on its own GPU ({'': LOCAL_RANK}), never device_map='auto'."""
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.arguments import LoraArguments, ModelArguments
+    from tunekit.model import load_model
+
+    seen = {}
+
+    class Loaded(Exception):
+        pass
+
+    def spy(path, **kwargs):
+        seen.update(kwargs)
+        raise Loaded
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", spy)
+    train_args = types.SimpleNamespace(bf16=True, fp16=False)
+    with pytest.raises(Loaded):
+        load_model(ModelArguments(model_name_or_path=tiny_llama2), LoraArguments(use_lora=True, q_lora=True),
+                   train_args, tokenizer=None)
+    assert seen["device_map"] == {"": 1} and seen["quantization_config"].load_in_4bit
+
+
+# ---------------------------------------------------------------- #21, #22, #23 labels, templates, padding
+
+def test_21_every_recipe_sets_its_max_length():
+    for path in ROOT.glob("recipes/*/*.json"):
+        assert isinstance(json.loads(path.read_text()).get("model_max_length"), int), path
+
+
+@pytest.mark.parametrize("family", ["llama2", "qwen"])
+def test_22_training_prompt_is_the_inference_prompt_and_bos_is_single(family, tiny_llama2, tiny_qwen):
+    from tunekit.arguments import ModelArguments
+    from tunekit.data import IGNORE_INDEX, tokenize_sample
+    from tunekit.families import get_family
+    from tunekit.model import load_tokenizer
+
+    fam = get_family(family)
+    tok = load_tokenizer(ModelArguments(model_name_or_path=tiny_llama2 if family == "llama2" else tiny_qwen), fam)
+    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
+                {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Red."}]
+    ex, _ = tokenize_sample({"messages": messages}, tok, fam, max_length=512)
+    for turn in (1, 3):  # what generation would be fed before each answer
+        prompt = tok(tok.apply_chat_template(messages[:turn], tokenize=False, add_generation_prompt=True),
+                     add_special_tokens=False)["input_ids"]
+        assert ex["input_ids"][:len(prompt)] == prompt
+        assert ex["labels"][len(prompt)] != IGNORE_INDEX  # the answer starts right after it
+    first = tok(tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False)["input_ids"]
+    assert all(x == IGNORE_INDEX for x in ex["labels"][:len(first)])
+    assert ex["input_ids"] == tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    if tok.bos_token_id is not None:
+        assert ex["input_ids"][:2] != [tok.bos_token_id] * 2  # no double BOS
+
+
+def test_23_batched_generation_pads_left_and_matches_unbatched(tiny_llama2):
+    from tunekit.generate import generate
+
+    prompts = ["Hi", "Give me three tips for better sleep, please, in detail."]
+    batched = generate(tiny_llama2, prompts, max_new_tokens=4)
+    assert batched == [generate(tiny_llama2, [p], max_new_tokens=4)[0] for p in prompts]
+
+
+# ---------------------------------------------------------------- #25 gradient accumulation
+
+def test_25_gradient_accumulation_equals_the_full_batch(tiny_llama2, guanaco_small, tmp_path):
+    """bs=8 vs bs=4 × GA=2 on samples of different lengths: the same losses per step and the same adapter."""
+    a = run(tiny_llama2, guanaco_small, tmp_path / "a", "--use_lora", lora_dropout=0.0,
+            per_device_train_batch_size=8, gradient_accumulation_steps=1)
+    b = run(tiny_llama2, guanaco_small, tmp_path / "b", "--use_lora", lora_dropout=0.0,
+            per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    la, lb = losses(a), losses(b)
+    assert len(la) == len(lb) == 3
+    assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4, (la, lb)
+    pa, pb = load_file(str(tmp_path / "a/adapter_model.safetensors")), load_file(str(tmp_path / "b/adapter_model.safetensors"))
+    assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-5
+
+
+# ---------------------------------------------------------------- #32 Llama-2 pretraining_tp, #36 no Trainer internals
+
+def test_32_merged_llama_has_pretraining_tp_1(tiny_llama2, random_adapter, tmp_path):
+    import shutil
+
+    from tunekit.merge import merge
+
+    base = tmp_path / "base-tp2"
+    shutil.copytree(tiny_llama2, base)
+    cfg = json.loads((base / "config.json").read_text())
+    cfg["pretraining_tp"] = 2
+    (base / "config.json").write_text(json.dumps(cfg))
+    merge(random_adapter, str(tmp_path / "merged"), base=str(base), dtype="float32")
+    assert json.loads((tmp_path / "merged/config.json").read_text())["pretraining_tp"] == 1
+
+
+def test_36_code_never_mutates_trainer_internals():
+    for path in [*ROOT.glob("tunekit/*.py"), ROOT / "finetune.py"]:
+        assert not re.search(r"distributed_state\.distributed_type\s*=", path.read_text()), path
