@@ -1,0 +1,335 @@
+"""Qwen-1 checkpoint (original QwenLM layout, `model_type: qwen`, remote code) -> transformers' native `qwen2`,
+including Qwen-1 GPTQ-Int4 checkpoints, without running the checkpoint's code.
+
+    python -m tunekit.convert_qwen SRC [OUT]              # prints OUT (default .cache/converted/<name>-qwen2-<hash>)
+
+Weights: `c_attn` rows are [Q | K | V] (hidden each) and are split into q/k/v_proj (weights and biases); `attn.c_proj`
+is o_proj; the MLP computes c_proj(w1(x) * silu(w2(x))), so w2 is gate_proj, w1 up_proj, mlp.c_proj down_proj; and
+Qwen-1's `intermediate_size` is twice the MLP width.  GPTQ tensors are split the same way along the output dimension:
+qweight/scales columns, qzeros columns in packed units (32/bits outputs per int32), g_idx shared, bias split.
+
+Qwen-1 applies dynamic NTK scaling and log-n attention scaling only beyond `seq_length` tokens; qwen2 does neither, so
+the conversion is exact up to `seq_length` (written as max_position_embeddings) and longer contexts are not Qwen-1's.
+
+Tokenizer: `qwen.tiktoken` (base64 token, rank per line; specials <|endoftext|> <|im_start|> <|im_end|> <|extra_0..204|>
+after the ranks) becomes a byte-level BPE `tokenizer.json` (NFC, Qwen's split regex) with the ChatML template, kept
+only if its ids equal tiktoken's on a mixed Chinese/English check corpus (refused otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shutil
+import sys
+import unicodedata
+from pathlib import Path
+
+import torch
+
+from .arguments import ArgumentError
+from .convert_chatglm2 import (ConversionError, WEIGHT_SUFFIXES, _atomic_folder, _replace, fingerprint, load_weights,
+                               save_weights)
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORD = "tunekit_conversion.json"
+PAT_STR = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
+GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
+
+
+# ---------------------------------------------------------------------------------------------------------- config
+def check_config(cfg: dict, where: str) -> None:
+    mt = cfg.get("model_type")
+    if mt == "qwen2":
+        raise ConversionError(f"{where}: model_type is already 'qwen2' (a native folder): train it directly")
+    if mt != "qwen":
+        raise ConversionError(f"{where}: model_type '{mt}' is not 'qwen'; this converts Qwen-1 folders")
+    problems = {"rotary_pct": (cfg.get("rotary_pct", 1.0) == 1.0, "partial rotary has no qwen2 equivalent"),
+                "no_bias": (cfg.get("no_bias", True), "biases on c_proj/MLP layers have no qwen2 equivalent"),
+                "scale_attn_weights": (cfg.get("scale_attn_weights", True), "unscaled attention is not qwen2's")}
+    for key, (ok, why) in problems.items():
+        if not ok:
+            raise ConversionError(f"{where}: {key} {cfg.get(key)}: {why}")
+    heads, kv = cfg.get("num_attention_heads"), cfg.get("kv_channels")
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "vocab_size") if k not in cfg]
+    if missing:
+        raise ConversionError(f"{where}: missing key(s) {missing}; is this an original Qwen-1 config.json?")
+    if kv and heads * kv != cfg["hidden_size"]:
+        raise ConversionError(f"{where}: kv_channels {kv} x num_attention_heads {heads} != hidden_size; not a Qwen-1 shape")
+    qc = cfg.get("quantization_config")
+    if qc and qc.get("quant_method") != "gptq":
+        raise ConversionError(f"{where}: quantization_config.quant_method {qc.get('quant_method')!r}: only GPTQ "
+                              "checkpoints (Qwen-1 *-Int4/Int8) convert")
+
+
+def qwen2_config(cfg: dict, dtype: torch.dtype, tokenizer_ids: dict):
+    from transformers import Qwen2Config
+
+    extra = {}
+    if cfg.get("quantization_config"):
+        qc = dict(cfg["quantization_config"])
+        fmt = qc.get("checkpoint_format") or qc.get("format") or "gptq"  # auto-gptq wrote v1 ("gptq")
+        qc.update({"quant_method": "gptq", "checkpoint_format": fmt, "format": fmt})
+        extra["quantization_config"] = qc
+    return Qwen2Config(
+        vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"] // 2,
+        num_hidden_layers=cfg["num_hidden_layers"], num_attention_heads=cfg["num_attention_heads"],
+        num_key_value_heads=cfg["num_attention_heads"], hidden_act="silu",
+        max_position_embeddings=cfg.get("seq_length", cfg.get("max_position_embeddings", 8192)),
+        rms_norm_eps=cfg.get("layer_norm_epsilon", 1e-6), tie_word_embeddings=False, use_sliding_window=False,
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.get("rotary_emb_base", 10000))},
+        attention_dropout=cfg.get("attn_dropout_prob", 0.0), use_cache=True,
+        bos_token_id=tokenizer_ids.get("<|endoftext|>"), eos_token_id=tokenizer_ids.get("<|endoftext|>"),
+        pad_token_id=tokenizer_ids.get("<|endoftext|>"), dtype=dtype, architectures=["Qwen2ForCausalLM"], **extra)
+
+
+# ---------------------------------------------------------------------------------------------------------- weights
+def _split_out(t: torch.Tensor, part: str, sizes: list[int], bits: int) -> list[torch.Tensor]:
+    """Split a fused [Q|K|V] tensor along its output dimension: rows of float weights/biases, columns of GPTQ
+    qweight/scales, packed columns of qzeros; g_idx (per input row) is shared."""
+    if part == "g_idx":
+        return [t.clone() for _ in sizes]
+    if part in ("qweight", "scales"):
+        return [c.clone() for c in t.split(sizes, dim=1)]
+    if part == "qzeros":
+        per_int = 32 // bits
+        if any(s % per_int for s in sizes):
+            raise ConversionError(f"qzeros: output sizes {sizes} are not multiples of {per_int} (packed {bits}-bit)")
+        return [c.clone() for c in t.split([s // per_int for s in sizes], dim=1)]
+    return [c.clone() for c in t.split(sizes, dim=0)]
+
+
+def to_qwen2(state: dict, cfg: dict, where: str = "checkpoint") -> dict:
+    """Original state dict -> native qwen2 state dict (float or GPTQ); every source tensor must be used."""
+    h = cfg["hidden_size"]
+    bits = (cfg.get("quantization_config") or {}).get("bits", 4)
+    rest = {k: v for k, v in state.items() if not k.endswith("rotary_emb.inv_freq")}
+    out = {}
+
+    def move(src, dst):
+        if src not in rest:
+            raise ConversionError(f"{where}: missing tensor {src}")
+        out[dst] = rest.pop(src)
+
+    def module(src, dst):  # a linear layer: float weight (+bias) or GPTQ parts (+bias)
+        found = False
+        for part in ("weight", "bias") + GPTQ_PARTS:
+            if f"{src}.{part}" in rest:
+                move(f"{src}.{part}", f"{dst}.{part}")
+                found = True
+        if not found:
+            raise ConversionError(f"{where}: missing tensors of {src}")
+
+    move("transformer.wte.weight", "model.embed_tokens.weight")
+    move("transformer.ln_f.weight", "model.norm.weight")
+    move("lm_head.weight", "lm_head.weight")
+    for n in range(cfg["num_hidden_layers"]):
+        s, d = f"transformer.h.{n}.", f"model.layers.{n}."
+        move(s + "ln_1.weight", d + "input_layernorm.weight")
+        move(s + "ln_2.weight", d + "post_attention_layernorm.weight")
+        module(s + "attn.c_proj", d + "self_attn.o_proj")
+        module(s + "mlp.w2", d + "mlp.gate_proj")   # silu(w2(x)): the gate
+        module(s + "mlp.w1", d + "mlp.up_proj")
+        module(s + "mlp.c_proj", d + "mlp.down_proj")
+        parts = [p for p in ("weight", "bias") + GPTQ_PARTS if f"{s}attn.c_attn.{p}" in rest]
+        if not parts:
+            raise ConversionError(f"{where}: missing tensors of {s}attn.c_attn")
+        for part in parts:
+            t = rest.pop(f"{s}attn.c_attn.{part}")
+            for name, piece in zip("qkv", _split_out(t, part, [h, h, h], bits)):
+                out[f"{d}self_attn.{name}_proj.{part}"] = piece
+    if rest:
+        raise ConversionError(f"{where}: {len(rest)} tensor(s) the conversion does not know: {sorted(rest)[:5]}")
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------- tokenizer
+def read_tiktoken(path) -> dict[bytes, int]:
+    ranks = {}
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+        except ValueError:
+            raise ConversionError(f"{path} line {lineno}: expected '<base64 token> <rank>'") from None
+    return ranks
+
+
+class QwenTiktoken:
+    """Qwen-1 tokenization on tiktoken itself: NFC, then tiktoken with every special token allowed in text."""
+
+    def __init__(self, path):
+        try:
+            import tiktoken
+        except ImportError:
+            raise ArgumentError("Qwen-1 tokenizers need tiktoken: pip install -r requirements.txt") from None
+        self.ranks = read_tiktoken(path)
+        self.special = {t: len(self.ranks) + i for i, t in enumerate(SPECIALS)}
+        self.enc = tiktoken.Encoding("qwen", pat_str=PAT_STR, mergeable_ranks=self.ranks,
+                                     special_tokens=self.special)
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode(unicodedata.normalize("NFC", text), allowed_special="all", disallowed_special=())
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte (what byte-level BPE vocabularies are written in)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _bpe_split(ranks: dict, token: bytes, max_rank: int) -> list[bytes]:
+    """tiktoken's merge loop on one token, using only merges ranked below max_rank: the last merge that makes it."""
+    parts = [bytes([b]) for b in token]
+    while True:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < max_rank and (best is None or r < best[1]):
+                best = (i, r)
+        if best is None:
+            return parts
+        i = best[0]
+        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
+
+
+def export_fast(tiktoken_file):
+    """A Qwen2-style PreTrainedTokenizerFast from qwen.tiktoken (unchecked: use `fast_tokenizer`, which checks it)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from .families import CHATML_TEMPLATE
+
+    ranks = read_tiktoken(tiktoken_file)
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise ConversionError(f"{tiktoken_file}: ranks are not 0..{len(ranks) - 1} without gaps")
+    b2u = _bytes_to_unicode()
+    text = {tok: "".join(b2u[b] for b in tok) for tok in ranks}
+    vocab = {text[tok]: r for tok, r in ranks.items()}
+    merges = []
+    for tok, r in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(tok) == 1:
+            continue
+        parts = _bpe_split(ranks, tok, r)
+        if len(parts) != 2:
+            raise ConversionError(f"{tiktoken_file}: token rank {r} cannot be built by one merge of lower ranks")
+        merges.append((text[parts[0]], text[parts[1]]))
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
+    tk.normalizer = normalizers.NFC()
+    tk.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    if tk.token_to_id(SPECIALS[0]) != len(ranks):
+        raise ConversionError(f"{tiktoken_file}: special tokens did not land right after the {len(ranks)} ranks")
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=CHATML_TEMPLATE, padding_side="right",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def check_against_tiktoken(fast, tiktoken_file, texts) -> int:
+    """Raise ConversionError unless `fast` gives Qwen-1's tiktoken ids on every text; returns how many were compared."""
+    ref = QwenTiktoken(tiktoken_file)
+    n = 0
+    for lineno, text in enumerate(texts, 1):
+        want, got = ref.encode(text), fast(text, add_special_tokens=False)["input_ids"]
+        if got != want:
+            at = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            raise ConversionError(f"{tiktoken_file}: the converted tokenizer differs from tiktoken on text {lineno} "
+                                  f"{text[:60]!r} at token {at}: tiktoken {want[at:at + 6]}, converted {got[at:at + 6]}; "
+                                  "refusing the converted tokenizer")
+        n += 1
+    return n
+
+
+def fast_tokenizer(tiktoken_file, extra_texts=()):
+    from .chatglm2_tokenizer import check_texts
+
+    fast = export_fast(tiktoken_file)
+    check_against_tiktoken(fast, tiktoken_file, check_texts(extra_texts) + ["<|im_start|>user\n你好<|im_end|>\n"])
+    return fast
+
+
+# ---------------------------------------------------------------------------------------------------------- convert
+def default_out(src: Path) -> Path:
+    return ROOT / ".cache" / "converted" / f"{src.resolve().name}-qwen2-{fingerprint(src)[:8]}"
+
+
+def convert(src, out=None, check_texts=(), max_shard_size: str = "4GB") -> Path:
+    """Qwen-1 folder (float or GPTQ) -> native qwen2 folder (cached, written atomically).  Returns the folder."""
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    src = Path(src)
+    if not (src / "config.json").is_file():
+        raise ConversionError(f"{src}: no config.json (pass a Qwen-1 checkpoint folder)")
+    cfg = json.loads((src / "config.json").read_text())
+    check_config(cfg, f"{src}/config.json")
+    if not (src / "qwen.tiktoken").is_file():
+        raise ConversionError(f"{src}: no qwen.tiktoken (the Qwen-1 tokenizer); copy it from the original model folder")
+    out = Path(out) if out else default_out(src)
+    fp = fingerprint(src)
+    if (out / RECORD).is_file() and json.loads((out / RECORD).read_text()).get("source_fingerprint") == fp:
+        return out
+
+    tokenizer = fast_tokenizer(src / "qwen.tiktoken", check_texts)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIALS[:3]}
+    state = to_qwen2(load_weights(src), cfg, where=str(src))
+    float_dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    dtype = torch.float16 if torch.float16 in float_dtypes else float_dtypes.pop()
+    config = qwen2_config(cfg, dtype, ids)
+    if not cfg.get("quantization_config"):  # the target's exact names and shapes, without allocating it
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in Qwen2ForCausalLM(config).state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if got != expected:
+            raise ConversionError(f"{src}: converted tensors do not match Qwen2ForCausalLM's: "
+                                  f"{sorted(set(got.items()) ^ set(expected.items()))[:5]}")
+    tmp = _atomic_folder(out)
+    try:
+        save_weights(state, tmp, max_shard_size)
+        config.save_pretrained(tmp)
+        GenerationConfig(bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]]).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        originals = tmp / "qwen1_original"
+        originals.mkdir()
+        for f in src.iterdir():  # provenance: copied as files, never imported
+            if f.is_file() and f.suffix not in WEIGHT_SUFFIXES and not f.name.endswith(".index.json"):
+                shutil.copy2(f, originals / f.name)
+        (tmp / RECORD).write_text(json.dumps({
+            "source": str(src.resolve()), "source_fingerprint": fp, "direction": "qwen->qwen2",
+            "gptq": bool(cfg.get("quantization_config")), "max_exact_length": config.max_position_embeddings},
+            indent=2) + "\n")
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("src", help="Qwen-1 folder (model_type qwen, qwen.tiktoken; float or GPTQ Int4)")
+    p.add_argument("out", nargs="?", help="output folder (default: .cache/converted/<name>-qwen2-<hash>)")
+    p.add_argument("--check_texts", help="a UTF-8 file whose lines the converted tokenizer must also get right")
+    p.add_argument("--max_shard_size", default="4GB")
+    a = p.parse_args(argv)
+    try:
+        extra = Path(a.check_texts).read_text(encoding="utf-8").splitlines() if a.check_texts else ()
+        print(convert(a.src, a.out, extra, a.max_shard_size))
+    except ArgumentError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
