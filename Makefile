@@ -16,7 +16,7 @@ override ADAPTER := $(value ADAPTER)
 override BASE := $(value BASE)
 export PYTHON MODEL DATA OUTPUT ADAPTER BASE
 
-.PHONY: install test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
+.PHONY: install install-gptq test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
         qwen-full qwen-merge bench-smoke clean
 
 install: .venv/.installed
@@ -27,7 +27,14 @@ install: .venv/.installed
 	$(PYTHON) -m pip install -q -r requirements.txt
 	touch $@
 
-test: install
+# The GPTQ stack (optimum + gptqmodel) is optional for users but installed for the tests, so CI covers that branch.
+install-gptq: .venv/.installed-gptq
+
+.venv/.installed-gptq: requirements-gptq.txt .venv/.installed
+	$(PYTHON) -m pip install -q -r requirements-gptq.txt
+	touch $@
+
+test: install install-gptq
 	$(PYTHON) -m pytest -q tests
 
 llama2-qlora llama2-lora llama2-full: llama2-%: install
@@ -38,6 +45,7 @@ llama2-merge: install
 	@adapter="$${ADAPTER:-out/llama2-qlora}"; bash recipes/llama2/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
 
 # A GPTQ adapter merges into the unquantized model: BASE=/models/Qwen2.5-7B-Instruct (the tiny default finds its own).
+qwen-qlora-gptq: install-gptq
 qwen-qlora qwen-qlora-gptq qwen-lora qwen-full: qwen-%: install
 	OUTPUT_DIR="$${OUTPUT:-out/qwen-$*}" bash recipes/qwen/train.sh $*
 	@out="$${OUTPUT:-out/qwen-$*}"; if [ "$*" = qlora-gptq ] && [ -z "$$MODEL" ]; then \

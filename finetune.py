@@ -54,6 +54,16 @@ def main(argv=None):
     return trainer
 
 
+def shutdown_distributed():
+    """Under torchrun, leave the process group together before exit: a rank that exits while the other still
+    runs its communication threads aborts with 'terminate called without an active exception'."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def cli(argv=None) -> int:
     """The command line: a bad argument, file or record ends with one `error: ...` line and exit status 2, no
     traceback; nothing has been written by then."""
@@ -66,4 +76,6 @@ def cli(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    code = cli()
+    shutdown_distributed()
+    sys.exit(code)

@@ -113,6 +113,11 @@ def load_model(model_args, lora_args, train_args, tokenizer):
     return model
 
 
+def _quant_method(config) -> str:
+    qc = config.quantization_config
+    return (qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", "")) or ""
+
+
 def is_quantized(model) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
                 or getattr(model, "quantization_method", None) or getattr(model.config, "quantization_config", None))
@@ -226,6 +231,10 @@ def build_model(model_args, lora_args, train_args, tokenizer, family: Family):
               "are trained fully and saved with the adapter")
     if lora_args.use_lora:
         model = apply_lora(model, lora_args, train_args, family)
+    if getattr(model.config, "quantization_config", None) and _quant_method(model.config) == "gptq":
+        from .gptq import check_trainable_kernels
+
+        check_trainable_kernels(model)  # a kernel without a backward pass would train nothing, silently
     trainable, total = count_parameters(model)
     report = {"trainable_params": trainable, "all_params": total}
     line = f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
