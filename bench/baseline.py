@@ -10,12 +10,18 @@ steps and the peak of `torch.cuda.max_memory_allocated` over them, one `RESULT {
     python bench/baseline.py --shape llama2-7b                       # all three runs, in this process
     python bench/baseline.py --shape llama2-7b qlora-seed-qv-r64-bs4 # one run
     python bench/baseline.py --shape tiny                            # CPU smoke: fp32, no NF4, adamw_torch
+    python bench/baseline.py --shape qwen2.5-7b lora-bf16-all-linear-r16-bs4   # a Qwen2 model (ChatML tokenizer)
     python bench/baseline.py --shape llama2-7b --prepare             # only build the checkpoint, print ENV {json}
 
 Without CUDA (the `tiny` smoke test) there is no bitsandbytes: the NF4 runs load the model in fp32 instead, train
 with `adamw_torch`, and say so in their result (`quantized: false`, `dtype: float32`).
 
-`bench/run.py` imports `SHAPES`, `RUNS`, `default_checkpoint`, `build_checkpoint` and `sample_workload`.
+The Qwen2 shapes (`qwen2.5-7b`, `tiny-qwen`) build a Qwen2 model with a byte-level BPE tokenizer carrying the ChatML
+special tokens and template (for the recipe's conversations workload, `conversation_from_ids`); the baseline itself
+trains on the same token-id lists as for Llama.
+
+`bench/run.py` imports `SHAPES`, `RUNS`, `default_checkpoint`, `build_checkpoint`, `word_vocab`, `sample_workload`
+and, for the qwen suite, `chatml_space_words` and `conversation_from_ids`.
 """
 from __future__ import annotations
 
@@ -40,7 +46,29 @@ SHAPES = {
     # A few-MB Llama for the CPU smoke test: same lengths (up to 1024), small vocabulary and width.
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5),
+    # Qwen2.5-7B (Qwen2 architecture: GQA with 4 KV heads, q/k/v biases, untied 152064-row head).
+    "qwen2.5-7b": dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+                       rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    # A few-MB Qwen2 for the CPU smoke test of the qwen suite.
+    "tiny-qwen": dict(vocab_size=4096, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False),
 }
+MODEL_TYPES = {"llama2-7b": "llama", "tiny": "llama", "qwen2.5-7b": "qwen2", "tiny-qwen": "qwen2"}
+# Qwen2 shapes: transformers 5 always loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer, which rebuilds the
+# byte-level BPE pipeline from the saved vocabulary and merges (its pre-tokenizer splits digits apart), so a word-level
+# "t{i} = token i" tokenizer cannot survive there. The Qwen2 shapes get a byte-level BPE instead in which every word of
+# the workload is one token (see chatml_bpe_vocab): tokens 0..QWEN_WORDS_END-1 are the 256 byte symbols and words, then
+# the ChatML special tokens (at Qwen2's own ids 151643..151645 for the 7B); the rest of the vocabulary is embedding
+# rows no token uses, as in the real checkpoint.
+QWEN_WORDS_END = {"qwen2.5-7b": 151643, "tiny-qwen": 4093}
+CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # pad, turn start, end of turn (EOS)
+WORD_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# Tokens a rendered one-turn conversation adds to its words: "<|im_start|> system \n You ␣are ␣a ␣helpful
+# ␣assistant . <|im_end|> \n" (11), "<|im_start|> user \n ... <|im_end|> \n" (5), "<|im_start|> assistant \n ...
+# <|im_end|> \n" (5); checked against the tokenizer when the checkpoint is built.
+CHATML_OVERHEAD = 21
 
 FIRST_WORD_ID = 3  # ids 0, 1, 2 are <unk> (also the pad), <s> and </s>
 NUM_SAMPLES = 256
@@ -72,8 +100,81 @@ def tmp_root() -> str:
 
 def default_checkpoint(shape: str) -> str:
     """llama2-7b: the reference's own default folder, so both find the same checkpoint."""
-    name = "llama2-7b-random" if shape == "llama2-7b" else f"tunekit-bench-{shape}-random"
+    name = {"llama2-7b": "llama2-7b-random", "qwen2.5-7b": "qwen2.5-7b-random"}.get(
+        shape, f"tunekit-bench-{shape}-random")
     return os.path.join(tmp_root(), name)
+
+
+def word_vocab(shape: str) -> int:
+    """The end of the token ids the baseline's workload draws from (Llama: the whole vocabulary)."""
+    return QWEN_WORDS_END.get(shape, SHAPES[shape]["vocab_size"])
+
+
+# ---------------------------------------------------------------------------------------------- ChatML BPE
+
+def byte_symbols() -> list[str]:
+    """GPT-2's printable stand-ins for the 256 bytes, in byte order (what the ByteLevel pre-tokenizer emits)."""
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def chatml_bpe_vocab(words_end: int) -> tuple[list[str], list[tuple[str, str]]]:
+    """Tokens 0..words_end-1 and merges of a byte-level BPE in which the workload's words are single tokens.
+
+    Words are letters only (digits are pre-tokenized one by one): each word after a space, "Ġ" + 1..4 letters, is one
+    token, built by left-to-right merges that rank before any other merge, so nothing inside it merges first; the
+    ChatML template's own words (system, user, assistant, You, ␣are, ␣a, ␣helpful, ␣assistant) are single tokens too.
+    Every byte is a token, so any text still encodes."""
+    tokens = byte_symbols()
+    known, space_merges, plain_merges = set(tokens), [], []
+
+    def add_chain(word: str, merges: list) -> None:
+        for end in range(2, len(word) + 1):
+            if word[:end] not in known:
+                known.add(word[:end])
+                tokens.append(word[:end])
+                merges.append((word[:end - 1], word[end - 1]))
+
+    for word in ("system", "user", "assistant", "You"):
+        add_chain(word, plain_merges)
+    for word in ("Ġare", "Ġa", "Ġhelpful", "Ġassistant"):
+        add_chain(word, space_merges)
+    level = ["Ġ"]
+    while len(tokens) < words_end:  # "Ġ" + 1 letter, + 2 letters, ... breadth first, until the words are all there
+        level = [prefix + letter for prefix in level for letter in WORD_LETTERS]
+        for word in level:
+            if len(tokens) >= words_end:
+                break
+            add_chain(word, space_merges)
+    if len(tokens) != words_end:
+        raise ValueError(f"{len(tokens)} tokens for {words_end} word ids")
+    return tokens, space_merges + plain_merges
+
+
+def chatml_space_words(words_end: int) -> list[str]:
+    """The words the recipe workload is written with (each one token after a space), without the "Ġ"."""
+    return [token[1:] for token in chatml_bpe_vocab(words_end)[0] if token.startswith("Ġ") and len(token) > 1]
+
+
+def conversation_from_ids(ids: list[int], words: list[str]) -> dict:
+    """A one-turn conversation whose ChatML rendering is exactly len(ids) tokens (len(ids) > CHATML_OVERHEAD + 1):
+    the user says the first half of the words, the assistant the rest; each turn starts with one letter (a word
+    right after a newline has no space before it) followed by space-separated words."""
+    body = ids[:len(ids) - CHATML_OVERHEAD]
+    half = len(body) // 2
+
+    def turn(part):
+        return " ".join([WORD_LETTERS[part[0] % len(WORD_LETTERS)]] + [words[i % len(words)] for i in part[1:]])
+
+    return {"conversations": [{"from": "user", "value": turn(body[:half])},
+                              {"from": "assistant", "value": turn(body[half:])}]}
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint
@@ -92,14 +193,93 @@ def save_word_tokenizer(folder: str, vocab_size: int) -> None:
                             pad_token="<unk>").save_pretrained(folder)
 
 
-def build_checkpoint(folder: str, shape: str) -> dict:
-    """Random-weight Llama of the given shape, saved once (bf16, built on the GPU when there is one)."""
-    import torch
+def save_chatml_tokenizer(folder: str, shape: str) -> None:
+    """The Qwen2 shapes' tokenizer: Qwen2's byte-level BPE pipeline over chatml_bpe_vocab, with the ChatML special
+    tokens <|endoftext|> (pad), <|im_start|>, <|im_end|> (EOS) and chat template, so the qwen family's template path
+    renders and masks conversations as it does for the real Qwen2.5 tokenizer. Checks that it loads back through
+    AutoTokenizer (as Qwen2Tokenizer) and renders a conversation to exactly the intended number of tokens."""
+    if os.path.exists(os.path.join(folder, "tokenizer.json")):
+        return
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from tunekit.families import CHATML_TEMPLATE
+
+    words_end, vocab_size = QWEN_WORDS_END[shape], SHAPES[shape]["vocab_size"]
+    tokens, merges = chatml_bpe_vocab(words_end)
+    vocab = {token: i for i, token in enumerate(tokens)}
+    vocab.update({token: words_end + k for k, token in enumerate(CHATML_SPECIALS)})
+    if len(vocab) > vocab_size:
+        raise ValueError(f"a tokenizer of {len(vocab)} tokens does not fit a vocabulary of {vocab_size}")
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([  # Qwen2Tokenizer's own
+        pre_tokenizers.Split(Regex(r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""),
+                             behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens(list(CHATML_SPECIALS))  # already in the vocabulary: they keep the ids above
+    staging = folder.rstrip("/") + ".tokenizer"
+    shutil.rmtree(staging, ignore_errors=True)
+    PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                            unk_token=None, bos_token=None, chat_template=CHATML_TEMPLATE).save_pretrained(staging)
+    config_path = os.path.join(staging, "tokenizer_config.json")
+    with open(config_path, encoding="utf-8") as f:
+        tokenizer_config = json.load(f)
+    tokenizer_config["tokenizer_class"] = "Qwen2Tokenizer"  # as the real checkpoint says (and loads as anyway)
+    with open(config_path, "w", encoding="utf-8") as f:
+        json.dump(tokenizer_config, f, indent=2, ensure_ascii=False)
+    with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:  # AutoTokenizer reads model_type
+        json.dump({"model_type": "qwen2"}, f)
+
+    loaded = AutoTokenizer.from_pretrained(staging)
+    words = chatml_space_words(words_end)
+    for length in (MIN_LENGTH, 300, MAX_LENGTH):
+        ids = list(range(FIRST_WORD_ID, FIRST_WORD_ID + length))
+        messages = [{"role": "user" if t["from"] == "user" else "assistant", "content": t["value"]}
+                    for t in conversation_from_ids(ids, words)["conversations"]]
+        rendered = loaded.apply_chat_template(messages, tokenize=False)
+        got = len(loaded(rendered, add_special_tokens=False)["input_ids"])
+        if got != length:
+            raise RuntimeError(f"{type(loaded).__name__}: a conversation meant to be {length} tokens renders to {got}")
+    special_ids = [loaded.convert_tokens_to_ids(t) for t in CHATML_SPECIALS]
+    if special_ids != [words_end, words_end + 1, words_end + 2] or loaded.eos_token != "<|im_end|>":
+        raise RuntimeError(f"special tokens at {special_ids}, eos {loaded.eos_token}")
+    os.remove(os.path.join(staging, "config.json"))
+    for name in os.listdir(staging):
+        shutil.move(os.path.join(staging, name), os.path.join(folder, name))
+    os.rmdir(staging)
+
+
+def save_tokenizer(folder: str, shape: str) -> None:
+    if MODEL_TYPES[shape] == "qwen2":
+        save_chatml_tokenizer(folder, shape)
+    else:
+        save_word_tokenizer(folder, SHAPES[shape]["vocab_size"])
+
+
+def new_model(shape: str):
+    """The shape's model with random weights (built in the current default dtype and device)."""
+    config = SHAPES[shape]
+    if MODEL_TYPES[shape] == "qwen2":
+        from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+        end = QWEN_WORDS_END[shape]  # <|endoftext|>, <|im_start|>, <|im_end|> = end, end + 1, end + 2
+        model = Qwen2ForCausalLM(Qwen2Config(**config, bos_token_id=end, eos_token_id=end + 2, pad_token_id=end))
+        model.generation_config = GenerationConfig(bos_token_id=end, eos_token_id=end + 2, pad_token_id=end)
+        return model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = SHAPES[shape]
+    return LlamaForCausalLM(LlamaConfig(**config))
+
+
+def build_checkpoint(folder: str, shape: str) -> dict:
+    """Random-weight model of the given shape, saved once (bf16, built on the GPU when there is one)."""
+    import torch
+
     if os.path.exists(os.path.join(folder, "config.json")):
-        save_word_tokenizer(folder, config["vocab_size"])
+        save_tokenizer(folder, shape)
         return {"checkpoint": folder, "built": False, "seconds": 0.0}
     started = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -108,13 +288,13 @@ def build_checkpoint(folder: str, shape: str) -> dict:
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            model = LlamaForCausalLM(LlamaConfig(**config))
+            model = new_model(shape)
     finally:
         torch.set_default_dtype(torch.float32)
     staging = folder + ".partial"  # a build cut short never looks finished
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
-    save_word_tokenizer(staging, config["vocab_size"])
+    save_tokenizer(staging, shape)
     os.replace(staging, folder)
     del model
     if device == "cuda":
@@ -297,7 +477,8 @@ def describe_environment() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         **{name: package_version(name) for name in
-           ("transformers", "peft", "accelerate", "bitsandbytes", "trl", "tokenizers")},
+           ("transformers", "peft", "accelerate", "bitsandbytes", "trl", "tokenizers", "deepspeed", "optimum",
+            "gptqmodel")},
     }
 
 
@@ -326,7 +507,7 @@ def main(argv=None) -> int:
     failures = 0
     for name in args.runs or list(RUNS):
         try:
-            run(RUNS[name], checkpoint, SHAPES[args.shape]["vocab_size"], args.steps, args.warmup)
+            run(RUNS[name], checkpoint, word_vocab(args.shape), args.steps, args.warmup)
         except Exception as error:  # keep going, like the reference; the runner reads FAILED lines
             failures += 1
             print("FAILED", name, repr(error)[:500], flush=True)

@@ -36,6 +36,13 @@ each batch padded to its longest sequence. Throughput is **real (non-pad) tokens
   as a jsonl text file); its tokens/s is computed from the per-step times and real-token counts it records for steps
   21..50, and its peak memory is the largest of its per-step peaks over the same steps, as for the baselines.
 
+- **qwen suite** (`bash bench/gpu_qwen.sh`, `bench/qwen_suite.py`): a Qwen2.5-7B-shaped bf16 checkpoint (with a
+  byte-level BPE tokenizer carrying the ChatML special tokens and template) and its GPTQ-Int4 pack
+  (`python -m tunekit.gptq`); no reference (it is Llama-only), ratios are against **ours** `lora-bf16-all-linear-r16-bs4`
+  on the bf16 checkpoint. The recipes (`recipes/qwen/train.sh lora|qlora|qlora-gptq`) train on the same lengths written
+  as one-turn conversations whose ChatML renderings have exactly the baseline's token counts. The seed's own DeepSpeed
+  command line on the GPTQ checkpoint and the merge of its adapter into the bf16 checkpoint are in the notes.
+
 Absolute numbers move from machine to machine; compare ratios within one section.
 """
 
@@ -57,10 +64,12 @@ def section(name: str, result: dict) -> str:
              f"- date: {result.get('finished_at', '?')}; suite `{result.get('suite')}`; "
              f"runner commit `{result.get('git_commit') or '–'}`",
              f"- command: `{result.get('command', '?')}`"
-             + (f" (on the device: `bash bench/gpu_llama2.sh {result['device_flags']}`)"
-                if result.get("device_flags") else ""),
+             + (f" (on the device: `bash bench/{'gpu_qwen.sh' if result.get('suite') == 'qwen' else 'gpu_llama2.sh'} "
+                f"{result['device_flags']}`)" if result.get("device_flags") else ""),
              "- software: " + ", ".join(f"{pkg} {env.get(pkg) or '–'}" for pkg in
-                                        ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl"))
+                                        ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl")
+                                        + (("deepspeed", "optimum", "gptqmodel") if result.get("suite") == "qwen"
+                                           else ()))
              + f"; Python {env.get('python', '?')}, CUDA {env.get('cuda') or '–'}",
              f"- runner wall time: {fmt_number(result.get('runner_seconds'))} s",
              "",
@@ -80,7 +89,9 @@ def section(name: str, result: dict) -> str:
             f"| {fmt_ratio(row.get('peak_vs_ours'))} | {fmt_number(row.get('real_tokens'))} "
             f"| {fmt_number(row.get('trainable_params'))} |")
         if row.get("note"):
-            notes.append(f"- `{row['name']}` ({row['implementation']}): {row['note']}")
+            notes.append(f"- `{row['name']}` ({row['implementation']}): {row['note']}"
+                         + ("" if row.get("same_lengths_as_workload") is not False else
+                            "; **its tokenized lengths differ from the workload's**"))
     repro = result.get("reproduction")
     if repro:
         trials = repro.get("trials", 1)
@@ -91,15 +102,62 @@ def section(name: str, result: dict) -> str:
                       f"**{repro['tokens_per_s_ratio']:.3f}×**; peak {fmt_number(repro['ours_peak_gib'], 2)} vs "
                       f"{fmt_number(repro['reference_peak_gib'], 2)} GiB; same timed real tokens: "
                       f"{repro['same_real_tokens']}."]
+    notes += qwen_notes(result)
     merge = result.get("merge")
     if merge:
         notes.append(f"- merge (`{merge.get('command')}`): {merge.get('status')}"
-                     + (f" in {merge['seconds']:.0f} s" if merge.get("seconds") is not None else ""))
+                     + (f" in {merge['seconds']:.0f} s" if merge.get("seconds") is not None else "")
+                     + (f"; adapter from {merge['adapter_from']}" if merge.get("adapter_from") else "")
+                     + (f"; probe logits max |diff| {merge['probe_max_abs_diff']:.2e} = "
+                        f"{merge['probe_relative_diff']:.2e} of the largest logit"
+                        if merge.get("probe_relative_diff") is not None else ""))
+    refusal = result.get("merge_refusal")
+    if refusal:
+        notes.append(f"- merge with only the GPTQ checkpoint as base: {refusal.get('status')}"
+                     + "".join(f"; {c['base']}: {c['status']} (rc {c.get('rc')}: {c.get('message', '')[:160]})"
+                               for c in refusal.get("checks", [])))
+    for skipped in result.get("skipped", []):
+        notes.append(f"- skipped: {skipped}")
     if result.get("comment"):
         notes.append(f"- {result['comment']}")
     if notes:
         lines += ["", "Notes:", *notes]
     return "\n".join(lines) + "\n"
+
+
+def qwen_notes(result: dict) -> list[str]:
+    """The qwen suite's GPTQ pack and seed-command runs (absent from other suites' results)."""
+    notes = []
+    pack = result.get("gptq_pack")
+    if pack:
+        quant = pack.get("quantization_config") or {}
+        notes.append(f"- GPTQ-Int4 pack (`{pack.get('command')}`): {pack.get('status')}"
+                     + (f" in {pack['seconds']:.0f} s" if pack.get("seconds") is not None else "")
+                     + (f", {pack['gib']} GiB on disk (bf16: {result.get('checkpoint_gib')} GiB)"
+                        if pack.get("gib") else "")
+                     + (f", bits {quant.get('bits')}, group size {quant.get('group_size')}" if quant else "")
+                     + (f"; {pack['note']}" if pack.get("note") else ""))
+    seed = result.get("seed_command")
+    if seed:
+        if not seed.get("attempts"):
+            notes.append(f"- seed command (DeepSpeed ZeRO-2, GPTQ, --use_lora --q_lora): {seed.get('status')}")
+        for attempt in seed.get("attempts", []):
+            losses = attempt.get("losses") or []
+            steady = attempt.get("steady") or {}
+            notes.append(
+                f"- seed command, {attempt.get('precision')} (`{attempt.get('command')}`): **{attempt.get('status')}**"
+                + (f"; rc {attempt['rc']} in {attempt['seconds']:.0f} s" if attempt.get("rc") is not None else "")
+                + (f"; {len(losses)} logged losses {losses[0]:.3f} → {losses[-1]:.3f}" if losses else "")
+                + (f"; {fmt_number(attempt.get('tokens_per_s'))} real tokens/s over the whole run"
+                   if attempt.get("tokens_per_s") else "")
+                + (f", {fmt_number(steady.get('tokens_per_s'))} over steps {steady.get('steps')}"
+                   if steady.get("tokens_per_s") else "")
+                + (f"; peak {attempt['peak_gib']:.2f} GiB" if attempt.get("peak_gib") else ""))
+    if result.get("suite") == "qwen" and result.get("workload"):
+        workload = result["workload"]
+        notes.append(f"- workload: {workload.get('samples')} {workload.get('format', 'text')} records, "
+                     f"{fmt_number(workload.get('rendered_tokens'))} tokens rendered; {workload.get('note', '')}")
+    return notes
 
 
 def load_results(results_dir: Path = RESULTS_DIR) -> list[tuple[str, dict]]:

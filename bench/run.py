@@ -3,6 +3,8 @@
     python bench/run.py --suite llama2-qlora [--shape llama2-7b|tiny] [--out DIR] [--skip-recipe] [--merge]
                         [--all-baselines] [--repeat N] [--save NAME]
     bash bench/gpu_llama2.sh [flags]     # on the device machine: installs the carried wheels, then the above
+    python bench/run.py --suite qwen [--shape qwen2.5-7b|tiny-qwen] [--deadline S] [--keep-checkpoints] ...
+    bash bench/gpu_qwen.sh [flags]       # the qwen suite on the device machine (bench/qwen_suite.py describes it)
 
 Steps, each child in its own process (so peak memory is per run):
   a. build the random-weight checkpoint once under $TMPDIR (with a tokenizer where each word t{i} is one token);
@@ -17,7 +19,8 @@ Steps, each child in its own process (so peak memory is per run):
   e. with --merge, `bash recipes/<family>/merge.sh ADAPTER OUTPUT` (failure is recorded, not raised);
   f. write DIR/<suite>-<shape>.json and DIR/run.log, and regenerate BENCHMARKS.md from bench/results/*.json
      (with --save NAME, this run's JSON is first kept as bench/results/NAME.json).
-A step that fails is recorded in the JSON and the runner goes on.
+A step that fails is recorded in the JSON and the runner goes on.  (The steps above are the llama2-qlora suite's; the
+qwen suite's are in bench/qwen_suite.py.)
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ class Suite:
     # extra recipe runs: (name suffix, flags added to the recipe), e.g. the baseline's own adapters for a
     # like-for-like comparison of the engine
     variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    shapes: tuple[str, ...] = ("llama2-7b", "tiny")  # the first is the default
 
 
 SUITES = {
@@ -62,6 +66,9 @@ SUITES = {
                           ("qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4"),
                           variants=(("-qv-r64-single-quant", ("--lora_target_modules", "q_proj", "v_proj",
                                                                "--no_bnb_4bit_use_double_quant")),)),
+    # bench/qwen_suite.py: recipes lora, qlora, qlora-gptq and the seed's DeepSpeed command on a GPTQ pack
+    "qwen": Suite("qwen", "lora", "lora-bf16-all-linear-r16-bs4", ("qlora-all-linear-r16-bs4",),
+                  shapes=("qwen2.5-7b", "tiny-qwen")),
 }
 
 
@@ -179,8 +186,9 @@ RECIPE_CONFIG_KEYS = ("q_lora", "use_lora", "lora_r", "lora_alpha", "lora_dropou
 
 
 def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on_gpu: bool, log: Log,
-               timeout_s: float, variant: tuple[str, tuple[str, ...]] = ("", ())) -> dict:
-    name = f"recipe-{suite.family}-{suite.method}{variant[0]}"
+               timeout_s: float, variant: tuple[str, tuple[str, ...]] = ("", ()), method: str | None = None) -> dict:
+    method = method or suite.method
+    name = f"recipe-{suite.family}-{method}{variant[0]}"
     output_dir = work_dir / name
     shutil.rmtree(output_dir, ignore_errors=True)
     flags = ["--model_name_or_path", checkpoint, "--data_path", str(workload), "--output_dir", str(output_dir),
@@ -190,7 +198,7 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
     if not on_gpu:  # the CPU smoke test: no bitsandbytes, no bf16
         flags += ["--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch"]
     script = f"recipes/{suite.family}/train.sh"
-    command = ["bash", script, suite.method, *flags, *variant[1]]
+    command = ["bash", script, method, *flags, *variant[1]]
     # train.sh reads MODEL/DATA/OUTPUT_DIR (an empty MODEL means its tiny CPU default), and PYTHON.
     env = {"MODEL": checkpoint, "DATA": str(workload), "OUTPUT_DIR": str(output_dir), "PYTHON": sys.executable}
     row = {"name": name, "implementation": "recipe", "command": shlex.join(command), "output_dir": str(output_dir)}
@@ -218,7 +226,8 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
             "whole_run_peak_gib": summary.get("peak_gib"), "trainable_params": summary.get("trainable_params"),
             "final_loss": summary.get("final_loss"), "train_runtime_s": summary.get("train_runtime_s"),
             "whole_run_tokens_per_s": summary.get("tokens_per_s"), "whole_run_real_tokens": summary.get("real_tokens"),
-            "data_stats": {key: summary[key] for key in ("samples", "truncated", "dropped") if key in summary},
+            "data_stats": {key: summary[key] for key in ("samples", "truncated", "dropped", "tokens")
+                           if key in summary},
             "config": config,
             "note": "peak over the timed steps; " + ", ".join(f"{k}={v}" for k, v in config.items()
                                                              if k in ("lora_r", "lora_alpha", "lora_target_modules",
@@ -295,7 +304,8 @@ def add_ratios(rows: list[dict], ours_by_name: dict, compare_with: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=sorted(SUITES), required=True)
-    parser.add_argument("--shape", choices=sorted(baseline.SHAPES), default="llama2-7b")
+    parser.add_argument("--shape", choices=sorted(baseline.SHAPES),
+                        help="default: the suite's real shape (llama2-7b, qwen2.5-7b)")
     parser.add_argument("--out", help="folder for <suite>-<shape>.json and run.log (default: out/bench/<suite>-<shape>)")
     parser.add_argument("--checkpoint", help="checkpoint folder (default: under $TMPDIR; built if missing)")
     parser.add_argument("--skip-reference", action="store_true", help="do not run the shared reference script")
@@ -309,12 +319,32 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", action="store_true", help="also run the recipe's merge.sh on its adapter")
     parser.add_argument("--child-timeout", type=float, default=420, help="seconds before a child is killed")
     parser.add_argument("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
+    parser.add_argument("--deadline", type=float, default=0,
+                        help="qwen suite: seconds the whole runner may take; children's timeouts are capped so the "
+                             "JSON is written in time, and steps that no longer fit are recorded as skipped")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="qwen suite: keep the bf16 and GPTQ checkpoints (deleted at the end on a GPU)")
+    parser.add_argument("--skip", type=lambda text: [name for name in text.split(",") if name],
+                        help="qwen suite: comma-separated steps to leave out: lora, ours, qlora, qlora-gptq, seed, "
+                             "merge, refusal")
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    suite = SUITES[args.suite]
+    args.shape = args.shape or suite.shapes[0]
+    if args.shape not in suite.shapes:
+        parser.error(f"--suite {args.suite} runs on --shape {' or '.join(suite.shapes)}")
+    if args.suite == "qwen":
+        import qwen_suite
+
+        unknown = sorted(set(args.skip or ()) - set(qwen_suite.SKIPPABLE))
+        if unknown:
+            parser.error(f"--skip: unknown step(s) {unknown}; known: {', '.join(qwen_suite.SKIPPABLE)}")
+
+        args.argv = argv
+        return qwen_suite.main(args, sys.modules[__name__])
 
     started = time.time()
-    suite = SUITES[args.suite]
     key = f"{args.suite}-{args.shape}"
     out_dir = Path(args.out or ROOT / "out" / "bench" / key).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
