@@ -105,6 +105,13 @@ class TrainingArguments(transformers.TrainingArguments):
     resume_from_checkpoint: str | None = field(default=None, metadata={
         "help": "auto: the newest complete checkpoint in --output_dir (the default when it holds checkpoints of the "
                 "same run), or a checkpoint folder."})
+    # Speed (tunekit/packing.py).
+    packing: bool = field(default=False, metadata={
+        "help": "Padding-free batches: a micro-batch's samples are concatenated into one row, position ids restart "
+                "per sample and attention stays inside each sample. Same loss and gradients as padding."})
+    token_budget: int = field(default=0, metadata={
+        "help": "Micro-batches of up to this many tokens (sum of lengths with --packing, longest x count without) "
+                "instead of --per_device_train_batch_size samples; 0 = off. Must be >= --model_max_length."})
 
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
@@ -264,6 +271,9 @@ def validate(a) -> None:
             raise ArgumentError(f"--{key}: file not found: {path}")
         if path and not path.endswith((".json", ".jsonl")):
             raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
+    if a.token_budget and a.token_budget < a.model_max_length:
+        raise ArgumentError(f"--token_budget {a.token_budget} is smaller than --model_max_length "
+                            f"{a.model_max_length}: a full-length sample would not fit; raise it or set 0")
     if not a.eval_data_path and str(a.eval_strategy) not in ("no", "IntervalStrategy.NO"):
         print(f"note: no --eval_data_path, so --eval_strategy {a.eval_strategy} is turned off")
         a.eval_strategy = "no"

@@ -13,6 +13,7 @@ from transformers import Trainer, TrainerCallback
 
 from .checkpoints import AtomicCheckpointMixin
 from .data import PaddingCollator, to_hf_dataset
+from .packing import PackingCollator, TokenBudgetBatchSampler, sample_lengths
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,6 +68,18 @@ class RunRecorder(TrainerCallback):
                     "instead of --fp16, or check the data for empty or extreme samples")
 
 
+class TokenBudgetMixin:
+    """--token_budget: micro-batches of up to that many tokens instead of a fixed number of samples."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.args.token_budget:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return TokenBudgetBatchSampler(sample_lengths(dataset), self.args.token_budget, self.args.packing,
+                                       seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                                       rank=self.args.process_index, world_size=max(1, self.args.world_size))
+
+
 def sft_config_from(train_args, max_length):
     """Our TrainingArguments as TRL's SFTConfig: the one place the two meet."""
     from trl import SFTConfig
@@ -79,7 +92,7 @@ def sft_config_from(train_args, max_length):
 
 
 def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, trainer_kind="hf"):
-    collator = PaddingCollator(pad_token_id=tokenizer.pad_token_id)
+    collator = PackingCollator() if train_args.packing else PaddingCollator(pad_token_id=tokenizer.pad_token_id)
     if trainer_kind == "trl":
         from trl import SFTTrainer
 
@@ -88,7 +101,7 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, trainer_kind=
         eval_ds = to_hf_dataset(eval_ds) if eval_ds is not None else None
     else:
         base, args = Trainer, train_args
-    cls = type(f"TokenCounting{base.__name__}", (TokenCountingMixin, AtomicCheckpointMixin, base), {"tunekit_tokens": 0})
+    cls = type(f"TokenCounting{base.__name__}", (TokenCountingMixin, TokenBudgetMixin, AtomicCheckpointMixin, base), {"tunekit_tokens": 0})
     trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                   processing_class=tokenizer)
     trainer.tunekit_recorder = RunRecorder(trainer)

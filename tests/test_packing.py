@@ -1,0 +1,114 @@
+"""Padding-free packing and token-budget batching: same numbers as padding, every sample once per epoch."""
+import pytest
+import torch
+from conftest import DATA, cpu_flags
+
+from tunekit.data import PaddingCollator, build_dataset
+from tunekit.families import get_family
+from tunekit.packing import PackingCollator, TokenBudgetBatchSampler
+
+
+def tiny_model_and_samples(path, family_name, data_file, n=6, attn="sdpa"):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    ds = build_dataset(str(DATA / data_file), tok, get_family(family_name), max_length=96, max_samples=n)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
+    model.config.use_cache = False
+    model.train()  # the tiny configs have no dropout, so train mode is deterministic
+    return model, tok, [ds[i] for i in range(len(ds))]
+
+
+def loss_and_grads(model, batch, **kwargs):
+    model.zero_grad()
+    out = model(**batch, **kwargs)
+    out.loss.backward()
+    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family,data_file,attn", [("llama2", "llama2_guanaco.jsonl", "sdpa"),
+                                                   ("llama2", "llama2_guanaco.jsonl", "eager"),
+                                                   ("qwen", "qwen_conversations.json", "sdpa")])
+def test_packed_loss_and_gradients_equal_padded(family, data_file, attn, tiny_llama2, tiny_qwen):
+    path = tiny_llama2 if family == "llama2" else tiny_qwen
+    model, tok, samples = tiny_model_and_samples(path, family, data_file, attn=attn)
+    assert len({len(s["input_ids"]) for s in samples}) > 1  # different lengths, so padding really happens
+    padded = PaddingCollator(pad_token_id=tok.pad_token_id)(samples)
+    packed = PackingCollator()(samples)
+    assert packed["input_ids"].shape == (1, sum(len(s["input_ids"]) for s in samples))
+    assert "attention_mask" not in packed
+    loss_pad, grads_pad = loss_and_grads(model, padded)
+    loss_packed, grads_packed = loss_and_grads(model, packed)
+    assert torch.allclose(loss_packed, loss_pad, atol=1e-5, rtol=0), (loss_packed, loss_pad)
+    assert grads_pad.keys() == grads_packed.keys() and len(grads_pad) > 10
+    for name, g in grads_pad.items():
+        assert torch.allclose(grads_packed[name], g, atol=1e-5, rtol=1e-4), name
+
+
+def test_packed_comparison_fails_when_the_cache_is_left_on(tiny_llama2):
+    """Pitfall #40: with a KV cache passed, transformers does not detect the packed samples and each one attends to
+    the samples before it; the equality above must then break (so that test can fail)."""
+    from transformers import DynamicCache
+
+    model, tok, samples = tiny_model_and_samples(tiny_llama2, "llama2", "llama2_guanaco.jsonl")
+    padded = PaddingCollator(pad_token_id=tok.pad_token_id)(samples)
+    packed = PackingCollator()(samples)
+    loss_pad, _ = loss_and_grads(model, padded)
+    loss_cached, _ = loss_and_grads(model, packed, use_cache=True, past_key_values=DynamicCache(config=model.config))
+    assert abs(loss_cached - loss_pad) > 1e-3, (loss_cached, loss_pad)
+
+
+def test_first_label_of_each_packed_sample_is_never_a_target():
+    batch = PackingCollator()([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_token_budget_visits_every_sample_once_per_epoch(packed):
+    lengths = [int(x) for x in torch.randint(5, 200, (301,), generator=torch.Generator().manual_seed(1))]
+    sampler = TokenBudgetBatchSampler(lengths, budget=512, packed=packed, seed=3)
+    epochs = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        seen = sorted(i for b in batches for i in b)
+        assert seen == list(range(len(lengths)))  # each sample exactly once
+        for b in batches:
+            cost = sum(lengths[i] for i in b) if packed else max(lengths[i] for i in b) * len(b)
+            assert cost <= 512
+        epochs.append(batches)
+    assert epochs[0] != epochs[1]  # the batch order is reshuffled each epoch
+    assert sorted(map(sorted, epochs[0])) == sorted(map(sorted, epochs[1]))  # over a fixed partition
+
+
+def test_token_budget_shards_ranks_evenly():
+    lengths = list(range(10, 300, 7))
+    ranks = [list(TokenBudgetBatchSampler(lengths, 600, True, seed=0, rank=r, world_size=2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1])
+    assert sorted({i for r in ranks for b in r for i in b}) == list(range(len(lengths)))
+
+
+def test_packed_token_budget_run_trains_every_token(tiny_llama2, guanaco_small, tmp_path):
+    """finetune.py with --packing --token_budget: one epoch feeds every tokenized token once, and the loss falls."""
+    import finetune
+
+    trainer = finetune.main([
+        "--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora", "--lora_r", "8",
+        *cpu_flags(tmp_path / "out", packing=True, token_budget=256, num_train_epochs=3, learning_rate=1e-2)])
+    summary = trainer.tunekit_summary
+    assert summary["real_tokens"] == 3 * summary["tokens"]
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0]
+
+
+def test_token_budget_smaller_than_max_length_is_refused(tiny_llama2, guanaco_small, tmp_path):
+    import finetune
+    from tunekit.arguments import ArgumentError
+
+    with pytest.raises(ArgumentError, match="--token_budget"):
+        finetune.main(["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small,
+                       *cpu_flags(tmp_path / "out", token_budget=64)])
