@@ -3,6 +3,7 @@ remote code in a model folder, and the quantization backend Q-LoRA needs.  They 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from .arguments import ArgumentError
@@ -10,7 +11,7 @@ from .arguments import ArgumentError
 # model_type of checkpoints that only exist as remote code, and the converter to a native transformers model.
 CONVERTERS = {
     "chatglm": "python -m tunekit.convert_chatglm2",  # ChatGLM2/3-6B -> native glm
-    "qwen": "python -m tunekit.convert_qwen1",        # Qwen(1.0) -> native qwen2
+    "qwen": "python -m tunekit.convert_qwen",         # Qwen(1.0) -> native qwen2
 }
 
 
@@ -47,8 +48,8 @@ def check_remote_code(model_path: str | None, trust_remote_code: bool) -> None:
         hint = ""
         if model_type in CONVERTERS:
             hint = (f" For model_type '{model_type}' there is a better way: convert the checkpoint once with "
-                    f"`{CONVERTERS[model_type]}` (see its --help) and train the converted folder, which needs no "
-                    "remote code.")
+                    f"`{CONVERTERS[model_type]} {shlex.quote(str(folder))}` (it prints the converted folder) and "
+                    "train that folder, which needs no remote code (recipes/*/train.sh does this by itself).")
         files = sorted({str(v).split(".")[0] + ".py" for v in _flatten(auto_map)})
         raise ArgumentError(
             f"{folder / name}: this checkpoint ships its own Python code ({', '.join(files)} via auto_map), which "
