@@ -63,7 +63,7 @@ def test_remote_code_checkpoints_point_at_the_converter(tmp_path, capsys, model_
     folder, marker = remote_code_folder(tmp_path, model_type)
     assert cli(tmp_path, folder) == 2
     err = capsys.readouterr().err
-    assert "--trust_remote_code" in err and f"convert the checkpoint once with `{converter}`" in err
+    assert "--trust_remote_code" in err and f"convert the checkpoint once with `{converter} {folder}`" in err
     assert not marker.exists()
 
 
