@@ -122,3 +122,27 @@ def test_conversion_refuses_a_mismatching_tokenizer(tmp_path):
     assert not (out / "tokenizer.json").exists() and (out / "tokenizer.model").is_file()
     assert json.loads((out / "tunekit_conversion.json").read_text())["fast_tokenizer"] is False
     shutil.rmtree(out)
+
+
+def test_chatglm3_folder_gets_role_tokens_stop_ids_and_its_chat_format(tmp_path):
+    """ChatGLM3 is told apart by its tokenizer files (read as text, never run): 9 specials, eos [2, <|user|>,
+    <|observation|>], and the chat prompt build_chat_input makes: [gMASK] sop <|user|> sp("\\n") sp(q) <|assistant|>."""
+    from transformers import AutoTokenizer
+
+    from tunekit.convert_chatglm2 import convert
+    from tunekit.tiny_chatglm2 import build_original
+
+    src = build_original(tmp_path / "chatglm3")
+    (src / "tokenization_chatglm.py").write_text('# role tokens: "<|system|>", "<|user|>", "<|assistant|>", '
+                                                 '"<|observation|>"\nraise SystemExit("never run")\n')
+    out = convert(src, tmp_path / "native")
+    sp = SPTokenizer(src / "tokenizer.model", chatglm3=True)
+    n = sp.n_words
+    assert json.loads((out / "tunekit_conversion.json").read_text())["variant"] == "chatglm3"
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == [2, n + 6, n + 8]
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.convert_tokens_to_ids(["<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]) == \
+        [n + 5, n + 6, n + 7, n + 8]
+    ids = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True)
+    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+    assert ids == sp.prefix_ids + [n + 6] + sp.encode("\n") + sp.encode("你好") + [n + 7]

@@ -38,6 +38,16 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
 )
 
+# ChatGLM3's chat format (build_chat_input): [gMASK] sop, then <|role|> + "\n" + content per message, each part
+# tokenized with its own dummy prefix (the space before the content gives exactly that), <|assistant|> to answer.
+# Each assistant turn ends with </s> (2, one of ChatGLM3's stop ids) so fine-tuning teaches the model to stop.
+CHATGLM3_TEMPLATE = (
+    "[gMASK]<sop>{% for message in messages %}"
+    "{{ '<|' ~ message['role'] ~ '|>\n ' ~ message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
 
 class TokenizerMismatch(ArgumentError):
     """The fast tokenizer does not give sentencepiece's ids."""
@@ -155,7 +165,7 @@ def export_fast(model_file, chatglm3: bool = False):
         single=f"{gmask} {sop} $A", pair=f"{gmask} {sop} $A $B:1 {eos}:1",
         special_tokens=[(gmask, wanted[gmask]), (sop, wanted[sop]), (eos, vocab[eos])])
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos, unk_token=unk, pad_token=unk,
-                                   padding_side="left", chat_template=CHAT_TEMPLATE,
+                                   padding_side="left", chat_template=CHATGLM3_TEMPLATE if chatglm3 else CHAT_TEMPLATE,
                                    model_input_names=["input_ids", "attention_mask"])
 
 

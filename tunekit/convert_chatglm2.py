@@ -94,7 +94,7 @@ def shape(cfg: dict) -> dict:
             "rotary_dim": head_dim // 2}
 
 
-def glm_config(cfg: dict, dtype: torch.dtype, chatglm3: bool = False):
+def glm_config(cfg: dict, dtype: torch.dtype, eos=2):
     from transformers import GlmConfig
 
     s = shape(cfg)
@@ -105,7 +105,7 @@ def glm_config(cfg: dict, dtype: torch.dtype, chatglm3: bool = False):
         max_position_embeddings=cfg.get("seq_length", 32768), rms_norm_eps=cfg.get("layernorm_epsilon", 1e-5),
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA, "partial_rotary_factor": 0.5},
         attention_bias=bool(cfg.get("add_qkv_bias", False)), tie_word_embeddings=False, use_cache=True,
-        pad_token_id=cfg.get("pad_token_id", 0), eos_token_id=[2, 64795, 64797] if chatglm3 else cfg.get("eos_token_id", 2),
+        pad_token_id=cfg.get("pad_token_id", 0), eos_token_id=eos,
         bos_token_id=None, dtype=dtype, architectures=["GlmForCausalLM"])
 
 
@@ -333,7 +333,13 @@ def convert(src, out=None, fast_tokenizer: bool = True, check_texts=(), max_shar
     if len(dtypes) != 1:
         raise ConversionError(f"{src}: mixed tensor dtypes {sorted(map(str, dtypes))}; expected one")
     dtype = dtypes.pop()
-    config = glm_config(cfg, dtype, chatglm3)
+    eos = cfg.get("eos_token_id", 2)
+    if chatglm3:  # stops on </s>, <|user|>, <|observation|> ([2, 64795, 64797] for the real 64789-piece vocabulary)
+        from .chatglm2_tokenizer import SPTokenizer
+
+        n = SPTokenizer(src / "tokenizer.model").n_words if (src / "tokenizer.model").is_file() else 64789
+        eos = [eos, n + 6, n + 8]
+    config = glm_config(cfg, dtype, eos)
     if freq is not None:  # the stored frequencies must be glm's (a scaled base would show here)
         expect = inv_freq(shape(cfg)["rotary_dim"])
         if freq.shape != expect.shape or not torch.allclose(freq.float(), expect, rtol=1e-2):
