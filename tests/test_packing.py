@@ -112,3 +112,53 @@ def test_token_budget_smaller_than_max_length_is_refused(tiny_llama2, guanaco_sm
     with pytest.raises(ArgumentError, match="--token_budget"):
         finetune.main(["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small,
                        *cpu_flags(tmp_path / "out", token_budget=64)])
+
+
+def test_offloaded_activations_train_identically(tiny_llama2, guanaco_small, tmp_path, monkeypatch):
+    """--offload_activations moves what the forward saves for backward to CPU; the numbers must not change."""
+    import finetune
+
+    entered = []
+    real = torch.autograd.graph.save_on_cpu
+
+    def spy(*args, **kwargs):
+        entered.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", spy)
+    runs = {}
+    for offload in (False, True):
+        trainer = finetune.main([
+            "--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora", "--lora_r", "8",
+            "--lora_dropout", "0", *cpu_flags(tmp_path / f"out-{offload}", max_steps=3, gradient_checkpointing=True,
+                                              packing=True, offload_activations=offload)])
+        runs[offload] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert len(entered) == 3  # one forward per step went through the offloading context, and only with the flag
+    assert runs[True] == runs[False]
+
+
+def test_liger_is_refused_on_cpu(tiny_llama2, guanaco_small, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU Liger runs: see test_liger_loss_matches_plain_on_gpu")
+    import finetune
+    from tunekit.arguments import ArgumentError
+
+    with pytest.raises(ArgumentError, match="--use_liger_kernel needs a CUDA GPU"):
+        finetune.main(["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small,
+                       *cpu_flags(tmp_path / "out", use_liger_kernel=True)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: Liger's kernels are Triton")
+@pytest.mark.parametrize("packing", [False, True])
+def test_liger_loss_matches_plain_on_gpu(tiny_llama2, guanaco_small, tmp_path, packing):
+    """bf16: the first-step loss with Liger's fused kernels equals the plain path's within 1e-3."""
+    import finetune
+
+    first = {}
+    for liger in (False, True):
+        flags = cpu_flags(tmp_path / f"out-{liger}", max_steps=1, packing=packing, use_liger_kernel=liger,
+                          bf16=True, use_cpu=False)
+        trainer = finetune.main(["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora",
+                                 "--lora_dropout", "0", *flags])
+        first[liger] = [h["loss"] for h in trainer.state.log_history if "loss" in h][0]
+    assert abs(first[True] - first[False]) < 1e-3, first

@@ -109,6 +109,9 @@ class TrainingArguments(transformers.TrainingArguments):
     packing: bool = field(default=False, metadata={
         "help": "Padding-free batches: a micro-batch's samples are concatenated into one row, position ids restart "
                 "per sample and attention stays inside each sample. Same loss and gradients as padding."})
+    offload_activations: bool = field(default=False, metadata={
+        "help": "Keep the tensors saved for backward (with gradient checkpointing: each layer's input) in CPU "
+                "memory instead of on the GPU: long sequences on one GPU, at some speed."})
     token_budget: int = field(default=0, metadata={
         "help": "Micro-batches of up to this many tokens (sum of lengths with --packing, longest x count without) "
                 "instead of --per_device_train_batch_size samples; 0 = off. Must be >= --model_max_length."})
@@ -259,6 +262,12 @@ def checkpointing_kwargs(zero_stage: int, use_lora: bool, kwargs) -> dict:
     return kwargs
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def validate(a) -> None:
     """Impossible combinations and missing files, before any model or data is loaded (a: the parsed namespace)."""
     if not a.model_name_or_path:
@@ -271,6 +280,8 @@ def validate(a) -> None:
             raise ArgumentError(f"--{key}: file not found: {path}")
         if path and not path.endswith((".json", ".jsonl")):
             raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
+    if a.use_liger_kernel and not _cuda():
+        raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
     if a.token_budget and a.token_budget < a.model_max_length:
         raise ArgumentError(f"--token_budget {a.token_budget} is smaller than --model_max_length "
                             f"{a.model_max_length}: a full-length sample would not fit; raise it or set 0")

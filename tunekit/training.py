@@ -68,6 +68,18 @@ class RunRecorder(TrainerCallback):
                     "instead of --fp16, or check the data for empty or extreme samples")
 
 
+class ActivationOffloadMixin:
+    """--offload_activations: what the forward saves for backward lives in (pinned) CPU memory.  With non-reentrant
+    gradient checkpointing that is each layer's input, the memory that grows with sequence length; the recomputed
+    activations inside a layer exist only during its backward."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if not self.args.offload_activations:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+
 class TokenBudgetMixin:
     """--token_budget: micro-batches of up to that many tokens instead of a fixed number of samples."""
 
@@ -101,7 +113,8 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, trainer_kind=
         eval_ds = to_hf_dataset(eval_ds) if eval_ds is not None else None
     else:
         base, args = Trainer, train_args
-    cls = type(f"TokenCounting{base.__name__}", (TokenCountingMixin, TokenBudgetMixin, AtomicCheckpointMixin, base), {"tunekit_tokens": 0})
+    mixins = (TokenCountingMixin, TokenBudgetMixin, ActivationOffloadMixin, AtomicCheckpointMixin)
+    cls = type(f"TokenCounting{base.__name__}", (*mixins, base), {"tunekit_tokens": 0})
     trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                   processing_class=tokenizer)
     trainer.tunekit_recorder = RunRecorder(trainer)
