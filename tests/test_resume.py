@@ -43,11 +43,17 @@ finetune.main(sys.argv[1:])
 """
 
 
-def argv(model, data, out, **flags):
+# The speed issue's fast paths: padding-free packing and token-budget micro-batches (about 6 per epoch here).
+FAST = ["--packing", "--token_budget", "256"]
+SPEED = pytest.mark.parametrize("fast", [False, True], ids=["padded", "packed-token-budget"])
+
+
+def argv(model, data, out, fast=False, **flags):
     # 24 samples, batch 4: 6 steps per epoch, so the resumed part crosses into the second epoch's shuffle.
     flags = {"max_steps": 8, "save_strategy": "steps", "save_steps": 2, "lora_dropout": 0.1, "model_max_length": 64,
              **flags}
-    return ["--model_name_or_path", model, "--data_path", data, "--use_lora", *cpu_flags(out, **flags)]
+    return ["--model_name_or_path", model, "--data_path", data, "--use_lora", *cpu_flags(out, **flags),
+            *(FAST if fast else [])]
 
 
 def losses_by_step(log_history, after=0):
@@ -58,11 +64,16 @@ def adapter(folder):
     return load_file(str(Path(folder) / "adapter_model.safetensors"))
 
 
-def test_killed_run_resumes_exactly(tiny_llama2, guanaco_small, tmp_path, capsys):
-    reference = main(argv(tiny_llama2, guanaco_small, tmp_path / "straight"))
+@SPEED
+def test_killed_run_resumes_exactly(fast, tiny_llama2, guanaco_small, tmp_path, capsys):
+    reference = main(argv(tiny_llama2, guanaco_small, tmp_path / "straight", fast))
+    if fast:  # the fast paths really are on: one packed row per micro-batch, batches cut by tokens
+        batch = next(iter(reference.get_train_dataloader()))
+        assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch
+        assert reference.args.token_budget == 256
 
     crashed = tmp_path / "crashed"
-    command = argv(tiny_llama2, guanaco_small, crashed)
+    command = argv(tiny_llama2, guanaco_small, crashed, fast)
     r = subprocess.run([sys.executable, "-c", KILLED_RUN, *command], cwd=ROOT, capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
@@ -160,13 +171,12 @@ def test_checkpoint_files_and_another_runs_checkpoint_refused(tiny_llama2, guana
     assert sorted((str(p), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
 
 
-@pytest.mark.parametrize("trainer", ["hf"])
-def test_same_seed_same_adapter_other_seed_other_adapter(trainer, tiny_llama2, guanaco_small, tmp_path):
+@SPEED
+def test_same_seed_same_adapter_other_seed_other_adapter(fast, tiny_llama2, guanaco_small, tmp_path):
     """--seed fixes LoRA init, dropout and data order: the same seed gives bit-identical adapters on CPU."""
     runs = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
-        main(argv(tiny_llama2, guanaco_small, tmp_path / name, max_steps=2, save_strategy="no", seed=seed,
-                  trainer=trainer))
+        main(argv(tiny_llama2, guanaco_small, tmp_path / name, fast, max_steps=2, save_strategy="no", seed=seed))
         runs[name] = adapter(tmp_path / name)
     a, b, c = runs["a"], runs["b"], runs["c"]
     assert a.keys() == b.keys() == c.keys()
