@@ -211,3 +211,20 @@ def test_qwen_recipe_converts_a_qwen1_folder_first(qwen1, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     model = r.stdout.split("--model_name_or_path ")[1].split(" --output_dir")[0]
     assert "-qwen2-" in model and json.loads((ROOT / model / "config.json").read_text())["model_type"] == "qwen2"
+
+
+def test_qwen1_int4_trains_lora_through_the_gptq_branch(qwen1_gptq, tmp_path):
+    """A converted Qwen-1 Int4 folder is a GPTQ qwen2 checkpoint: --q_lora trains LoRA on it as it is."""
+    pytest.importorskip("gptqmodel")
+    pytest.importorskip("optimum")
+    from safetensors.torch import load_file
+
+    from conftest import DATA, cpu_flags
+    from finetune import main
+
+    src, out = qwen1_gptq
+    trainer = main(["--model_name_or_path", str(out), "--data_path", str(DATA / "qwen_conversations.json"),
+                    "--use_lora", "--q_lora", "--max_samples", "8", *cpu_flags(tmp_path / "o", max_steps=2)])
+    assert trainer.state.global_step == 2 and trainer.tunekit_summary
+    adapter = load_file(tmp_path / "o" / "adapter_model.safetensors")
+    assert any("q_proj.lora_B" in k for k in adapter) and all("qweight" not in k for k in adapter)
