@@ -119,7 +119,7 @@ def test_newest_complete_checkpoint_is_chosen(tmp_path):
     for step in (2, 4, 6, 10):
         c = tmp_path / f"checkpoint-{step}"
         c.mkdir()
-        for name in ("trainer_state.json", "optimizer.pt", "adapter_model.safetensors"):
+        for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors"):
             (c / name).write_bytes(b"x" * (step + 10))
         if step != 10:
             write_marker(c, step, {})
@@ -127,6 +127,12 @@ def test_newest_complete_checkpoint_is_chosen(tmp_path):
     (tmp_path / ".tmp-checkpoint-12").mkdir()  # a save that was killed half way
     assert why_incomplete(tmp_path / "checkpoint-10") == f"no completion marker {MARKER}"
     assert "optimizer.pt has 5 bytes, 16 were written" == why_incomplete(tmp_path / "checkpoint-6")
+    assert newest_complete(tmp_path) == tmp_path / "checkpoint-4"
+    (tmp_path / "checkpoint-14").mkdir()  # complete marker, but no optimizer state to resume from
+    for name in ("trainer_state.json", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors"):
+        (tmp_path / "checkpoint-14" / name).write_text("{}")
+    write_marker(tmp_path / "checkpoint-14", 14, {})
+    assert why_incomplete(tmp_path / "checkpoint-14") == "missing optimizer state (saved with --save_only_model?)"
     assert newest_complete(tmp_path) == tmp_path / "checkpoint-4"
 
 

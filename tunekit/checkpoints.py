@@ -90,9 +90,24 @@ def why_incomplete(ckpt: Path) -> str | None:
             return f"{name} is missing"
         if p.stat().st_size != size:
             return f"{name} has {p.stat().st_size} bytes, {size} were written"
-    if "trainer_state.json" not in files:
-        return "no trainer_state.json"
-    return None
+    return _missing_state(list(files))
+
+
+def _missing_state(names: list[str]) -> str | None:
+    """What a resume needs beyond the weights: the Trainer's state, optimizer, scheduler and RNG states (DeepSpeed
+    keeps the optimizer in global_step*/…optim_states.pt)."""
+    base = [n.split("/")[-1] for n in names]
+    needs = {
+        "trainer_state.json": "trainer_state.json" in base,
+        "weights": any(n in base for n in ("adapter_model.safetensors", "model.safetensors",
+                                               "model.safetensors.index.json", "mp_rank_00_model_states.pt")),
+        "optimizer state (saved with --save_only_model?)":
+            "optimizer.pt" in base or any(n.endswith("optim_states.pt") for n in base),
+        "scheduler.pt": "scheduler.pt" in base,
+        "RNG state": any(n.startswith("rng_state") for n in base),
+    }
+    missing = [what for what, ok in needs.items() if not ok]
+    return f"missing {', '.join(missing)}" if missing else None
 
 
 def read_marker(ckpt: Path) -> dict:
