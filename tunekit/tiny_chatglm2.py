@@ -20,9 +20,15 @@ SHAPE = dict(hidden_size=64, num_attention_heads=4, multi_query_group_num=2, kv_
              num_layers=2, seq_length=2048)
 
 
+# ChatGLM2-6B's shape (the vocabulary rows past the tiny tokenizer's are simply never used).
+CHATGLM2_6B = dict(hidden_size=4096, num_attention_heads=32, multi_query_group_num=2, kv_channels=128,
+                   ffn_hidden_size=13696, num_layers=28, seq_length=32768, padded_vocab_size=65024)
+
+
 def original_config(sp_vocab: int, **shape) -> dict:
     s = {**SHAPE, **shape}
-    padded = math.ceil((sp_vocab + 9) / 64) * 64  # room for the ChatGLM3 specials too, like 64789 -> 65024
+    # room for the ChatGLM3 specials too, like 64789 -> 65024
+    padded = s.get("padded_vocab_size") or math.ceil((sp_vocab + 9) / 64) * 64
     return {
         "_name_or_path": "tiny-random-chatglm2", "model_type": "chatglm", "architectures": ["ChatGLMModel"],
         "auto_map": {"AutoConfig": "configuration_chatglm.ChatGLMConfig",
@@ -41,16 +47,18 @@ def original_config(sp_vocab: int, **shape) -> dict:
         "transformers_version": "4.30.2", "use_cache": True, "vocab_size": padded}
 
 
-def random_weights(cfg: dict, seed: int = 0, dtype=torch.float32) -> dict:
-    """Seeded random tensors under the original names (norm weights near 1, biases small, inv_freq as ChatGLM2)."""
-    g = torch.Generator().manual_seed(seed)
+def random_weights(cfg: dict, seed: int = 0, dtype=torch.float32, device: str = "cpu") -> dict:
+    """Seeded random tensors under the original names (norm weights near 1, biases small, inv_freq as ChatGLM2);
+    drawn on `device` (a GPU for a 6B shape), returned on the CPU."""
+    g = torch.Generator(device=device).manual_seed(seed)
     h, f, v = cfg["hidden_size"], cfg["ffn_hidden_size"], cfg["padded_vocab_size"]
     q = cfg["num_attention_heads"] * cfg["kv_channels"]
     kv = cfg["multi_query_group_num"] * cfg["kv_channels"]
 
     def rnd(*size, std=0.02, mean=0.0):
-        return (torch.randn(*size, generator=g) * std + mean).to(dtype)
+        return (torch.randn(*size, generator=g, device=device) * std + mean).to(dtype).cpu()
 
+    wide, ffn = (64 / h) ** 0.5, (128 / f) ** 0.5  # 1 for the tiny shape; keeps a 6B shape's activations sane
     rot = cfg["kv_channels"] // 2
     sd = {"transformer.embedding.word_embeddings.weight": rnd(v, h, std=1.0),
           "transformer.rotary_pos_emb.inv_freq":
@@ -58,18 +66,19 @@ def random_weights(cfg: dict, seed: int = 0, dtype=torch.float32) -> dict:
     for n in range(cfg["num_layers"]):
         p = f"transformer.encoder.layers.{n}."
         sd[p + "input_layernorm.weight"] = rnd(h, std=0.1, mean=1.0)
-        sd[p + "self_attention.query_key_value.weight"] = rnd(q + 2 * kv, h, std=0.2)
+        sd[p + "self_attention.query_key_value.weight"] = rnd(q + 2 * kv, h, std=0.2 * wide)
         sd[p + "self_attention.query_key_value.bias"] = rnd(q + 2 * kv, std=0.2)
-        sd[p + "self_attention.dense.weight"] = rnd(h, q, std=0.1)
+        sd[p + "self_attention.dense.weight"] = rnd(h, q, std=0.1 * wide)
         sd[p + "post_attention_layernorm.weight"] = rnd(h, std=0.1, mean=1.0)
-        sd[p + "mlp.dense_h_to_4h.weight"] = rnd(2 * f, h, std=0.2)
-        sd[p + "mlp.dense_4h_to_h.weight"] = rnd(h, f, std=0.1)
+        sd[p + "mlp.dense_h_to_4h.weight"] = rnd(2 * f, h, std=0.2 * wide)
+        sd[p + "mlp.dense_4h_to_h.weight"] = rnd(h, f, std=0.1 * ffn)
     sd["transformer.encoder.final_layernorm.weight"] = rnd(h, std=0.1, mean=1.0)
-    sd["transformer.output_layer.weight"] = rnd(v, h, std=0.2)
+    sd["transformer.output_layer.weight"] = rnd(v, h, std=0.2 * wide)
     return sd
 
 
-def build_original(out, seed: int = 0, fmt: str = "safetensors", tokenizer_model=None, **shape) -> Path:
+def build_original(out, seed: int = 0, fmt: str = "safetensors", tokenizer_model=None, dtype=torch.float32,
+                   device: str = "cpu", **shape) -> Path:
     """Write a tiny original-layout ChatGLM2 folder (weights as safetensors, or pickled .bin shards like THUDM's)."""
     from safetensors.torch import save_file
 
@@ -86,7 +95,8 @@ def build_original(out, seed: int = 0, fmt: str = "safetensors", tokenizer_model
         else:
             train_tiny(tmp / "tokenizer.model")
         cfg = original_config(SPTokenizer(tmp / "tokenizer.model").n_words, **shape)
-        state = random_weights(cfg, seed)
+        state = random_weights(cfg, seed, dtype, device)
+        cfg["torch_dtype"] = str(dtype).replace("torch.", "")
         if fmt == "safetensors":
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         else:  # two pickled shards + index, the layout THUDM/chatglm2-6b ships
