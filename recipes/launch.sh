@@ -1,6 +1,7 @@
 # Shared by every recipe's train.sh (sourced, not run): builds the finetune.py command from the variables the
-# recipe script sets, and runs it under torchrun.  With MODEL empty it first builds the family's embedded tiny
-# model (cached in .cache/tiny/) and adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute.
+# recipe script sets, and runs it under torchrun (tunekit/torchrun.py: torchrun without its traceback when a worker
+# stops on bad input).  With MODEL empty it first builds the family's embedded tiny model (cached in .cache/tiny/) and
+# adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"  # make install makes .venv
@@ -25,6 +26,6 @@ args+=(--model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR")
 if [ -z "$GPUS_PER_NODE" ]; then
   GPUS_PER_NODE="$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')"
 fi
-cmd=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE"
+cmd=("$PYTHON" -m tunekit.torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE"
      --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" finetune.py "${args[@]}" "$@")
 if [ -n "${DRY_RUN:-}" ]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi

@@ -84,14 +84,18 @@ def test_bad_argument_file(ws, tiny_llama2, capsys, content, pattern):
     refused(capsys, [bad, *args(ws, tiny_llama2)], pattern, ws, tiny_llama2)
 
 
-def test_bad_argument_file_as_a_real_process(ws, tiny_llama2):
-    """The same through `python finetune.py`: exit status 2, one line on stderr, no traceback."""
-    bad = write(ws / "bad.json", '{"lora_r": 8,}')
+def test_bad_data_through_the_launcher(ws, tiny_llama2):
+    """A real process through recipes/llama2/train.sh (torchrun + finetune.py): the exit status is finetune's 2, the
+    error line names the file and line, and neither finetune nor torchrun prints a traceback."""
+    bad = write(ws / "data" / "latin1.jsonl", b'{"text": "caf\xe9"}\n')
     before = tree(ws, tiny_llama2)
-    r = subprocess.run([sys.executable, "finetune.py", bad, *args(ws, tiny_llama2)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 2
-    assert f"error: {bad}: not valid JSON (line 1, column 14" in r.stderr
+    env = dict(os.environ, PYTHON=sys.executable, MODEL=tiny_llama2, DATA=bad, OUTPUT_DIR=str(ws / "out"),
+               GPUS_PER_NODE="1", MASTER_PORT="29548")
+    r = subprocess.run(["bash", "recipes/llama2/train.sh", "lora", "--bf16", "false", "--use_cpu"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"error: {bad} line 1: not valid UTF-8" in r.stderr
+    assert "torchrun: finetune.py stopped on rank 0 with exit status 2" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
     assert tree(ws, tiny_llama2) == before
 

@@ -37,7 +37,7 @@ def test_launcher_runs_torchrun_with_quoted_paths(tmp_path):
                PYTHON="python3")
     out = subprocess.run(["bash", "recipes/llama2/train.sh", "qlora", "--max_steps", "5"], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True).stdout
-    assert out.startswith("python3 -m torch.distributed.run ") and "--nproc_per_node 2" in out
+    assert out.startswith("python3 -m tunekit.torchrun ") and "--nproc_per_node 2" in out
     assert "finetune.py recipes/llama2/qlora.json" in out and "--deepspeed ds_configs/zero2.json" in out
     assert "pwned" not in subprocess.run(["bash", "-c", "printf '%s\\n' " + out.split("--model_name_or_path ")[1]
                                           .split(" --output_dir")[0]], capture_output=True, text=True).stdout \

@@ -168,7 +168,7 @@ def test_train_sh_passes_hostile_paths_as_single_arguments(hostile):
     assert r.returncode == 0, r.stderr
     (argv,) = invocations(hostile["log"])
     i = argv.index("finetune.py")
-    assert argv[:3] == ["-m", "torch.distributed.run", "--nnodes"]
+    assert argv[:3] == ["-m", "tunekit.torchrun", "--nnodes"]
     assert argv[i + 1:] == ["recipes/llama2/lora.json", "--model_name_or_path", hostile["model"], "--output_dir",
                             hostile["output"], "--data_path", hostile["data"], "--run_name", f"x $(touch {hostile['marker']})"]
     no_marker(hostile)
