@@ -263,3 +263,77 @@ def test_32_merged_llama_has_pretraining_tp_1(tiny_llama2, random_adapter, tmp_p
 def test_36_code_never_mutates_trainer_internals():
     for path in [*ROOT.glob("tunekit/*.py"), ROOT / "finetune.py"]:
         assert not re.search(r"distributed_state\.distributed_type\s*=", path.read_text()), path
+
+
+# ---------------------------------------------------------------- #1 an adapter that loads as nothing
+
+def test_1_adapter_with_missing_weights_is_an_error_not_a_warning(tiny_llama2, random_adapter, tmp_path):
+    """PEFT only warns 'Found missing adapter keys' and goes on with zero/untrained adapters; the loader refuses."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.arguments import ArgumentError
+    from tunekit.merge import load_adapter
+
+    probe = torch.tensor([[1, 40, 41, 300, 301]])
+    with torch.no_grad():
+        base_logits = AutoModelForCausalLM.from_pretrained(tiny_llama2)(input_ids=probe).logits
+        good = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama2), random_adapter).eval()
+        assert (good(input_ids=probe).logits - base_logits).abs().max() > 1e-3  # the loaded adapter acts
+
+    partial = tmp_path / "partial"
+    shutil.copytree(random_adapter, partial)
+    weights = load_file(str(partial / "adapter_model.safetensors"))
+    save_file({k: v for k, v in weights.items() if ".layers.1." not in k}, str(partial / "adapter_model.safetensors"))
+    with pytest.raises(ArgumentError, match="partial: some adapter weights were not loaded.*missing adapter keys"):
+        load_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama2), str(partial))
+
+
+# ---------------------------------------------------------------- #39, #42 GPTQ branch selection and targets
+
+def test_39_quantization_method_follows_the_checkpoint(tiny_llama2, tmp_path):
+    """--q_lora on an unquantized checkpoint is bitsandbytes NF4, never a GPTQ calibration run; an already
+    quantized checkpoint without --q_lora is refused."""
+    import shutil
+
+    from tunekit.arguments import ArgumentError, LoraArguments, ModelArguments
+    from tunekit.model import quantization_kwargs
+
+    kw = quantization_kwargs(ModelArguments(model_name_or_path=tiny_llama2), LoraArguments(use_lora=True, q_lora=True),
+                             torch.bfloat16)
+    assert type(kw["quantization_config"]).__name__ == "BitsAndBytesConfig"
+    q = tmp_path / "gptq"
+    shutil.copytree(tiny_llama2, q)
+    cfg = json.loads((q / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (q / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArgumentError, match=r"already quantized \(gptq\): train it with --use_lora --q_lora"):
+        quantization_kwargs(ModelArguments(model_name_or_path=str(q)), LoraArguments(use_lora=True), torch.float16)
+
+
+def test_42_all_linear_on_a_gptq_model_adapts_every_projection(tiny_qwen, tmp_path):
+    """PEFT's own 'all-linear' finds no GPTQ kernel layers; the project resolves it to names that cover them."""
+    pytest.importorskip("gptqmodel")
+    from peft.tuners.lora import LoraLayer
+
+    from tunekit.arguments import LoraArguments, ModelArguments
+    from tunekit.families import get_family
+    from tunekit.gptq import pack_rtn
+    from tunekit.model import build_model, load_tokenizer
+
+    gptq = str(pack_rtn(tiny_qwen, tmp_path / "qwen-gptq"))
+    family = get_family("qwen")
+    model_args = ModelArguments(model_name_or_path=gptq, family="qwen")
+    train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False,
+                                       gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora_args = LoraArguments(use_lora=True, q_lora=True, lora_r=4, lora_target_modules=["all-linear"])
+    model, report = build_model(model_args, lora_args, train_args, load_tokenizer(model_args, family), family)
+    assert set(model.peft_config["default"].target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                                  "up_proj", "down_proj"}
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    assert len(layers) == report["adapted_layers"] == 7 * model.config.num_hidden_layers
+    # the GPTQ kernel layers are among the adapted ones (the tiny MLP, 176 wide, is left unpacked by pack_rtn)
+    kinds = {n.split(".")[-1]: type(m.get_base_layer()).__name__ for n, m in model.named_modules()
+             if isinstance(m, LoraLayer)}
+    assert {kinds[k] for k in ("q_proj", "k_proj", "v_proj", "o_proj")} == {"TorchLinear"}, kinds

@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -31,7 +32,15 @@ def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
     if isinstance(base_model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in base_model.modules()):
         raise ArgumentError("the base model already carries LoRA layers (get_peft_model was called on it): load the "
                             "adapter onto a freshly loaded base model instead")
-    return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+    with warnings.catch_warnings(record=True) as caught:  # PEFT only warns when adapter weights do not load
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+    for w in caught:
+        if "missing adapter keys" in str(w.message):
+            raise ArgumentError(f"{adapter_dir}: some adapter weights were not loaded, so the model would silently "
+                                f"behave more like its base: {str(w.message)[:300]}")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model
 
 
 def check_base(base: str, trust_remote_code: bool = False) -> None:
@@ -108,7 +117,7 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a 7B merge is minutes faster on a GPU
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype, device_map={"": device},
                                                  trust_remote_code=trust_remote_code)
-    if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # as training did; never drop padded rows
         model.resize_token_embeddings(len(tokenizer))  # before loading: the adapter carries the resized rows
     model = load_adapter(model, adapter).eval()
     probe = probe_batch(tokenizer).to(device)
