@@ -4,6 +4,7 @@ batch 4, length 1024 and with NF4 Q-LoRA batch 1, length 1024 (the settings of t
 P-Tuning comparison: 21.67 samples/s and 5.14 GB on an A100), merged and written back in the original layout.
 
     python bench/chatglm2_6b.py --root /tmp/chatglm2-bench --out $OUT [--steps 30 --warmup 10]
+    python bench/chatglm2_6b.py --tiny --steps 2 --warmup 1      # the same flow on the tiny shape, on a CPU
 
 Throughput is over the timed steps only (after --warmup steps), from the recipe's own per-step record
 (run_summary.json: step_times, step_tokens, step_peak_gib).  Every sample is exactly 1024 tokens (ADGEN records cut by
@@ -62,23 +63,34 @@ def main():
     p.add_argument("--out", default=os.environ.get("OUT", "out/bench/chatglm2"))
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--tiny", action="store_true", help="tiny shape, fp32, CPU: a smoke test of this script")
     a = p.parse_args()
     root, out = Path(a.root), Path(a.out)
     root.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "chatglm2_6b.log"
-    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    result = {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none", "torch": torch.__version__}
 
     from tunekit.tiny_chatglm2 import CHATGLM2_6B, build_original
 
     start = time.perf_counter()
-    original = build_original(root / "chatglm2-6b-random", dtype=torch.bfloat16, device="cuda", **CHATGLM2_6B)
+    if a.tiny:
+        original = build_original(root / "chatglm2-tiny-random")
+    else:
+        original = build_original(root / "chatglm2-6b-random", dtype=torch.bfloat16, device="cuda", **CHATGLM2_6B)
     result["build_original_s"] = round(time.perf_counter() - start, 1)
     data = long_adgen(root / "adgen_long.jsonl")
-    env = dict(os.environ, MODEL=str(original), DATA=str(data), PYTHONUNBUFFERED="1")
+    import socket
+
+    with socket.socket() as sock:  # a free port for torchrun's rendezvous (6001 may be taken)
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, MODEL=str(original), DATA=str(data), PYTHONUNBUFFERED="1", MASTER_PORT=str(port))
     common = ["--max_steps", a.steps + a.warmup, "--gradient_accumulation_steps", 1, "--model_max_length", 1024,
               "--max_source_length", 512, "--max_target_length", 511, "--eval_strategy", "no",
               "--save_strategy", "no", "--logging_steps", 5, "--lora_r", 32]
+    if a.tiny:
+        common += ["--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch", "--gradient_checkpointing", "false"]
 
     start = time.perf_counter()
     converted = subprocess.run([sys.executable, "-m", "tunekit.convert_chatglm2", original], cwd=ROOT, env=env,
@@ -99,6 +111,7 @@ def main():
     merged = root / "lora-merged"
     result["merge_generate_reverse_s"] = round(run(["bash", "recipes/chatglm2/merge.sh", lora, merged],
                                                    dict(env, ORIGINAL=converted), log), 1)
+    result["sample"] = log.read_text(encoding="utf-8").rsplit(">>> ", 1)[-1][:300]
     back = json.loads((root / "lora-merged-chatglm2" / "config.json").read_text())
     result["reverse_config"] = {k: back[k] for k in ("model_type", "num_layers", "multi_query_group_num",
                                                       "padded_vocab_size", "torch_dtype")}

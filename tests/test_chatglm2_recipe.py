@@ -47,5 +47,8 @@ def test_lora_recipe_end_to_end_and_back_to_the_original_layout(tmp_path):
     original = tmp_path / "merged-chatglm2"
     ocfg = json.loads((original / "config.json").read_text())
     assert ocfg["model_type"] == "chatglm" and (original / "tokenizer.model").is_file()
+    # the merge keeps the padded vocabulary rows (ChatGLM2-6B: 65024 rows for 64794 tokens)
+    padded = json.loads((ROOT / base / "config.json").read_text())["vocab_size"]
+    assert padded > len(tok) and ocfg["padded_vocab_size"] == padded == model.config.vocab_size
     want = reference_logits(load_weights(original), ocfg, ids["input_ids"])
     assert (native - want).abs().max().item() < 1e-5
