@@ -13,7 +13,7 @@ from tunekit.checkpoints import clear_for_overwrite, fingerprint, plan_run
 from tunekit.data import build_dataset
 from tunekit.families import get_family
 from tunekit.model import build_model, load_tokenizer
-from tunekit.safety import check_quantization_backend
+from tunekit.safety import check_quantization_backend, check_versions
 from tunekit.training import build_trainer, plot_loss, print_summary, summarize, write_json
 
 
@@ -24,6 +24,7 @@ def main(argv=None):
     run_args = {"family": family.name, **to_jsonable(model_args, data_args, lora_args, train_args)}
     run_fingerprint = fingerprint(run_args)
     resume = plan_run(train_args, run_fingerprint)  # a finished run is never overwritten unless asked
+    check_versions()
     check_quantization_backend(model_args.model_name_or_path, lora_args.q_lora)
     tokenizer = load_tokenizer(model_args, family)
     data = dict(tokenizer=tokenizer, family=family, max_length=train_args.model_max_length,

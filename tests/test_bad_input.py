@@ -195,6 +195,15 @@ def test_qlora_without_bitsandbytes(ws, tiny_llama2, capsys, monkeypatch):
             r"which cannot be imported \((ModuleNotFound|Import)Error.*pip install 'bitsandbytes", ws, tiny_llama2)
 
 
+def test_library_older_than_the_tested_floor(ws, tiny_llama2, capsys, monkeypatch):
+    import importlib.metadata
+
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.14.0" if name == "peft" else real(name))
+    refused(capsys, args(ws, tiny_llama2), r"peft 0\.14\.0 is older than 0\.15\.1, which this project needs "
+            r"\(missing-adapter-key .*pip install -r requirements\.txt", ws)
+
+
 def test_zero3_with_4bit_and_a_different_quant_storage(ws, tiny_llama2, capsys, monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "0")  # as under torchrun: the check comes before torch.distributed starts
     refused(capsys, [*args(ws, tiny_llama2), "--q_lora", "--bnb_4bit_quant_storage", "uint8", "--deepspeed",

@@ -81,3 +81,25 @@ def check_quantization_backend(model_path: str, q_lora: bool) -> None:
         raise ArgumentError(f"--q_lora loads the model in 4 bits with bitsandbytes, which cannot be imported "
                             f"({type(e).__name__}: {e}). Install it: pip install 'bitsandbytes>=0.43.3' "
                             "(or train without --q_lora)") from None
+
+
+# Oldest versions whose behaviour the project relies on (pitfalls.md §10.1); requirements.txt pins newer ones.
+VERSION_FLOORS = {
+    "transformers": ("5.0.0", "ZeRO-3 saves of PEFT adapters gather only the adapter (pitfall #5), GA loss fixes (#25)"),
+    "peft": ("0.15.1", "missing-adapter-key and second-wrap warnings (#1), modules_to_save under ZeRO-3 (#5d)"),
+}
+
+
+def check_versions() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    for package, (floor, why) in VERSION_FLOORS.items():
+        try:
+            found = version(package)
+        except PackageNotFoundError:
+            raise ArgumentError(f"{package} is not installed: pip install -r requirements.txt") from None
+        if Version(found) < Version(floor):
+            raise ArgumentError(f"{package} {found} is older than {floor}, which this project needs ({why}): "
+                                "pip install -r requirements.txt")
