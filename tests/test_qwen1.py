@@ -228,3 +228,15 @@ def test_qwen1_int4_trains_lora_through_the_gptq_branch(qwen1_gptq, tmp_path):
     assert trainer.state.global_step == 2 and trainer.tunekit_summary
     adapter = load_file(tmp_path / "o" / "adapter_model.safetensors")
     assert any("q_proj.lora_B" in k for k in adapter) and all("qweight" not in k for k in adapter)
+
+
+def test_forth_and_back_is_bit_exact(qwen1, tmp_path):
+    from tunekit.convert_qwen import reverse
+
+    src, out = qwen1
+    back = reverse(out, tmp_path / "back", original=out)
+    a, b = load_weights(src), load_weights(back)
+    assert sorted(a) == sorted(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((back / "config.json").read_text()) == json.loads((src / "config.json").read_text())
+    assert '"rotary_emb_base": 10000,' in (back / "config.json").read_text()
+    assert (back / "qwen.tiktoken").read_bytes() == (src / "qwen.tiktoken").read_bytes()

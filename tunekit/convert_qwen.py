@@ -2,6 +2,7 @@
 including Qwen-1 GPTQ-Int4 checkpoints, without running the checkpoint's code.
 
     python -m tunekit.convert_qwen SRC [OUT]              # prints OUT (default .cache/converted/<name>-qwen2-<hash>)
+    python -m tunekit.convert_qwen --reverse NATIVE OUT --original SRC_OR_CONVERTED   # a merged model, back to Qwen-1
 
 Weights: `c_attn` rows are [Q | K | V] (hidden each) and are split into q/k/v_proj (weights and biases); `attn.c_proj`
 is o_proj; the MLP computes c_proj(w1(x) * silu(w2(x))), so w2 is gate_proj, w1 up_proj, mlp.c_proj down_proj; and
@@ -142,6 +143,75 @@ def to_qwen2(state: dict, cfg: dict, where: str = "checkpoint") -> dict:
                 out[f"{d}self_attn.{name}_proj.{part}"] = piece
     if rest:
         raise ConversionError(f"{where}: {len(rest)} tensor(s) the conversion does not know: {sorted(rest)[:5]}")
+    return out
+
+
+def from_qwen2(state: dict, cfg: dict) -> dict:
+    """Native qwen2 state dict (float) -> original Qwen-1 state dict: the inverse of to_qwen2."""
+    rest, out = dict(state), {}
+    if any(k.endswith(GPTQ_PARTS) for k in rest):
+        raise ConversionError("GPTQ tensors: merge the adapter into the unquantized model before writing Qwen-1 layout")
+    out["transformer.wte.weight"] = rest.pop("model.embed_tokens.weight")
+    for n in range(cfg["num_hidden_layers"]):
+        s, d = f"model.layers.{n}.", f"transformer.h.{n}."
+        out[d + "ln_1.weight"] = rest.pop(s + "input_layernorm.weight")
+        for part in ("weight", "bias"):
+            out[d + f"attn.c_attn.{part}"] = torch.cat([rest.pop(s + f"self_attn.{x}_proj.{part}") for x in "qkv"])
+        out[d + "attn.c_proj.weight"] = rest.pop(s + "self_attn.o_proj.weight")
+        out[d + "ln_2.weight"] = rest.pop(s + "post_attention_layernorm.weight")
+        out[d + "mlp.w1.weight"] = rest.pop(s + "mlp.up_proj.weight")
+        out[d + "mlp.w2.weight"] = rest.pop(s + "mlp.gate_proj.weight")
+        out[d + "mlp.c_proj.weight"] = rest.pop(s + "mlp.down_proj.weight")
+    out["transformer.ln_f.weight"] = rest.pop("model.norm.weight")
+    out["lm_head.weight"] = rest.pop("lm_head.weight")
+    if rest:
+        raise ConversionError(f"{len(rest)} native tensor(s) with no place in the Qwen-1 layout: {sorted(rest)[:5]}")
+    return out
+
+
+def qwen1_config(native: dict, template: dict) -> dict:
+    heads = native["num_attention_heads"]
+    rope = native.get("rope_parameters") or {}
+    if native.get("model_type") != "qwen2" or native.get("num_key_value_heads", heads) != heads \
+            or rope.get("rope_type", "default") != "default" or native.get("tie_word_embeddings"):
+        raise ConversionError("config.json: only a qwen2 model with Qwen-1's settings (no GQA, plain rotary, untied "
+                              "head) can be written in the Qwen-1 layout")
+    out = {k: v for k, v in template.items() if k != "quantization_config"}
+    hidden = native["hidden_size"]
+    out.update({"hidden_size": hidden, "num_hidden_layers": native["num_hidden_layers"], "num_attention_heads": heads,
+                "kv_channels": hidden // heads, "intermediate_size": 2 * native["intermediate_size"],
+                "vocab_size": native["vocab_size"], "layer_norm_epsilon": native["rms_norm_eps"],
+                "rotary_emb_base": theta if (theta := rope.get("rope_theta", 10000)) % 1 else int(theta),
+                "seq_length": native["max_position_embeddings"]})
+    if template.get("quantization_config"):
+        out.update({"fp16": False, "bf16": native.get("dtype") == "bfloat16"})
+    return out
+
+
+def reverse(native, out, original, max_shard_size: str = "4GB") -> Path:
+    """Native qwen2 folder (e.g. a merged fine-tune) -> Qwen-1 layout, with the original's config, qwen.tiktoken and
+    code files (`original`: the Qwen-1 folder or its conversion)."""
+    native, out, original = Path(native), Path(out), Path(original)
+    files = original / "qwen1_original" if (original / "qwen1_original").is_dir() else original
+    if not (files / "config.json").is_file() or not (files / "qwen.tiktoken").is_file():
+        raise ConversionError(f"--original {original}: no Qwen-1 config.json + qwen.tiktoken (pass the Qwen-1 folder or "
+                              "the folder convert_qwen made from it)")
+    ncfg = json.loads((native / "config.json").read_text())
+    if ncfg.get("quantization_config"):
+        raise ConversionError(f"{native}: quantized; merge the adapter into the unquantized model first")
+    cfg = qwen1_config(ncfg, json.loads((files / "config.json").read_text()))
+    state = from_qwen2(load_weights(native), cfg)
+    tmp = _atomic_folder(out)
+    try:
+        save_weights(state, tmp, max_shard_size)
+        for f in files.iterdir():
+            if f.is_file() and f.name != "config.json" and f.suffix not in WEIGHT_SUFFIXES \
+                    and not f.name.endswith(".index.json"):
+                shutil.copy2(f, tmp / f.name)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        _replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -321,10 +391,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", help="Qwen-1 folder (model_type qwen, qwen.tiktoken; float or GPTQ Int4)")
     p.add_argument("out", nargs="?", help="output folder (default: .cache/converted/<name>-qwen2-<hash>)")
+    p.add_argument("--reverse", action="store_true", help="native qwen2 -> Qwen-1 layout (needs OUT and --original)")
+    p.add_argument("--original", help="with --reverse: the Qwen-1 folder or its conversion")
     p.add_argument("--check_texts", help="a UTF-8 file whose lines the converted tokenizer must also get right")
     p.add_argument("--max_shard_size", default="4GB")
     a = p.parse_args(argv)
     try:
+        if a.reverse:
+            if not a.out or not a.original:
+                p.error("--reverse needs OUT and --original")
+            print(reverse(a.src, a.out, a.original, a.max_shard_size))
+            return
         extra = Path(a.check_texts).read_text(encoding="utf-8").splitlines() if a.check_texts else ()
         print(convert(a.src, a.out, extra, a.max_shard_size))
     except ArgumentError as e:
