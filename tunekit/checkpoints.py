@@ -31,12 +31,16 @@ FINISHED = "run_summary.json"  # written last by finetune.py: the folder holds a
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Arguments that do not change what is computed: a run may be resumed with different values of these.
 NOT_FINGERPRINTED = {
-    "output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "overwrite_output_dir", "report_to",
-    "disable_tqdm", "logging_steps", "logging_strategy", "logging_first_step", "save_steps", "save_strategy",
-    "save_total_limit", "save_only_model", "eval_data_path", "eval_strategy", "eval_steps",
-    "per_device_eval_batch_size", "dataloader_num_workers", "push_to_hub", "hub_model_id", "hub_strategy",
-    "hub_token", "hub_private_repo", "trust_remote_code", "lazy_preprocess",
+    "output_dir", "run_name", "resume_from_checkpoint", "overwrite_output_dir", "report_to", "disable_tqdm",
+    "eval_data_path", "per_device_eval_batch_size", "dataloader_num_workers", "dataloader_pin_memory",
+    "dataloader_persistent_workers", "dataloader_prefetch_factor", "dataloader_multiprocessing_context",
+    "trust_remote_code", "lazy_preprocess", "ddp_timeout", "debug", "skip_memory_metrics", "project",
+    "do_eval", "do_predict", "do_train", "prediction_loss_only", "batch_eval_metrics", "include_for_metrics",
+    "include_num_input_tokens_seen", "metric_for_best_model", "greater_is_better", "load_best_model_at_end",
+    "enable_jit_checkpoint", "torch_empty_cache_steps", "offload_activations",
 }
+NOT_FINGERPRINTED_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "push_to_hub", "trackio_")
+FINGERPRINTED_ANYWAY = {"logging_nan_inf_filter"}  # decides whether a non-finite loss stops the run
 
 
 # ---------------------------------------------------------------- run fingerprint
@@ -52,7 +56,8 @@ def file_digest(path: str) -> str:
 def fingerprint(args: dict) -> dict:
     """What must be equal for a checkpoint to continue this run: every argument that changes the computation, the
     training data's content and the number of processes."""
-    fp = {k: v for k, v in sorted(args.items()) if k not in NOT_FINGERPRINTED}
+    fp = {k: v for k, v in sorted(args.items()) if k in FINGERPRINTED_ANYWAY
+          or (k not in NOT_FINGERPRINTED and not k.startswith(NOT_FINGERPRINTED_PREFIXES))}
     if args.get("data_path") and Path(args["data_path"]).is_file():
         fp["data_sha256"] = file_digest(args["data_path"])
     fp["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
