@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -24,7 +23,6 @@ from pathlib import Path
 
 from .arguments import ArgumentError
 
-logger = logging.getLogger(__name__)
 
 MARKER = "tunekit_checkpoint.json"
 FINISHED = "run_summary.json"  # written last by finetune.py: the folder holds a finished run
@@ -105,7 +103,7 @@ def _missing_state(names: list[str]) -> str | None:
     needs = {
         "trainer_state.json": "trainer_state.json" in base,
         "weights": any(n in base for n in ("adapter_model.safetensors", "model.safetensors",
-                                               "model.safetensors.index.json", "mp_rank_00_model_states.pt")),
+                                           "model.safetensors.index.json", "mp_rank_00_model_states.pt")),
         "optimizer state (saved with --save_only_model?)":
             "optimizer.pt" in base or any(n.endswith("optim_states.pt") for n in base),
         "scheduler.pt": "scheduler.pt" in base,
@@ -125,9 +123,8 @@ def newest_complete(output_dir, warn: bool = True) -> Path | None:
         if reason is None:
             return ckpt
         if warn:
-            logger.warning("skipping %s: incomplete (%s); it will be replaced when this step is saved again",
-                           ckpt, reason)
-            print(f"warning: skipping {ckpt}: incomplete ({reason})", flush=True)
+            print(f"warning: skipping {ckpt}: incomplete ({reason}); it is replaced when that step is saved again",
+                  flush=True)
     return None
 
 
