@@ -23,7 +23,6 @@ from pathlib import Path
 
 from .arguments import ArgumentError
 
-
 MARKER = "tunekit_checkpoint.json"
 FINISHED = "run_summary.json"  # written last by finetune.py: the folder holds a finished run
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
