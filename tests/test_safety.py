@@ -162,7 +162,7 @@ def invocations(log: Path):
 
 def test_train_sh_passes_hostile_paths_as_single_arguments(hostile):
     env = dict(os.environ, PYTHON=hostile["fake"], ARGV_LOG=str(hostile["log"]), MODEL=hostile["model"],
-               DATA=hostile["data"], OUTPUT_DIR=hostile["output"], GPUS_PER_NODE="1")
+               DATA=hostile["data"], OUTPUT_DIR=hostile["output"], GPUS_PER_NODE="1", MASTER_PORT="29550")
     r = subprocess.run(["bash", "recipes/llama2/train.sh", "lora", "--run_name", f"x $(touch {hostile['marker']})"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -179,7 +179,8 @@ def test_make_passes_hostile_paths_as_single_arguments(hostile):
     r = subprocess.run(["make", "-s", "-o", "install", "-o", ".venv/.installed", "llama2-lora",
                         f"PYTHON={hostile['fake']}", f"MODEL={hostile['model']}", f"DATA={hostile['data']}",
                         f"OUTPUT={hostile['output']}"],
-                       cwd=ROOT, env=dict(os.environ, ARGV_LOG=str(hostile["log"]), GPUS_PER_NODE="1"),
+                       cwd=ROOT, env=dict(os.environ, ARGV_LOG=str(hostile["log"]), GPUS_PER_NODE="1",
+                                          MASTER_PORT="29550"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     train, merge, generate = invocations(hostile["log"])
