@@ -14,10 +14,10 @@ override DATA := $(value DATA)
 override OUTPUT := $(value OUTPUT)
 override ADAPTER := $(value ADAPTER)
 override BASE := $(value BASE)
-export PYTHON MODEL DATA OUTPUT ADAPTER BASE
+export PYTHON MODEL DATA OUTPUT ADAPTER BASE SUITE
 
 .PHONY: install install-gptq test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
-        qwen-full qwen-merge bench-smoke clean
+        qwen-full qwen-merge bench bench-smoke clean
 
 install: .venv/.installed
 
@@ -64,6 +64,12 @@ chatglm2-lora chatglm2-qlora: chatglm2-%: install
 
 chatglm2-merge: install
 	@adapter="$${ADAPTER:-out/chatglm2-lora}"; bash recipes/chatglm2/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
+
+# The speed suites on one GPU (bench/README.md): SUITE=throughput|lean|qwen|llama2-qlora; on the device machine
+# through bench/gpu_llama2.sh / bench/gpu_qwen.sh, which install the carried wheels first.
+SUITE ?= throughput
+bench: install
+	$(PYTHON) bench/run.py --suite "$$SUITE"
 
 bench-smoke: install
 	$(PYTHON) bench/run.py --suite llama2-qlora --shape tiny --out out/bench-smoke

@@ -54,8 +54,19 @@ SHAPES = {
     "tiny-qwen": dict(vocab_size=4096, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                       rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False),
+    # Llama-3.1-8B for the long-context suite (GQA with 8 KV heads, 128k vocabulary, llama3 RoPE scaling to 128k).
+    "llama3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+                        rms_norm_eps=1e-5, tie_word_embeddings=False,
+                        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 8192}),
+    # Its CPU smoke stand-in.
+    "tiny-long": dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16384, rms_norm_eps=1e-5),
 }
-MODEL_TYPES = {"llama2-7b": "llama", "tiny": "llama", "qwen2.5-7b": "qwen2", "tiny-qwen": "qwen2"}
+MODEL_TYPES = {"llama2-7b": "llama", "tiny": "llama", "qwen2.5-7b": "qwen2", "tiny-qwen": "qwen2",
+               "llama3.1-8b": "llama", "tiny-long": "llama"}
 # Qwen2 shapes: transformers 5 always loads a qwen2 checkpoint's tokenizer as Qwen2Tokenizer, which rebuilds the
 # byte-level BPE pipeline from the saved vocabulary and merges (its pre-tokenizer splits digits apart), so a word-level
 # "t{i} = token i" tokenizer cannot survive there. The Qwen2 shapes get a byte-level BPE instead in which every word of

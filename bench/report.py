@@ -102,6 +102,13 @@ def section(name: str, result: dict) -> str:
                       f"**{repro['tokens_per_s_ratio']:.3f}×**; peak {fmt_number(repro['ours_peak_gib'], 2)} vs "
                       f"{fmt_number(repro['reference_peak_gib'], 2)} GiB; same timed real tokens: "
                       f"{repro['same_real_tokens']}."]
+    for row in result.get("lengths", []):  # the longctx suite: one sequence per length
+        lines.append(f"| longctx {fmt_number(row['length'])} tokens | recipe | {fmt_number(row.get('tokens_per_s'))} "
+                     f"| {fmt_number(row.get('peak_gib'), 2)} | – | – | {fmt_number(row.get('real_tokens'))} | – |")
+        notes.append(f"- longctx {row['length']:,} tokens: {row.get('status')}"
+                     + (f"; losses {row['losses']}" if row.get("losses") else ""))
+    if "longest_ok" in result:
+        notes.append(f"- longest sequence that trained two steps with finite loss: {fmt_number(result['longest_ok'])}")
     notes += qwen_notes(result)
     merge = result.get("merge")
     if merge:

@@ -57,15 +57,34 @@ class Suite:
     other_baseline_runs: tuple[str, ...] = ()
     # extra recipe runs: (name suffix, flags added to the recipe), e.g. the baseline's own adapters for a
     # like-for-like comparison of the engine
-    variants: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    variants: tuple[tuple, ...] = ()  # (suffix, flags) or (suffix, flags, baseline run to compare with)
     shapes: tuple[str, ...] = ("llama2-7b", "tiny")  # the first is the default
 
+
+# LoRA r=16, alpha=32 on every linear layer (the baseline's adapters), padding-free batches of a token budget.
+FAST_R16 = ("--lora_r", "16", "--lora_alpha", "32", "--lora_target_modules", "all-linear", "--packing", "true",
+            "--per_device_train_batch_size", "1", "--model_max_length", "1024")
 
 SUITES = {
     "llama2-qlora": Suite("llama2", "qlora", "qlora-seed-qv-r64-bs4",
                           ("qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4"),
                           variants=(("-qv-r64-single-quant", ("--lora_target_modules", "q_proj", "v_proj",
                                                                "--no_bnb_4bit_use_double_quant")),)),
+    # Issue 5's speed suites: the recipe with the fast switches against the baseline's all-linear r16 runs.  A
+    # variant's optional third element names the baseline run it is compared with.
+    "throughput": Suite("llama2", "qlora", "qlora-all-linear-r16-bs4", ("lora-bf16-all-linear-r16-bs4",),
+                        variants=(("-nf4-r16-packed", FAST_R16 + ("--token_budget", "16384")),
+                                  ("-bf16-r16-packed", FAST_R16 + ("--q_lora", "false", "--token_budget", "16384"),
+                                   "lora-bf16-all-linear-r16-bs4"),
+                                  ("-bf16-r16-packed-no-gc", FAST_R16 + ("--q_lora", "false", "--token_budget",
+                                                                         "8192", "--gradient_checkpointing", "false"),
+                                   "lora-bf16-all-linear-r16-bs4"))),
+    "lean": Suite("llama2", "qlora", "qlora-all-linear-r16-bs4",
+                  variants=(("-nf4-r16-lean", FAST_R16 + ("--token_budget", "4096", "--offload_activations", "true")),
+                            ("-nf4-r16-lean-2k", FAST_R16 + ("--token_budget", "2048", "--offload_activations",
+                                                             "true")))),
+    # bench/longctx_suite.py: one sequence per length, NF4 Q-LoRA r=32, offloaded activations, Liger's chunked loss
+    "longctx": Suite("llama2", "qlora", "", shapes=("llama3.1-8b", "tiny-long")),
     # bench/qwen_suite.py: recipes lora, qlora, qlora-gptq and the seed's DeepSpeed command on a GPTQ pack
     "qwen": Suite("qwen", "lora", "lora-bf16-all-linear-r16-bs4", ("qlora-all-linear-r16-bs4",),
                   shapes=("qwen2.5-7b", "tiny-qwen")),
@@ -202,6 +221,8 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
     # train.sh reads MODEL/DATA/OUTPUT_DIR (an empty MODEL means its tiny CPU default), and PYTHON.
     env = {"MODEL": checkpoint, "DATA": str(workload), "OUTPUT_DIR": str(output_dir), "PYTHON": sys.executable}
     row = {"name": name, "implementation": "recipe", "command": shlex.join(command), "output_dir": str(output_dir)}
+    if len(variant) > 2:
+        row["compare_with"] = variant[2]
     if not (ROOT / script).is_file():
         return {**row, "status": "failed", "error": f"{script} does not exist yet"}
     child = run_child(name, command, log, timeout_s, env)
@@ -291,7 +312,8 @@ def add_ratios(rows: list[dict], ours_by_name: dict, compare_with: str) -> None:
     for row in rows:
         if row.get("status") != "ok":
             continue
-        ours = ours_by_name.get(compare_with if row["implementation"] == "recipe" else row["name"])
+        ours = ours_by_name.get(row.get("compare_with") or compare_with if row["implementation"] == "recipe"
+                                else row["name"])
         if not ours:
             continue
         row["compared_with"] = ours["name"]
@@ -318,6 +340,7 @@ def main(argv=None) -> int:
                         help="skip the short unmeasured GPU run made before the measured ones")
     parser.add_argument("--merge", action="store_true", help="also run the recipe's merge.sh on its adapter")
     parser.add_argument("--child-timeout", type=float, default=420, help="seconds before a child is killed")
+    parser.add_argument("--lengths", help="longctx suite: comma-separated sequence lengths to try, ascending")
     parser.add_argument("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
     parser.add_argument("--deadline", type=float, default=0,
                         help="qwen suite: seconds the whole runner may take; children's timeouts are capped so the "
@@ -334,6 +357,11 @@ def main(argv=None) -> int:
     args.shape = args.shape or suite.shapes[0]
     if args.shape not in suite.shapes:
         parser.error(f"--suite {args.suite} runs on --shape {' or '.join(suite.shapes)}")
+    if args.suite == "longctx":
+        import longctx_suite
+
+        args.argv = argv
+        return longctx_suite.main(args, sys.modules[__name__])
     if args.suite == "qwen":
         import qwen_suite
 
@@ -423,7 +451,8 @@ def main(argv=None) -> int:
         run_ours(suite.baseline_run, trial)
         if not trial % 2 and with_reference:
             run_reference(trial)
-    for name in suite.other_baseline_runs if args.all_baselines else ():
+    compared = {v[2] for v in suite.variants if len(v) > 2}  # baselines a variant needs always run
+    for name in [n for n in suite.other_baseline_runs if args.all_baselines or n in compared]:
         run_ours(name, 1)
 
     # d. the project's recipe on the same lengths, e. its merge

@@ -26,6 +26,13 @@ args+=(--model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR")
 if [ -z "$GPUS_PER_NODE" ]; then
   GPUS_PER_NODE="$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')"
 fi
+if [ -z "${MASTER_PORT:-}" ]; then  # two runs on one machine must not fight over one rendezvous port
+  if [ "$NNODES" = 1 ]; then
+    MASTER_PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')"
+  else
+    MASTER_PORT=6001
+  fi
+fi
 cmd=("$PYTHON" -m tunekit.torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE"
      --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" finetune.py "${args[@]}" "$@")
 if [ -n "${DRY_RUN:-}" ]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi

@@ -13,5 +13,5 @@ GPUS_PER_NODE="${GPUS_PER_NODE:-}"           # empty: every visible GPU (1 proce
 NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-localhost}"
-MASTER_PORT="${MASTER_PORT:-6001}"
+MASTER_PORT="${MASTER_PORT:-}"                 # empty: a free port (one node); several nodes: 6001
 source "$(dirname "$0")/../launch.sh"
