@@ -217,7 +217,11 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
     if not on_gpu:  # the CPU smoke test: no bitsandbytes, no bf16
         flags += ["--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch"]
     script = f"recipes/{suite.family}/train.sh"
-    command = ["bash", script, method, *flags, *variant[1]]
+    extra = list(variant[1])
+    if not on_gpu and "--token_budget" in extra:  # CPU smoke: SDPA's packed mask is quadratic in the row length
+        at = extra.index("--token_budget") + 1
+        extra[at] = str(min(int(extra[at]), 2048))
+    command = ["bash", script, method, *flags, *extra]
     # train.sh reads MODEL/DATA/OUTPUT_DIR (an empty MODEL means its tiny CPU default), and PYTHON.
     env = {"MODEL": checkpoint, "DATA": str(workload), "OUTPUT_DIR": str(output_dir), "PYTHON": sys.executable}
     row = {"name": name, "implementation": "recipe", "command": shlex.join(command), "output_dir": str(output_dir)}
@@ -340,6 +344,9 @@ def main(argv=None) -> int:
                         help="skip the short unmeasured GPU run made before the measured ones")
     parser.add_argument("--merge", action="store_true", help="also run the recipe's merge.sh on its adapter")
     parser.add_argument("--child-timeout", type=float, default=420, help="seconds before a child is killed")
+    parser.add_argument("--steps", type=int, default=baseline.TOTAL_STEPS,
+                        help="optimizer steps per run (a CPU smoke test uses a few)")
+    parser.add_argument("--warmup", type=int, default=baseline.WARMUP_STEPS, help="steps before the clock starts")
     parser.add_argument("--lengths", help="longctx suite: comma-separated sequence lengths to try, ascending")
     parser.add_argument("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
     parser.add_argument("--deadline", type=float, default=0,
@@ -353,6 +360,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if not 0 <= args.warmup < args.steps:
+        parser.error("--warmup must be smaller than --steps")
+    baseline.TOTAL_STEPS, baseline.WARMUP_STEPS = args.steps, args.warmup  # read by run_recipe
     suite = SUITES[args.suite]
     args.shape = args.shape or suite.shapes[0]
     if args.shape not in suite.shapes:
@@ -441,7 +451,8 @@ def main(argv=None) -> int:
         result["runs"].append({**baseline_row(child, suite.baseline_run, "reference"), "trial": trial})
 
     def run_ours(name, trial):
-        child = run_child(f"ours {name} #{trial}", [python, ours_script, *shape_flags, name], log,
+        child = run_child(f"ours {name} #{trial}", [python, ours_script, *shape_flags, name, "--steps",
+                                                    str(args.steps), "--warmup", str(args.warmup)], log,
                           args.child_timeout)
         result["runs"].append({**baseline_row(child, name, "ours"), "trial": trial})
 

@@ -1,0 +1,25 @@
+"""The benchmark harness keeps working: a few steps of the throughput suite on a tiny model, on CPU."""
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_throughput_suite_smoke(tmp_path):
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "bench/run.py", "--suite", "throughput", "--shape", "tiny", "--steps", "3",
+                        "--warmup", "1", "--skip-reference", "--no-warm-process", "--out", str(out),
+                        "--checkpoint", str(tmp_path / "tiny-random")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = json.loads((out / "throughput-tiny.json").read_text())
+    runs = {row["name"]: row for row in result["runs"]}
+    failed = {name: row.get("error") for name, row in runs.items() if row.get("status") != "ok"}
+    assert not failed, (failed, r.stdout[-3000:])
+    assert {"qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4",
+            "recipe-llama2-qlora-nf4-r16-packed", "recipe-llama2-qlora-bf16-r16-packed"} <= runs.keys()
+    assert runs["recipe-llama2-qlora-bf16-r16-packed"]["compared_with"] == "lora-bf16-all-linear-r16-bs4"
+    assert runs["recipe-llama2-qlora-nf4-r16-packed"]["compared_with"] == "qlora-all-linear-r16-bs4"
+    for row in runs.values():
+        assert row["tokens_per_s"] > 0
+    assert r.returncode == 0
