@@ -100,13 +100,6 @@ def main(args, run) -> int:
                 break
         passed = [r["length"] for r in result["lengths"] if r.get("status") == "ok"]
         result["longest_ok"] = max(passed) if passed else None
-    result["runner_seconds"] = round(time.time() - started, 1)
-    result["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    json_path = out_dir / f"{key}.json"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    if args.save:
-        run.report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(json_path, run.report.RESULTS_DIR / f"{args.save}.json")
-    run.report.write_benchmarks()
-    log.write(f"\nwrote {json_path}; longest length that trained: {result.get('longest_ok')}\n")
+    run.save_result(result, started, out_dir / f"{key}.json", args.save, log)
+    log.write(f"longest length that trained: {result.get('longest_ok')}\n")
     return 0 if result.get("longest_ok") else 1

@@ -141,15 +141,7 @@ def main(args, run) -> int:
                     shutil.rmtree(path, ignore_errors=True)
                     removed.append(str(path))
             result["deleted_checkpoints"] = removed
-        result["runner_seconds"] = round(time.time() - started, 1)
-        result["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        json_path = out_dir / f"{key}.json"
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        if args.save:
-            run.report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(json_path, run.report.RESULTS_DIR / f"{args.save}.json")
-        run.report.write_benchmarks()
-        log.write(f"\nwrote {json_path} and {run.report.BENCHMARKS} in {result['runner_seconds']}s\n")
+        run.save_result(result, started, out_dir / f"{key}.json", args.save, log)
         for row in result["runs"]:
             log.write("SUMMARY " + json.dumps((row["name"], row["implementation"], row.get("status"),
                                                 row.get("tokens_per_s"), row.get("peak_gib"),

@@ -282,6 +282,18 @@ def run_merge(suite: Suite, recipe: dict, work_dir: Path, log: Log, timeout_s: f
 
 # ---------------------------------------------------------------------------------------------- main
 
+def save_result(result: dict, started: float, json_path: Path, save: str | None, log: Log) -> None:
+    """Every suite ends here: the JSON (also kept as bench/results/SAVE.json), then BENCHMARKS.md regenerated."""
+    result["runner_seconds"] = round(time.time() - started, 1)
+    result["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if save:
+        report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(json_path, report.RESULTS_DIR / f"{save}.json")
+    report.write_benchmarks()
+    log.write(f"\nwrote {json_path} and {report.BENCHMARKS} in {result['runner_seconds']}s\n")
+
+
 def git_commit() -> str | None:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -398,15 +410,7 @@ def main(argv=None) -> int:
               "git_commit": git_commit(), "checkpoint": checkpoint, "repeat": args.repeat, "runs": []}
 
     def finish() -> int:
-        result["runner_seconds"] = round(time.time() - started, 1)
-        result["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        json_path = out_dir / f"{key}.json"
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        if args.save:
-            report.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(json_path, report.RESULTS_DIR / f"{args.save}.json")
-        report.write_benchmarks()
-        log.write(f"\nwrote {json_path} and {report.BENCHMARKS} in {result['runner_seconds']}s\n")
+        save_result(result, started, out_dir / f"{key}.json", args.save, log)
         summary = [(r["name"], r["implementation"], r.get("status"), r.get("tokens_per_s"), r.get("peak_gib"),
                     r.get("tokens_per_s_vs_ours")) for r in result["runs"]]
         for row in summary:
