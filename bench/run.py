@@ -50,44 +50,57 @@ LOG_TAIL_CHARS = 3000
 
 
 @dataclass(frozen=True)
+class Variant:
+    """An extra recipe run: the recipe with `flags` added, named recipe-<family>-<method><suffix>."""
+    suffix: str
+    flags: tuple[str, ...]
+    compare_with: str | None = None  # the baseline run its ratio is taken against (default: the suite's)
+    gpu_only: bool = False  # Liger (Triton) and flex attention's backward need CUDA: skipped in the CPU smoke
+
+
+@dataclass(frozen=True)
 class Suite:
     family: str
     method: str  # recipes/<family>/<method>.json through recipes/<family>/train.sh
     baseline_run: str  # the bench/baseline.py run the recipe is compared with (and the reference reproduced on)
     other_baseline_runs: tuple[str, ...] = ()
-    # extra recipe runs: (name suffix, flags added to the recipe), e.g. the baseline's own adapters for a
-    # like-for-like comparison of the engine
-    variants: tuple[tuple, ...] = ()  # (suffix, flags) or (suffix, flags, baseline run to compare with)
+    variants: tuple[Variant, ...] = ()
     shapes: tuple[str, ...] = ("llama2-7b", "tiny")  # the first is the default
+    plain_recipe: bool = True  # also time the recipe as it is (the speed suites time only their variants)
 
 
 # LoRA r=16, alpha=32 on every linear layer (the baseline's adapters), padding-free batches of a token budget.
 FAST_R16 = ("--lora_r", "16", "--lora_alpha", "32", "--lora_target_modules", "all-linear", "--packing", "true",
             "--per_device_train_batch_size", "1", "--model_max_length", "1024")
+BF16 = ("--q_lora", "false")
+FLEX_LIGER = ("--attn_implementation", "flex_attention", "--use_liger_kernel", "true")
+LEAN = ("--offload_activations", "true", "--optim", "paged_adamw_8bit", "--token_budget", "4096")
+QLORA_R16, LORA_R16 = "qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4"
 
 SUITES = {
-    "llama2-qlora": Suite("llama2", "qlora", "qlora-seed-qv-r64-bs4",
-                          ("qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4"),
-                          variants=(("-qv-r64-single-quant", ("--lora_target_modules", "q_proj", "v_proj",
-                                                               "--no_bnb_4bit_use_double_quant")),)),
-    # Issue 5's speed suites: the recipe with the fast switches against the baseline's all-linear r16 runs.  A
-    # variant's optional third element names the baseline run it is compared with.
-    "throughput": Suite("llama2", "qlora", "qlora-all-linear-r16-bs4", ("lora-bf16-all-linear-r16-bs4",),
-                        variants=(("-nf4-r16-packed", FAST_R16 + ("--token_budget", "16384")),
-                                  ("-bf16-r16-packed", FAST_R16 + ("--q_lora", "false", "--token_budget", "16384"),
-                                   "lora-bf16-all-linear-r16-bs4"),
-                                  ("-bf16-r16-packed-no-gc", FAST_R16 + ("--q_lora", "false", "--token_budget",
-                                                                         "8192", "--gradient_checkpointing", "false"),
-                                   "lora-bf16-all-linear-r16-bs4"))),
-    "lean": Suite("llama2", "qlora", "qlora-all-linear-r16-bs4",
-                  variants=(("-nf4-r16-lean", FAST_R16 + ("--token_budget", "4096", "--offload_activations", "true")),
-                            ("-nf4-r16-lean-2k", FAST_R16 + ("--token_budget", "2048", "--offload_activations",
-                                                             "true")))),
+    "llama2-qlora": Suite("llama2", "qlora", "qlora-seed-qv-r64-bs4", (QLORA_R16, LORA_R16),
+                          variants=(Variant("-qv-r64-single-quant", ("--lora_target_modules", "q_proj", "v_proj",
+                                                                      "--no_bnb_4bit_use_double_quant")),)),
+    # Issue 5's speed suites: the recipe with the fast switches against the baseline's all-linear r16 runs.  SDPA
+    # keeps packed samples apart with a dense [tokens x tokens] mask; flex attention skips the masked blocks.
+    "throughput": Suite("llama2", "qlora", QLORA_R16, (LORA_R16,), plain_recipe=False, variants=(
+        Variant("-nf4-r16-packed", FAST_R16 + ("--token_budget", "16384")),
+        Variant("-nf4-r16-packed-flex-liger", FAST_R16 + FLEX_LIGER + ("--token_budget", "16384"), gpu_only=True),
+        Variant("-bf16-r16-packed-flex-liger", FAST_R16 + BF16 + FLEX_LIGER + ("--token_budget", "16384"),
+                LORA_R16, gpu_only=True),
+        Variant("-bf16-r16-packed-flex-liger-no-gc", FAST_R16 + BF16 + FLEX_LIGER + (
+            "--token_budget", "8192", "--gradient_checkpointing", "false"), LORA_R16, gpu_only=True),
+        Variant("-bf16-r16-packed", FAST_R16 + BF16 + ("--token_budget", "16384"), LORA_R16))),
+    "lean": Suite("llama2", "qlora", QLORA_R16, plain_recipe=False, variants=(
+        Variant("-nf4-r16-lean", FAST_R16 + ("--token_budget", "4096", "--offload_activations", "true")),
+        # 8-bit paged AdamW: the r=16 adapters' fp32 Adam state is 0.3 GiB of a 4.9 GiB budget
+        Variant("-nf4-r16-lean-flex-liger-adam8", FAST_R16 + FLEX_LIGER + LEAN, gpu_only=True),
+        Variant("-nf4-r16-lean-2k-flex-liger-adam8", FAST_R16 + FLEX_LIGER + LEAN[:-1] + ("2048",),
+                gpu_only=True))),
     # bench/longctx_suite.py: one sequence per length, NF4 Q-LoRA r=32, offloaded activations, Liger's chunked loss
     "longctx": Suite("llama2", "qlora", "", shapes=("llama3.1-8b", "tiny-long")),
     # bench/qwen_suite.py: recipes lora, qlora, qlora-gptq and the seed's DeepSpeed command on a GPTQ pack
-    "qwen": Suite("qwen", "lora", "lora-bf16-all-linear-r16-bs4", ("qlora-all-linear-r16-bs4",),
-                  shapes=("qwen2.5-7b", "tiny-qwen")),
+    "qwen": Suite("qwen", "lora", LORA_R16, (QLORA_R16,), shapes=("qwen2.5-7b", "tiny-qwen")),
 }
 
 
@@ -205,9 +218,9 @@ RECIPE_CONFIG_KEYS = ("q_lora", "use_lora", "lora_r", "lora_alpha", "lora_dropou
 
 
 def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on_gpu: bool, log: Log,
-               timeout_s: float, variant: tuple[str, tuple[str, ...]] = ("", ()), method: str | None = None) -> dict:
+               timeout_s: float, variant: Variant = Variant("", ()), method: str | None = None) -> dict:
     method = method or suite.method
-    name = f"recipe-{suite.family}-{method}{variant[0]}"
+    name = f"recipe-{suite.family}-{method}{variant.suffix}"
     output_dir = work_dir / name
     shutil.rmtree(output_dir, ignore_errors=True)
     flags = ["--model_name_or_path", checkpoint, "--data_path", str(workload), "--output_dir", str(output_dir),
@@ -217,7 +230,7 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
     if not on_gpu:  # the CPU smoke test: no bitsandbytes, no bf16
         flags += ["--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch"]
     script = f"recipes/{suite.family}/train.sh"
-    extra = list(variant[1])
+    extra = list(variant.flags)
     if not on_gpu and "--token_budget" in extra:  # CPU smoke: SDPA's packed mask is quadratic in the row length
         at = extra.index("--token_budget") + 1
         extra[at] = str(min(int(extra[at]), 2048))
@@ -225,8 +238,10 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
     # train.sh reads MODEL/DATA/OUTPUT_DIR (an empty MODEL means its tiny CPU default), and PYTHON.
     env = {"MODEL": checkpoint, "DATA": str(workload), "OUTPUT_DIR": str(output_dir), "PYTHON": sys.executable}
     row = {"name": name, "implementation": "recipe", "command": shlex.join(command), "output_dir": str(output_dir)}
-    if len(variant) > 2:
-        row["compare_with"] = variant[2]
+    if variant.compare_with:
+        row["compare_with"] = variant.compare_with
+    if variant.gpu_only and not on_gpu:
+        return {**row, "status": "skipped: needs CUDA"}
     if not (ROOT / script).is_file():
         return {**row, "status": "failed", "error": f"{script} does not exist yet"}
     child = run_child(name, command, log, timeout_s, env)
@@ -417,7 +432,8 @@ def main(argv=None) -> int:
             log.write("SUMMARY " + json.dumps(row) + "\n")
         if result.get("reproduction"):
             log.write("REPRODUCTION " + json.dumps(result["reproduction"]) + "\n")
-        return 0 if all(r.get("status") == "ok" for r in result["runs"]) else 1
+        return 0 if all(r.get("status") == "ok" or r.get("status", "").startswith("skipped")
+                        for r in result["runs"]) else 1
 
     # a. the checkpoint (and a description of the machine), in a child so the GPU is free again afterwards
     prepare = run_child("prepare", [python, ours_script, *shape_flags, "--prepare"], log, args.child_timeout)
@@ -466,7 +482,7 @@ def main(argv=None) -> int:
         run_ours(suite.baseline_run, trial)
         if not trial % 2 and with_reference:
             run_reference(trial)
-    compared = {v[2] for v in suite.variants if len(v) > 2}  # baselines a variant needs always run
+    compared = {v.compare_with for v in suite.variants}  # baselines a variant needs always run
     for name in [n for n in suite.other_baseline_runs if args.all_baselines or n in compared]:
         run_ours(name, 1)
 
@@ -476,9 +492,10 @@ def main(argv=None) -> int:
     else:
         workload = write_workload(work_dir / "workload.jsonl", baseline.SHAPES[args.shape]["vocab_size"])
         result["workload"] = workload
-        recipe = run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log, args.child_timeout)
-        result["runs"].append(recipe)
-        if args.merge:
+        if suite.plain_recipe:
+            recipe = run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log, args.child_timeout)
+            result["runs"].append(recipe)
+        if args.merge and suite.plain_recipe:
             result["merge"] = run_merge(suite, recipe, work_dir, log, args.child_timeout)
         for variant in suite.variants:
             result["runs"].append(run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log,

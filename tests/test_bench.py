@@ -14,12 +14,14 @@ def test_throughput_suite_smoke(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
     result = json.loads((out / "throughput-tiny.json").read_text())
     runs = {row["name"]: row for row in result["runs"]}
-    failed = {name: row.get("error") for name, row in runs.items() if row.get("status") != "ok"}
+    failed = {name: row.get("error") for name, row in runs.items() if row.get("status") != "ok"
+              and row.get("status") != "skipped: needs CUDA"}  # Liger / flex-attention variants
+    assert any(row.get("status") == "skipped: needs CUDA" for row in runs.values())
     assert not failed, (failed, r.stdout[-3000:])
     assert {"qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4",
             "recipe-llama2-qlora-nf4-r16-packed", "recipe-llama2-qlora-bf16-r16-packed"} <= runs.keys()
     assert runs["recipe-llama2-qlora-bf16-r16-packed"]["compared_with"] == "lora-bf16-all-linear-r16-bs4"
     assert runs["recipe-llama2-qlora-nf4-r16-packed"]["compared_with"] == "qlora-all-linear-r16-bs4"
     for row in runs.values():
-        assert row["tokens_per_s"] > 0
+        assert row.get("status") != "ok" or row["tokens_per_s"] > 0
     assert r.returncode == 0
