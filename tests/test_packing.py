@@ -162,3 +162,23 @@ def test_liger_loss_matches_plain_on_gpu(tiny_llama2, guanaco_small, tmp_path, p
                                  "--lora_dropout", "0", *flags])
         first[liger] = [h["loss"] for h in trainer.state.log_history if "loss" in h][0]
     assert abs(first[True] - first[False]) < 1e-3, first
+
+
+def test_packed_token_budget_batches_are_the_same_for_both_trainers(tiny_llama2, guanaco_small, tmp_path):
+    """--trainer trl gets the same packed micro-batches and the same first-step loss as --trainer hf."""
+    import finetune
+
+    results = {}
+    for kind in ("hf", "trl"):
+        trainer = finetune.main([
+            "--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora", "--lora_dropout", "0",
+            "--trainer", kind, *cpu_flags(tmp_path / kind, max_steps=1, packing=True, token_budget=512)])
+        batch = next(iter(trainer.get_train_dataloader()))
+        results[kind] = ([h["loss"] for h in trainer.state.log_history if "loss" in h][0], batch)
+    (loss_hf, b_hf), (loss_trl, b_trl) = results["hf"], results["trl"]
+    assert "attention_mask" not in b_trl and b_trl["input_ids"].shape[0] == 1
+    for key in ("input_ids", "labels", "position_ids"):
+        assert torch.equal(b_hf[key], b_trl[key]), key
+    # Same batch, same loss up to fp32 summation order (TRL reduces the packed row's loss in another order: a few
+    # ulps, about 2e-7 of the loss); a different token count or a leaked label would move it by >1e-3.
+    assert abs(loss_hf - loss_trl) < 1e-6 * loss_hf, (loss_hf, loss_trl)

@@ -74,7 +74,7 @@ class ActivationOffloadMixin:
     activations inside a layer exist only during its backward."""
 
     def compute_loss(self, model, inputs, *args, **kwargs):
-        if not self.args.offload_activations:
+        if not self.tunekit_args.offload_activations:
             return super().compute_loss(model, inputs, *args, **kwargs)
         with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
             return super().compute_loss(model, inputs, *args, **kwargs)
@@ -84,10 +84,11 @@ class TokenBudgetMixin:
     """--token_budget: micro-batches of up to that many tokens instead of a fixed number of samples."""
 
     def _get_train_sampler(self, train_dataset=None):
-        if not self.args.token_budget:
+        ours = self.tunekit_args
+        if not ours.token_budget:
             return super()._get_train_sampler(train_dataset)
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return TokenBudgetBatchSampler(sample_lengths(dataset), self.args.token_budget, self.args.packing,
+        return TokenBudgetBatchSampler(sample_lengths(dataset), ours.token_budget, ours.packing,
                                        seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
                                        rank=self.args.process_index, world_size=max(1, self.args.world_size))
 
@@ -114,7 +115,8 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, trainer_kind=
     else:
         base, args = Trainer, train_args
     mixins = (TokenCountingMixin, TokenBudgetMixin, ActivationOffloadMixin, AtomicCheckpointMixin)
-    cls = type(f"TokenCounting{base.__name__}", (*mixins, base), {"tunekit_tokens": 0})
+    # tunekit_args: our TrainingArguments, whose own fields (packing, token_budget, ...) TRL's SFTConfig lacks
+    cls = type(f"TokenCounting{base.__name__}", (*mixins, base), {"tunekit_tokens": 0, "tunekit_args": train_args})
     trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                   processing_class=tokenizer)
     trainer.tunekit_recorder = RunRecorder(trainer)
