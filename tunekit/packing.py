@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers.trainer_pt_utils import BatchRebalanceSampler
 
-IGNORE_INDEX = -100
+from .data import IGNORE_INDEX
 
 
 @dataclass
@@ -31,8 +31,11 @@ class PackingCollator:
             # target of the previous sample's last token.
             labels += [IGNORE_INDEX] + lab[1:]
             positions += range(len(ids))
-        as_row = lambda values: torch.tensor(values, dtype=torch.long).unsqueeze(0)  # noqa: E731
-        return {"input_ids": as_row(input_ids), "labels": as_row(labels), "position_ids": as_row(positions)}
+        return {"input_ids": _row(input_ids), "labels": _row(labels), "position_ids": _row(positions)}
+
+
+def _row(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long).unsqueeze(0)
 
 
 def budget_batches(lengths, budget: int, packed: bool, seed: int) -> list[list[int]]:
