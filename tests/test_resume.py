@@ -64,7 +64,7 @@ def adapter(folder):
 
 
 class AbruptStop(BaseException):
-    """Stands in for the kill in the packed variant: raised right after checkpoint-4 is complete, it unwinds without
+    """Stands in for the kill in the packed and TRL variants: raised right after checkpoint-4 is complete, it unwinds without
     any further write, so the folder is left exactly as a SIGKILL at that moment leaves it (the SIGKILL itself is
     exercised by the padded variant; a second child process would cost a minute of imports on CI)."""
 
@@ -88,17 +88,18 @@ def stop_after_second_checkpoint(monkeypatch):
     monkeypatch.setattr(finetune, "build_trainer", build_and_arm)
 
 
-@SPEED
-def test_killed_run_resumes_exactly(fast, tiny_llama2, guanaco_small, tmp_path, capsys, monkeypatch):
-    reference = main(argv(tiny_llama2, guanaco_small, tmp_path / "straight", fast))
+@pytest.mark.parametrize("fast,trainer", [(False, "hf"), (True, "hf"), (False, "trl")],
+                         ids=["padded", "packed-token-budget", "trl"])
+def test_killed_run_resumes_exactly(fast, trainer, tiny_llama2, guanaco_small, tmp_path, capsys, monkeypatch):
+    reference = main(argv(tiny_llama2, guanaco_small, tmp_path / "straight", fast, trainer=trainer))
     if fast:  # the fast paths really are on: one packed row per micro-batch, batches cut by tokens
         batch = next(iter(reference.get_train_dataloader()))
         assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch
         assert reference.args.token_budget == 256
 
     crashed = tmp_path / "crashed"
-    command = argv(tiny_llama2, guanaco_small, crashed, fast)
-    if not fast:  # a real process, killed with SIGKILL right after its second checkpoint
+    command = argv(tiny_llama2, guanaco_small, crashed, fast, trainer=trainer)
+    if not fast and trainer == "hf":  # a real process, killed with SIGKILL right after its second checkpoint
         r = subprocess.run([sys.executable, "-c", KILLED_RUN, *command], cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
         assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
