@@ -64,9 +64,9 @@ def adapter(folder):
 
 
 class AbruptStop(BaseException):
-    """Stands in for the kill in the packed and TRL variants: raised right after checkpoint-4 is complete, it unwinds without
-    any further write, so the folder is left exactly as a SIGKILL at that moment leaves it (the SIGKILL itself is
-    exercised by the padded variant; a second child process would cost a minute of imports on CI)."""
+    """Stands in for the kill in the packed and TRL variants: raised right after checkpoint-4 is complete, it unwinds
+    without any further write, so the folder is left exactly as a SIGKILL at that moment leaves it (the SIGKILL
+    itself is exercised by the padded variant; more child processes would cost a minute of imports each on CI)."""
 
 
 def stop_after_second_checkpoint(monkeypatch):
