@@ -45,7 +45,7 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Checkpoint folder (or hub id on a machine that can reach the hub)."})
     family: str | None = field(
-        default=None, metadata={"help": "Model family (template, LoRA targets): llama2, qwen. "
+        default=None, metadata={"help": "Model family (template, LoRA targets): llama2, qwen, chatglm2. "
                                         "Default: from the checkpoint's config.json model_type."})
     trainer: Literal["hf", "trl"] = field(default="hf", metadata={"help": "HF Trainer or TRL SFTTrainer."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, flash_attention_2, ..."})
