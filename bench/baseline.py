@@ -33,7 +33,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import metadata
 
 # ---------------------------------------------------------------------------------------------- configuration

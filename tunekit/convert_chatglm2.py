@@ -25,12 +25,12 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .arguments import ArgumentError
+from .atomic import atomic_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = "tunekit_conversion.json"
@@ -280,22 +280,6 @@ def fingerprint(src: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _atomic_folder(out: Path):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out)
-
-
 def is_chatglm3(src: Path) -> bool:
     """ChatGLM3 (role tokens, eos [2, 64795, 64797]) from its tokenizer files, read as text, never run."""
     for name in ("tokenization_chatglm.py", "tokenizer_config.json"):
@@ -358,8 +342,7 @@ def convert(src, out=None, fast_tokenizer: bool = True, check_texts=(), max_shar
 
         tokenizer = build_fast(src / "tokenizer.model", chatglm3=chatglm3, extra_texts=check_texts)
 
-    tmp = _atomic_folder(out)
-    try:
+    with atomic_folder(out) as tmp:
         save_weights(state, tmp, max_shard_size)
         config.save_pretrained(tmp)
         GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=0).save_pretrained(tmp)
@@ -378,9 +361,6 @@ def convert(src, out=None, fast_tokenizer: bool = True, check_texts=(), max_shar
             "inv_freq": None if freq is None else {"dtype": str(freq.dtype).replace("torch.", ""),
                                                    "values": freq.float().tolist()},
             "fast_tokenizer": tokenizer is not None}, indent=2, ensure_ascii=False) + "\n")
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -407,8 +387,7 @@ def reverse(native, out, original=None, max_shard_size: str = "4GB") -> Path:
     cfg = chatglm_config(ncfg, template)
     check_config(cfg, f"{native}/config.json (as ChatGLM2)")
     state = from_glm(load_weights(native), cfg, freq)
-    tmp = _atomic_folder(out)
-    try:
+    with atomic_folder(out) as tmp:
         save_weights(state, tmp, max_shard_size)
         if files is not None:
             for f in files.iterdir():
@@ -416,9 +395,6 @@ def reverse(native, out, original=None, max_shard_size: str = "4GB") -> Path:
                         and not f.name.endswith(".index.json"):
                     shutil.copy2(f, tmp / f.name)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from .arguments import ArgumentError
-from .convert_chatglm2 import (ConversionError, WEIGHT_SUFFIXES, _atomic_folder, _replace, fingerprint, load_weights,
-                               save_weights)
+from .atomic import atomic_folder
+from .convert_chatglm2 import ConversionError, WEIGHT_SUFFIXES, fingerprint, load_weights, save_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = "tunekit_conversion.json"
@@ -201,17 +201,13 @@ def reverse(native, out, original, max_shard_size: str = "4GB") -> Path:
         raise ConversionError(f"{native}: quantized; merge the adapter into the unquantized model first")
     cfg = qwen1_config(ncfg, json.loads((files / "config.json").read_text()))
     state = from_qwen2(load_weights(native), cfg)
-    tmp = _atomic_folder(out)
-    try:
+    with atomic_folder(out) as tmp:
         save_weights(state, tmp, max_shard_size)
         for f in files.iterdir():
             if f.is_file() and f.name != "config.json" and f.suffix not in WEIGHT_SUFFIXES \
                     and not f.name.endswith(".index.json"):
                 shutil.copy2(f, tmp / f.name)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -365,8 +361,7 @@ def convert(src, out=None, check_texts=(), max_shard_size: str = "4GB") -> Path:
         if got != expected:
             raise ConversionError(f"{src}: converted tensors do not match Qwen2ForCausalLM's: "
                                   f"{sorted(set(got.items()) ^ set(expected.items()))[:5]}")
-    tmp = _atomic_folder(out)
-    try:
+    with atomic_folder(out) as tmp:
         save_weights(state, tmp, max_shard_size)
         config.save_pretrained(tmp)
         GenerationConfig(bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
@@ -381,9 +376,6 @@ def convert(src, out=None, check_texts=(), max_shard_size: str = "4GB") -> Path:
             "source": str(src.resolve()), "source_fingerprint": fp, "direction": "qwen->qwen2",
             "gptq": bool(cfg.get("quantization_config")), "max_exact_length": config.max_position_embeddings},
             indent=2) + "\n")
-        _replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from .arguments import ArgumentError
+from .atomic import atomic_folder
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # The check's tolerance on logits, relative to the largest logit: merging rounds W + BA to the storage dtype once,
@@ -133,21 +132,9 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
         model.config.pretraining_tp = 1
     model.config.use_cache = True
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     report = {"base": base, "adapter": adapter, "output": str(out), "dtype": dtype, "probe_max_abs_diff": diff,
               "probe_relative_diff": relative}
     print(f"merged {adapter} into {base} -> {out} (probe logits: max |diff| {diff:.2e} = {relative:.2e} of the "
