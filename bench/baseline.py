@@ -501,6 +501,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=TOTAL_STEPS, help="optimizer steps in all")
     parser.add_argument("--warmup", type=int, default=WARMUP_STEPS, help="steps before the clock starts")
     parser.add_argument("--prepare", action="store_true", help="only build the checkpoint; print ENV {json}")
+    parser.add_argument("--vocab-size", type=int,
+                        help="run on an existing --checkpoint of any architecture (e.g. a converted ChatGLM2): token "
+                             "ids are drawn below this size; nothing is built and --shape is ignored")
     args = parser.parse_args(argv)
     unknown = [name for name in args.runs if name not in RUNS]
     if unknown:
@@ -508,17 +511,20 @@ def main(argv=None) -> int:
     if not 0 <= args.warmup < args.steps:
         parser.error("need 0 <= --warmup < --steps")
 
+    if args.vocab_size and not (args.checkpoint and os.path.isfile(os.path.join(args.checkpoint, "config.json"))):
+        parser.error("--vocab-size needs an existing --checkpoint folder")
     checkpoint = args.checkpoint or default_checkpoint(args.shape)
     environment = describe_environment()
     print(environment["device"], environment["torch"], flush=True)
-    built = build_checkpoint(checkpoint, args.shape)
+    built = {"checkpoint": checkpoint, "built": False} if args.vocab_size else build_checkpoint(checkpoint, args.shape)
+    vocab_size = args.vocab_size or word_vocab(args.shape)
     if args.prepare:
         print("ENV", json.dumps({**environment, "shape": args.shape, **built}), flush=True)
         return 0
     failures = 0
     for name in args.runs or list(RUNS):
         try:
-            run(RUNS[name], checkpoint, word_vocab(args.shape), args.steps, args.warmup)
+            run(RUNS[name], checkpoint, vocab_size, args.steps, args.warmup)
         except Exception as error:  # keep going, like the reference; the runner reads FAILED lines
             failures += 1
             print("FAILED", name, repr(error)[:500], flush=True)

@@ -9,8 +9,9 @@ P-Tuning comparison: 21.67 samples/s and 5.14 GB on an A100), merged and written
 Throughput is over the timed steps only (after --warmup steps), from the recipe's own per-step record
 (run_summary.json: step_times, step_tokens, step_peak_gib).  Every sample is exactly 1024 tokens (ADGEN records cut by
 max_source_length 512 / max_target_length 511, + EOS), so samples/s = tokens/s / 1024.  Prints and writes one JSON.
-Not measured here: the seed-style bench/baseline.py loop on the same converted checkpoint (it builds Llama/Qwen2 shapes
-only).  Status: written but not yet run on a GPU (the session that wrote it had no device time left).
+The seed-style bench/baseline.py loop runs on the same converted checkpoint in the same process tree
+(`lora-bf16-all-linear-r16-bs4` and `qlora-all-linear-r16-bs4`, its own long-tailed workload, ids below the converted vocabulary),
+so the recipe's figures stand next to it.  Status: written but not yet run on a GPU.
 """
 from __future__ import annotations
 
@@ -96,6 +97,17 @@ def main():
     converted = subprocess.run([sys.executable, "-m", "tunekit.convert_chatglm2", original], cwd=ROOT, env=env,
                                capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     result["convert_s"] = round(time.perf_counter() - start, 1)  # train.sh below finds it cached
+
+    baselines, vocab = {}, json.loads((Path(converted) / "config.json").read_text())["vocab_size"]
+    for name in ("lora-bf16-all-linear-r16-bs4", "qlora-all-linear-r16-bs4"):
+        done = subprocess.run([sys.executable, "bench/baseline.py", name, "--checkpoint", converted, "--vocab-size",
+                               str(vocab), "--steps", str(a.steps + a.warmup), "--warmup", str(a.warmup)],
+                              cwd=ROOT, env=env, capture_output=True, text=True)
+        with log.open("a") as f:
+            f.write(done.stdout + done.stderr)
+        rows = [json.loads(line[len("RESULT "):]) for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+        baselines[name] = rows[-1] if rows else {"failed": (done.stdout + done.stderr)[-1500:]}
+    result["baseline"] = baselines
 
     lora = root / "lora"
     result["lora_run_s"] = round(run(["bash", "recipes/chatglm2/train.sh", "lora", "--per_device_train_batch_size", 4,
