@@ -30,6 +30,24 @@ def tiny_qwen(tmp_path_factory):
     return str(build("qwen", tmp_path_factory.mktemp("models") / "qwen"))
 
 
+@pytest.fixture(scope="session")
+def random_qv_adapter(tiny_llama2, tmp_path_factory):
+    """A saved LoRA adapter (q/v, r=4) on tiny_llama2 with non-zero A and B (init_lora_weights=False), so checks on it
+    are not vacuous.  Read-only: copy it before changing it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama2),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                                      task_type="CAUSAL_LM"))
+    out = tmp_path_factory.mktemp("adapter") / "llama-adapter"  # error messages name this folder
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_llama2).save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture
 def guanaco_small(tmp_path):
     """The first 24 records of the shipped guanaco sample."""

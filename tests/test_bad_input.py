@@ -211,21 +211,6 @@ def test_zero3_with_4bit_and_a_different_quant_storage(ws, tiny_llama2, capsys, 
 
 # ---------------------------------------------------------------- merge
 
-@pytest.fixture(scope="module")
-def llama_adapter(tiny_llama2, tmp_path_factory):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama2),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                                      task_type="CAUSAL_LM"))
-    out = tmp_path_factory.mktemp("adapter") / "llama-adapter"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_llama2).save_pretrained(out)
-    return str(out)
-
-
 def merge_cli(argv):
     from tunekit.merge import main
 
@@ -240,37 +225,37 @@ def merge_cli(argv):
 
 
 @pytest.mark.parametrize("method", ["bitsandbytes", "gptq"])
-def test_merge_onto_a_quantized_base(ws, tiny_llama2, llama_adapter, capsys, method):
+def test_merge_onto_a_quantized_base(ws, tiny_llama2, random_qv_adapter, capsys, method):
     q = ws / f"base-{method}"
     shutil.copytree(tiny_llama2, q)
     cfg = json.loads((q / "config.json").read_text())
     cfg["quantization_config"] = {"quant_method": method, "bits": 4, "load_in_4bit": method == "bitsandbytes"}
     (q / "config.json").write_text(json.dumps(cfg))
-    refused(capsys, ["--adapter", llama_adapter, "--base", str(q), "--output", str(ws / "merged")],
+    refused(capsys, ["--adapter", random_qv_adapter, "--base", str(q), "--output", str(ws / "merged")],
             rf"--base: .*base-{method} is quantized \({method}\); a LoRA adapter cannot be merged into 4-bit or GPTQ "
-            r"weights\. Pass the original unquantized model with --base", ws, llama_adapter, runner=merge_cli)
+            r"weights\. Pass the original unquantized model with --base", ws, random_qv_adapter, runner=merge_cli)
 
 
-def test_merge_adapter_onto_another_architecture(ws, tiny_qwen, llama_adapter, capsys):
-    refused(capsys, ["--adapter", llama_adapter, "--base", tiny_qwen, "--output", str(ws / "merged")],
+def test_merge_adapter_onto_another_architecture(ws, tiny_qwen, random_qv_adapter, capsys):
+    refused(capsys, ["--adapter", random_qv_adapter, "--base", tiny_qwen, "--output", str(ws / "merged")],
             r"llama-adapter: base_model\.model\.model\.layers\.0\.self_attn\.v_proj\.lora_B\.weight has shape \[64, 4\], "
             r"but 'model\.layers\.0\.self_attn\.v_proj' of the base .* has out_features=32: the adapter was trained on "
-            r"another model", ws, llama_adapter, tiny_qwen, runner=merge_cli)
+            r"another model", ws, random_qv_adapter, tiny_qwen, runner=merge_cli)
 
 
-def test_merge_adapter_onto_a_model_without_its_modules(ws, tiny_llama2, llama_adapter, capsys):
+def test_merge_adapter_onto_a_model_without_its_modules(ws, tiny_llama2, random_qv_adapter, capsys):
     """A base whose layers are named differently (here: fewer layers) is refused by name."""
     small = ws / "one-layer"
     shutil.copytree(tiny_llama2, small)
     cfg = json.loads((small / "config.json").read_text())
     cfg["num_hidden_layers"] = 1
     (small / "config.json").write_text(json.dumps(cfg))
-    refused(capsys, ["--adapter", llama_adapter, "--base", str(small), "--output", str(ws / "merged")],
+    refused(capsys, ["--adapter", random_qv_adapter, "--base", str(small), "--output", str(ws / "merged")],
             r"adapts 'model\.layers\.1\.self_attn\.q_proj', which the base .*one-layer \(model_type 'llama'\) does "
-            r"not have", ws, llama_adapter, runner=merge_cli)
+            r"not have", ws, random_qv_adapter, runner=merge_cli)
 
 
-def test_adapter_onto_an_already_wrapped_model(tiny_llama2, llama_adapter):
+def test_adapter_onto_an_already_wrapped_model(tiny_llama2, random_qv_adapter):
     """No command loads an adapter onto a model in training (resume goes through the Trainer), so this is the API
     merge uses: refused with the project error, and the wrapped model is left as it was."""
     from peft import LoraConfig, get_peft_model
@@ -284,7 +269,7 @@ def test_adapter_onto_an_already_wrapped_model(tiny_llama2, llama_adapter):
     for model in (wrapped, wrapped.base_model.model):
         with pytest.raises(ArgumentError, match="already carries LoRA layers .* load the adapter onto a freshly "
                                                 "loaded base model"):
-            load_adapter(model, llama_adapter)
+            load_adapter(model, random_qv_adapter)
     after = wrapped.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert list(wrapped.peft_config) == ["default"]

@@ -23,30 +23,14 @@ def losses(trainer):
     return [h["loss"] for h in trainer.state.log_history if "loss" in h]
 
 
-@pytest.fixture(scope="module")
-def random_adapter(tiny_llama2, tmp_path_factory):
-    """An adapter with non-zero A and B (init_lora_weights=False), so checks on it are not vacuous."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama2),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                                      task_type="CAUSAL_LM"))
-    out = tmp_path_factory.mktemp("adapter") / "adapter"
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_llama2).save_pretrained(out)
-    return str(out)
-
-
 # ---------------------------------------------------------------- #5 adapter saved empty / no-op
 
-def test_5_adapter_validator_catches_empty_zero_and_partial_adapters(random_adapter, tmp_path):
+def test_5_adapter_validator_catches_empty_zero_and_partial_adapters(random_qv_adapter, tmp_path):
     from tunekit.checkpoints import EmptyAdapterError, validate_adapter
 
-    good = load_file(f"{random_adapter}/adapter_model.safetensors")
+    good = load_file(f"{random_qv_adapter}/adapter_model.safetensors")
     keys = set(good)
-    validate_adapter(random_adapter, keys, trained=True)  # the real save path passes
+    validate_adapter(random_qv_adapter, keys, trained=True)  # the real save path passes
 
     def saved(tensors):
         folder = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
@@ -246,7 +230,7 @@ def test_25_gradient_accumulation_equals_the_full_batch(tiny_llama2, guanaco_sma
 
 # ---------------------------------------------------------------- #32 Llama-2 pretraining_tp, #36 no Trainer internals
 
-def test_32_merged_llama_has_pretraining_tp_1(tiny_llama2, random_adapter, tmp_path):
+def test_32_merged_llama_has_pretraining_tp_1(tiny_llama2, random_qv_adapter, tmp_path):
     import shutil
 
     from tunekit.merge import merge
@@ -256,7 +240,7 @@ def test_32_merged_llama_has_pretraining_tp_1(tiny_llama2, random_adapter, tmp_p
     cfg = json.loads((base / "config.json").read_text())
     cfg["pretraining_tp"] = 2
     (base / "config.json").write_text(json.dumps(cfg))
-    merge(random_adapter, str(tmp_path / "merged"), base=str(base), dtype="float32")
+    merge(random_qv_adapter, str(tmp_path / "merged"), base=str(base), dtype="float32")
     assert json.loads((tmp_path / "merged/config.json").read_text())["pretraining_tp"] == 1
 
 
@@ -267,7 +251,7 @@ def test_36_code_never_mutates_trainer_internals():
 
 # ---------------------------------------------------------------- #1 an adapter that loads as nothing
 
-def test_1_adapter_with_missing_weights_is_an_error_not_a_warning(tiny_llama2, random_adapter, tmp_path):
+def test_1_adapter_with_missing_weights_is_an_error_not_a_warning(tiny_llama2, random_qv_adapter, tmp_path):
     """PEFT only warns 'Found missing adapter keys' and goes on with zero/untrained adapters; the loader refuses."""
     import shutil
 
@@ -279,11 +263,11 @@ def test_1_adapter_with_missing_weights_is_an_error_not_a_warning(tiny_llama2, r
     probe = torch.tensor([[1, 40, 41, 300, 301]])
     with torch.no_grad():
         base_logits = AutoModelForCausalLM.from_pretrained(tiny_llama2)(input_ids=probe).logits
-        good = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama2), random_adapter).eval()
+        good = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama2), random_qv_adapter).eval()
         assert (good(input_ids=probe).logits - base_logits).abs().max() > 1e-3  # the loaded adapter acts
 
     partial = tmp_path / "partial"
-    shutil.copytree(random_adapter, partial)
+    shutil.copytree(random_qv_adapter, partial)
     weights = load_file(str(partial / "adapter_model.safetensors"))
     save_file({k: v for k, v in weights.items() if ".layers.1." not in k}, str(partial / "adapter_model.safetensors"))
     with pytest.raises(ArgumentError, match="partial: some adapter weights were not loaded.*missing adapter keys"):
