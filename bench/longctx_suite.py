@@ -40,14 +40,8 @@ def write_record(path: Path, length: int, vocab_size: int) -> None:
 
 def main(args, run) -> int:
     started = time.time()
-    shape, key = args.shape, f"{args.suite}-{args.shape}"
-    out_dir = Path(args.out or run.ROOT / "out" / "bench" / key).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(baseline.tmp_root()) / f"tunekit-bench-{shape}"
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.checkpoint or baseline.default_checkpoint(shape)
-    log = run.Log(out_dir / "run.log")
+    shape = args.shape
+    key, out_dir, work_dir, checkpoint, log = run.suite_folders(args)
     lengths = [int(x) for x in args.lengths.split(",")] if getattr(args, "lengths", None) else LENGTHS[shape]
     result = {"suite": args.suite, "shape": shape, "git_commit": run.git_commit(), "checkpoint": checkpoint,
               "command": " ".join(["python", "bench/run.py", *(args.argv or sys.argv[1:])]), "runs": [],

@@ -96,15 +96,9 @@ def summary_row(output_dir: Path, steps: int, warmup: int) -> dict:
 def main(args, run) -> int:
     """args: bench/run.py's parsed arguments; run: the bench/run.py module (its helpers)."""
     started = time.time()
-    shape, key = args.shape, f"{args.suite}-{args.shape}"
-    out_dir = Path(args.out or run.ROOT / "out" / "bench" / key).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(baseline.tmp_root()) / f"tunekit-bench-{shape}"
-    shutil.rmtree(work_dir, ignore_errors=True)  # adapters of an earlier run
-    work_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = args.checkpoint or baseline.default_checkpoint(shape)
+    shape = args.shape
+    key, out_dir, work_dir, checkpoint, log = run.suite_folders(args)
     gptq_dir = Path(checkpoint.rstrip("/") + "-gptq-int4")
-    log = run.Log(out_dir / "run.log")
     python = sys.executable
     ours_script = str(run.BENCH_DIR / "baseline.py")
     shape_flags = ["--shape", shape, "--checkpoint", checkpoint]

@@ -297,6 +297,19 @@ def run_merge(suite: Suite, recipe: dict, work_dir: Path, log: Log, timeout_s: f
 
 # ---------------------------------------------------------------------------------------------- main
 
+def suite_folders(args) -> tuple[str, Path, Path, str, Log]:
+    """A delegated suite's (qwen, longctx) key, output folder, emptied work folder under $TMPDIR, checkpoint path and
+    log."""
+    key = f"{args.suite}-{args.shape}"
+    out_dir = Path(args.out or ROOT / "out" / "bench" / key).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(baseline.tmp_root()) / f"tunekit-bench-{args.shape}"
+    shutil.rmtree(work_dir, ignore_errors=True)  # adapters of an earlier run
+    work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = args.checkpoint or baseline.default_checkpoint(args.shape)
+    return key, out_dir, work_dir, checkpoint, Log(out_dir / "run.log")
+
+
 def save_result(result: dict, started: float, json_path: Path, save: str | None, log: Log) -> None:
     """Every suite ends here: the JSON (also kept as bench/results/SAVE.json), then BENCHMARKS.md regenerated."""
     result["runner_seconds"] = round(time.time() - started, 1)
