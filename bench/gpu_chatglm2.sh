@@ -5,8 +5,7 @@
 # merge.sh (merge, sample, reverse conversion).  Leaves chatglm2_6b.json and chatglm2_6b.log in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site || exit 1
+source bench/gpu_env.sh
 OUT="${OUT:-out/bench/chatglm2}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

@@ -5,8 +5,7 @@
 # Llama-2-7B shape and leaves <suite>-<shape>.json, run.log and BENCHMARKS.md in $OUT (default out/bench/gpu).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site || exit 1
+source bench/gpu_env.sh
 OUT="${OUT:-out/bench/gpu}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

@@ -9,16 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUDGET="${BUDGET:-560}"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || exit 1
-if ls .whl-gptq/*.whl >/dev/null 2>&1; then  # second, so that its copy of a shared package wins
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl-gptq/*.whl || echo "warning: installing .whl-gptq failed; the GPTQ steps will fail and be recorded" >&2
-else
-  echo "warning: no .whl-gptq/*.whl carried; the GPTQ steps will fail and be recorded" >&2
-fi
-export PYTHONPATH=/tmp/site
-export HF_HOME=/tmp/hf HF_HUB_OFFLINE=1   # tokenicer (gptqmodel) moves HF_HOME otherwise; nothing is downloaded
+source bench/gpu_env.sh
 OUT="${OUT:-out/bench/gpu-qwen}"
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true

@@ -25,6 +25,7 @@ qwen suite's are in bench/qwen_suite.py.)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -56,6 +57,9 @@ class Variant:
     flags: tuple[str, ...]
     compare_with: str | None = None  # the baseline run its ratio is taken against (default: the suite's)
     gpu_only: bool = False  # Liger (Triton) and flex attention's backward need CUDA: skipped in the CPU smoke
+    # (total, warm-up) optimizer steps on a GPU instead of the suite's: a packed step of 16k tokens is ~13 of the
+    # baseline's steps, so 30 timed steps would take minutes; 10 still time 160k tokens, ~3 of the baseline's 30 steps
+    steps: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,10 @@ class Suite:
 FAST_R16 = ("--lora_r", "16", "--lora_alpha", "32", "--lora_target_modules", "all-linear", "--packing", "true",
             "--per_device_train_batch_size", "1", "--model_max_length", "1024")
 BF16 = ("--q_lora", "false")
-FLEX_LIGER = ("--attn_implementation", "flex_attention", "--use_liger_kernel", "true")
-LEAN = ("--offload_activations", "true", "--optim", "paged_adamw_8bit", "--token_budget", "4096")
+LIGER = ("--use_liger_kernel", "true")
+FLEX_LIGER = ("--attn_implementation", "flex_attention", *LIGER)
+BIG, MID, LOW = (16, 6), (26, 8), (30, 10)  # (total, warm-up) GPU steps of 16k-, 8k- and 4k-token variants
+LEAN = ("--offload_activations", "true", "--optim", "adamw_bnb_8bit", "--token_budget", "4096")
 QLORA_R16, LORA_R16 = "qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4"
 
 SUITES = {
@@ -84,19 +90,26 @@ SUITES = {
     # Issue 5's speed suites: the recipe with the fast switches against the baseline's all-linear r16 runs.  SDPA
     # keeps packed samples apart with a dense [tokens x tokens] mask; flex attention skips the masked blocks.
     "throughput": Suite("llama2", "qlora", QLORA_R16, (LORA_R16,), plain_recipe=False, variants=(
-        Variant("-nf4-r16-packed", FAST_R16 + ("--token_budget", "16384")),
-        Variant("-nf4-r16-packed-flex-liger", FAST_R16 + FLEX_LIGER + ("--token_budget", "16384"), gpu_only=True),
+        Variant("-nf4-r16-packed", FAST_R16 + ("--token_budget", "16384"), steps=BIG),
+        Variant("-nf4-r16-packed-flex-liger", FAST_R16 + FLEX_LIGER + ("--token_budget", "16384"), gpu_only=True,
+                steps=BIG),
+        Variant("-nf4-r16-packed-8k-liger", FAST_R16 + LIGER + ("--token_budget", "8192"), gpu_only=True,
+                steps=MID),
         Variant("-bf16-r16-packed-flex-liger", FAST_R16 + BF16 + FLEX_LIGER + ("--token_budget", "16384"),
-                LORA_R16, gpu_only=True),
+                LORA_R16, gpu_only=True, steps=BIG),
+        Variant("-bf16-r16-packed-8k-liger", FAST_R16 + BF16 + LIGER + ("--token_budget", "8192"), LORA_R16,
+                gpu_only=True, steps=MID),
         Variant("-bf16-r16-packed-flex-liger-no-gc", FAST_R16 + BF16 + FLEX_LIGER + (
-            "--token_budget", "8192", "--gradient_checkpointing", "false"), LORA_R16, gpu_only=True),
-        Variant("-bf16-r16-packed", FAST_R16 + BF16 + ("--token_budget", "16384"), LORA_R16))),
+            "--token_budget", "8192", "--gradient_checkpointing", "false"), LORA_R16, gpu_only=True, steps=MID),
+        Variant("-bf16-r16-packed", FAST_R16 + BF16 + ("--token_budget", "16384"), LORA_R16, steps=BIG))),
     "lean": Suite("llama2", "qlora", QLORA_R16, plain_recipe=False, variants=(
-        Variant("-nf4-r16-lean", FAST_R16 + ("--token_budget", "4096", "--offload_activations", "true")),
-        # 8-bit paged AdamW: the r=16 adapters' fp32 Adam state is 0.3 GiB of a 4.9 GiB budget
-        Variant("-nf4-r16-lean-flex-liger-adam8", FAST_R16 + FLEX_LIGER + LEAN, gpu_only=True),
-        Variant("-nf4-r16-lean-2k-flex-liger-adam8", FAST_R16 + FLEX_LIGER + LEAN[:-1] + ("2048",),
-                gpu_only=True))),
+        Variant("-nf4-r16-lean", FAST_R16 + ("--token_budget", "4096", "--offload_activations", "true"), steps=LOW),
+        # 8-bit AdamW (not paged: its state stays in torch's allocator, so the peak counts it): the r=16 adapters'
+        # fp32 Adam state would be 0.3 GiB of a 4.9 GiB budget
+        Variant("-nf4-r16-lean-liger-adam8", FAST_R16 + LIGER + LEAN, gpu_only=True, steps=LOW),
+        Variant("-nf4-r16-lean-flex-liger-adam8", FAST_R16 + FLEX_LIGER + LEAN, gpu_only=True, steps=LOW),
+        Variant("-nf4-r16-lean-2k-liger-adam8", FAST_R16 + LIGER + LEAN[:-1] + ("2048",), gpu_only=True,
+                steps=LOW))),
     # bench/longctx_suite.py: one sequence per length, NF4 Q-LoRA r=32, offloaded activations, Liger's chunked loss
     "longctx": Suite("llama2", "qlora", "", shapes=("llama3.1-8b", "tiny-long")),
     # bench/qwen_suite.py: recipes lora, qlora, qlora-gptq and the seed's DeepSpeed command on a GPTQ pack
@@ -223,8 +236,9 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
     name = f"recipe-{suite.family}-{method}{variant.suffix}"
     output_dir = work_dir / name
     shutil.rmtree(output_dir, ignore_errors=True)
+    total, warmup = variant.steps if variant.steps and on_gpu else (baseline.TOTAL_STEPS, baseline.WARMUP_STEPS)
     flags = ["--model_name_or_path", checkpoint, "--data_path", str(workload), "--output_dir", str(output_dir),
-             "--max_steps", str(baseline.TOTAL_STEPS), "--report_to", "none",
+             "--max_steps", str(total), "--report_to", "none",
              "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
              "--eval_data_path", "", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10"]
     if not on_gpu:  # the CPU smoke test: no bitsandbytes, no bf16
@@ -252,7 +266,7 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
                 f"exit code 0 but no {summary_path}", "log_tail": "".join(child["lines"])[-LOG_TAIL_CHARS:]}
     summary = json.loads(summary_path.read_text())
     try:
-        steady = steady_state(summary, baseline.WARMUP_STEPS, baseline.TOTAL_STEPS)
+        steady = steady_state(summary, warmup, total)
     except ValueError as error:
         return {**row, "status": "failed", "error": str(error), "summary": summary}
     config = {}
@@ -260,8 +274,8 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
     if args_path.is_file():
         recorded = json.loads(args_path.read_text())
         config = {key: recorded[key] for key in RECIPE_CONFIG_KEYS if key in recorded}
-    timed_peaks = summary.get("step_peak_gib", [])[baseline.WARMUP_STEPS:baseline.TOTAL_STEPS]
-    return {**row, "status": "ok", "steps": baseline.TOTAL_STEPS - baseline.WARMUP_STEPS, **steady,
+    timed_peaks = summary.get("step_peak_gib", [])[warmup:total]
+    return {**row, "status": "ok", "steps": total - warmup, **steady,
             "peak_gib": max(timed_peaks) if timed_peaks else summary.get("peak_gib"),
             "whole_run_peak_gib": summary.get("peak_gib"), "trainable_params": summary.get("trainable_params"),
             "final_loss": summary.get("final_loss"), "train_runtime_s": summary.get("train_runtime_s"),
@@ -388,6 +402,9 @@ def main(argv=None) -> int:
                         help="optimizer steps per run (a CPU smoke test uses a few)")
     parser.add_argument("--warmup", type=int, default=baseline.WARMUP_STEPS, help="steps before the clock starts")
     parser.add_argument("--lengths", help="longctx suite: comma-separated sequence lengths to try, ascending")
+    parser.add_argument("--variants", type=lambda text: [name.strip("-") for name in text.split(",") if name],
+                        help="run only these variants of the suite (suffixes, e.g. nf4-r16-packed), and only the "
+                             "baseline runs they are compared with")
     parser.add_argument("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
     parser.add_argument("--deadline", type=float, default=0,
                         help="qwen suite: seconds the whole runner may take; children's timeouts are capped so the "
@@ -404,6 +421,12 @@ def main(argv=None) -> int:
         parser.error("--warmup must be smaller than --steps")
     baseline.TOTAL_STEPS, baseline.WARMUP_STEPS = args.steps, args.warmup  # read by run_recipe
     suite = SUITES[args.suite]
+    if args.variants:
+        known = {v.suffix.strip("-") for v in suite.variants}
+        if set(args.variants) - known:
+            parser.error(f"--variants: unknown {sorted(set(args.variants) - known)}; known: {', '.join(sorted(known))}")
+        suite = dataclasses.replace(suite, variants=tuple(v for v in suite.variants
+                                                          if v.suffix.strip("-") in args.variants))
     args.shape = args.shape or suite.shapes[0]
     if args.shape not in suite.shapes:
         parser.error(f"--suite {args.suite} runs on --shape {' or '.join(suite.shapes)}")
@@ -478,6 +501,9 @@ def main(argv=None) -> int:
         result["reference"] = "skipped: the reference hard-codes the llama2-7b shape and needs CUDA"
     with_reference = "reference" not in result
 
+    def partial() -> None:  # the JSON so far, so that a run killed at the device's time limit still reports
+        (out_dir / f"{key}.json").write_text(json.dumps({**result, "partial": True}, indent=2) + "\n")
+
     def run_reference(trial):
         child = run_child(f"reference #{trial}", [python, str(REFERENCE), suite.baseline_run], log,
                           args.child_timeout, {"BASELINE_CKPT": checkpoint})
@@ -488,8 +514,11 @@ def main(argv=None) -> int:
                                                     str(args.steps), "--warmup", str(args.warmup)], log,
                           args.child_timeout)
         result["runs"].append({**baseline_row(child, name, "ours"), "trial": trial})
+        partial()
 
-    for trial in range(1, args.repeat + 1):
+    # with --variants, the suite's own baseline run only when a chosen variant (or the plain recipe) compares with it
+    needs_main = suite.plain_recipe or not args.variants or any(v.compare_with is None for v in suite.variants)
+    for trial in range(1, args.repeat + 1 if needs_main else 1):
         if trial % 2 and with_reference:
             run_reference(trial)
         run_ours(suite.baseline_run, trial)
@@ -513,6 +542,7 @@ def main(argv=None) -> int:
         for variant in suite.variants:
             result["runs"].append(run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log,
                                              args.child_timeout, variant))
+            partial()
 
     # f. ratios to our baseline of the same run (mean over its trials), and how well ours reproduces the reference
     ours_by_name = {name: mean_of(result["runs"], name, "ours") for name in

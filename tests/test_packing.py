@@ -161,6 +161,9 @@ def test_liger_loss_matches_plain_on_gpu(tiny_llama2, guanaco_small, tmp_path, p
         trainer = finetune.main(["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora",
                                  "--lora_dropout", "0", *flags])
         first[liger] = [h["loss"] for h in trainer.state.log_history if "loss" in h][0]
+        patched = sorted({m._get_name() for m in trainer.model.modules() if m._get_name().startswith("Liger")})
+        assert bool(patched) == liger, patched  # Liger really replaced the norms (the comparison is not void)
+    print("first-step losses (plain, liger):", first[False], first[True])
     assert abs(first[True] - first[False]) < 1e-3, first
 
 
