@@ -13,8 +13,9 @@ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,nohea
 pids=()
 i=0
 for job in "$@"; do
-  mkdir -p "$OUT/job$i" "/tmp/job$i"
-  ( export CUDA_VISIBLE_DEVICES=$i TMPDIR=/tmp/job$i OUT="$OUT/job$i"; bash -c "$job" >"$OUT/job$i/stdout.log" 2>&1
+  dir="$OUT/job$i"
+  mkdir -p "$dir" "/tmp/job$i"
+  ( CUDA_VISIBLE_DEVICES=$i TMPDIR=/tmp/job$i OUT="$dir" bash -c "$job" >"$dir/stdout.log" 2>&1
     echo "job$i exit $? after ${SECONDS}s: $job" ) &
   pids+=($!)
   i=$((i + 1))
