@@ -48,7 +48,9 @@ class ModelArguments:
         default=None, metadata={"help": "Model family (template, LoRA targets): llama2, qwen, chatglm2. "
                                         "Default: from the checkpoint's config.json model_type."})
     trainer: Literal["hf", "trl"] = field(default="hf", metadata={"help": "HF Trainer or TRL SFTTrainer."})
-    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa, eager, flash_attention_2, ..."})
+    attn_implementation: str = field(default="sdpa", metadata={
+        "help": "sdpa, eager, flash_attention_2, ..., or varlen: PyTorch's variable-length flash attention for "
+                "--packing on a CUDA GPU (attention only inside each packed sample; tunekit/attention.py)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped in the model folder."})
 
 
@@ -282,6 +284,9 @@ def validate(a) -> None:
             raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
     if a.use_liger_kernel and not _cuda():
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
+    if a.attn_implementation == "varlen" and not (a.packing and _cuda()):
+        raise ArgumentError("--attn_implementation varlen needs --packing true and a CUDA GPU (its kernel is flash "
+                            "attention on packed rows); use sdpa otherwise")
     if a.token_budget and a.token_budget < a.model_max_length:
         raise ArgumentError(f"--token_budget {a.token_budget} is smaller than --model_max_length "
                             f"{a.model_max_length}: a full-length sample would not fit; raise it or set 0")

@@ -102,6 +102,10 @@ def load_model(model_args, lora_args, train_args, tokenizer):
     if not lora_args.use_lora:
         dtype = torch.float32  # full fine-tuning keeps fp32 master weights; bf16/fp16 run under autocast
     kwargs = quantization_kwargs(model_args, lora_args, dtype)
+    if model_args.attn_implementation == "varlen":
+        from .attention import register
+
+        register()
     if kwargs and torch.cuda.is_available() and "device_map" not in kwargs:
         kwargs["device_map"] = {"": _local_rank()}  # one whole model per rank; "auto" would split it (pitfall #18)
     model = AutoModelForCausalLM.from_pretrained(

@@ -20,10 +20,13 @@ from .data import IGNORE_INDEX
 
 @dataclass
 class PackingCollator:
-    """[sample, sample, ...] -> one row: input_ids, labels, position_ids (reset per sample); no padding at all."""
+    """[sample, sample, ...] -> one row: input_ids, labels, position_ids (reset per sample); no padding at all.
+    varlen=True adds the cumulative sample lengths that a variable-length attention kernel reads (tunekit/attention.py)."""
+
+    varlen: bool = False
 
     def __call__(self, features):
-        input_ids, labels, positions = [], [], []
+        input_ids, labels, positions, cu = [], [], [], [0]
         for f in features:
             ids, lab = list(f["input_ids"]), list(f["labels"])
             input_ids += ids
@@ -31,7 +34,13 @@ class PackingCollator:
             # target of the previous sample's last token.
             labels += [IGNORE_INDEX] + lab[1:]
             positions += range(len(ids))
-        return {"input_ids": _row(input_ids), "labels": _row(labels), "position_ids": _row(positions)}
+            cu.append(cu[-1] + len(ids))
+        batch = {"input_ids": _row(input_ids), "labels": _row(labels), "position_ids": _row(positions)}
+        if self.varlen:
+            cu_seq = torch.tensor(cu, dtype=torch.int32)
+            longest = max(b - a for a, b in zip(cu, cu[1:]))
+            batch.update(cu_seq_lens_q=cu_seq, cu_seq_lens_k=cu_seq, max_length_q=longest, max_length_k=longest)
+        return batch
 
 
 def _row(values) -> torch.Tensor:

@@ -105,7 +105,9 @@ def sft_config_from(train_args, max_length):
 
 
 def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, trainer_kind="hf"):
-    collator = PackingCollator() if train_args.packing else PaddingCollator(pad_token_id=tokenizer.pad_token_id)
+    varlen = getattr(model.config, "_attn_implementation", None) == "varlen"
+    collator = (PackingCollator(varlen=varlen) if train_args.packing
+                else PaddingCollator(pad_token_id=tokenizer.pad_token_id))
     if trainer_kind == "trl":
         from trl import SFTTrainer
 
