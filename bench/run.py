@@ -114,6 +114,8 @@ SUITES = {
         Variant("-nf4-r16-lean-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN, gpu_only=True, steps=LOW),
         Variant("-nf4-r16-lean-2k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("2048",),
                 gpu_only=True, steps=LOW),
+        Variant("-nf4-r16-lean-3k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3072",),
+                gpu_only=True, steps=LOW),
         Variant("-nf4-r16-lean-liger-adam8", FAST_R16 + LIGER + LEAN, gpu_only=True, steps=LOW))),
     # bench/longctx_suite.py: one sequence per length, NF4 Q-LoRA r=32, offloaded activations, Liger's chunked loss
     "longctx": Suite("llama2", "qlora", "", shapes=("llama3.1-8b", "tiny-long")),
