@@ -43,6 +43,17 @@ each batch padded to its longest sequence. Throughput is **real (non-pad) tokens
   as one-turn conversations whose ChatML renderings have exactly the baseline's token counts. The seed's own DeepSpeed
   command line on the GPTQ checkpoint and the merge of its adapter into the bf16 checkpoint are in the notes.
 
+- **throughput / lean / longctx suites** (issue 5; `SUITE=... bash bench/gpu_llama2.sh`, or two at once on a
+  2-GPU machine with `bash bench/gpu_parallel.sh JOB0 JOB1`, one job per GPU, each with its own baseline run): the
+  recipe with the speed switches (`--packing`, `--token_budget`, `--attn_implementation varlen`, `--use_liger_kernel`,
+  `--offload_activations`, 8-bit AdamW) against **ours** `qlora-all-linear-r16-bs4` / `lora-bf16-all-linear-r16-bs4`
+  in the same section. A packed step holds up to the token budget (16k tokens is ~13 baseline steps), so these time
+  10-20 steps after 6-10 warm-up ones. longctx trains one sequence of each length for two steps on the
+  Llama-3.1-8B shape.
+- **MFU**: real tokens/s x 4 FLOPs per linear weight (forward and input gradient; LoRA's frozen weights get no weight
+  gradient) / 989.4 TFLOP/s (dense bf16 peak of an H100/H200 SXM). Attention and recomputation are not counted, so
+  long sequences (where attention dominates) read low.
+
 Absolute numbers move from machine to machine; compare ratios within one section.
 """
 
@@ -55,6 +66,32 @@ def fmt_number(value, digits=0):
 
 def fmt_ratio(value):
     return "–" if value is None else f"{value:.2f}×"
+
+
+# Dense bf16 peak of an H100/H200 SXM (NVIDIA's datasheet figure, without sparsity); the shared notes measured ~790.
+PEAK_TFLOPS = 989.4
+
+
+def matmul_params(shape: str) -> float | None:
+    """Weights that multiply every token: the decoder's linear layers and the LM head (embeddings are a lookup)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import baseline
+
+    cfg = baseline.SHAPES.get(shape)
+    if not cfg:
+        return None
+    h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    return layers * (2 * h * h + 2 * h * kv + 3 * h * i) + h * cfg["vocab_size"]
+
+
+def mfu(tokens_per_s, shape: str) -> str:
+    """Model FLOPs utilisation of LoRA training: 4 FLOPs per weight per token (forward 2, input gradient 2; frozen
+    weights get no weight gradient; gradient-checkpointing recomputation and attention are not counted)."""
+    n = matmul_params(shape)
+    if not tokens_per_s or not n:
+        return "–"
+    return f"{100 * tokens_per_s * 4 * n / (PEAK_TFLOPS * 1e12):.1f}%"
 
 
 def section(name: str, result: dict) -> str:
@@ -73,9 +110,9 @@ def section(name: str, result: dict) -> str:
              + f"; Python {env.get('python', '?')}, CUDA {env.get('cuda') or '–'}",
              f"- runner wall time: {fmt_number(result.get('runner_seconds'))} s",
              "",
-             "| run | implementation | real tokens/s | peak GiB | tokens/s vs ours | peak vs ours "
+             "| run | implementation | real tokens/s | peak GiB | tokens/s vs ours | peak vs ours | MFU "
              "| timed real tokens | trainable params |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for row in result.get("runs", []):
         if row.get("status") != "ok":
@@ -86,7 +123,8 @@ def section(name: str, result: dict) -> str:
         lines.append(
             f"| {row['name']}{trial} | {row['implementation']} | {fmt_number(row.get('tokens_per_s'))} "
             f"| {fmt_number(row.get('peak_gib'), 2)} | {fmt_ratio(row.get('tokens_per_s_vs_ours'))} "
-            f"| {fmt_ratio(row.get('peak_vs_ours'))} | {fmt_number(row.get('real_tokens'))} "
+            f"| {fmt_ratio(row.get('peak_vs_ours'))} | {mfu(row.get('tokens_per_s'), result.get('shape'))} "
+            f"| {fmt_number(row.get('real_tokens'))} "
             f"| {fmt_number(row.get('trainable_params'))} |")
         if row.get("note"):
             notes.append(f"- `{row['name']}` ({row['implementation']}): {row['note']}"
@@ -104,7 +142,8 @@ def section(name: str, result: dict) -> str:
                       f"{repro['same_real_tokens']}."]
     for row in result.get("lengths", []):  # the longctx suite: one sequence per length
         lines.append(f"| longctx {fmt_number(row['length'])} tokens | recipe | {fmt_number(row.get('tokens_per_s'))} "
-                     f"| {fmt_number(row.get('peak_gib'), 2)} | – | – | {fmt_number(row.get('real_tokens'))} | – |")
+                     f"| {fmt_number(row.get('peak_gib'), 2)} | – | – | {mfu(row.get('tokens_per_s'), result.get('shape'))} "
+                     f"| {fmt_number(row.get('real_tokens'))} | – |")
         notes.append(f"- longctx {row['length']:,} tokens: {row.get('status')}"
                      + (f"; losses {row['losses']}" if row.get("losses") else ""))
     if "longest_ok" in result:
