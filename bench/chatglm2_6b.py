@@ -89,9 +89,11 @@ def main():
     env = dict(os.environ, MODEL=str(original), DATA=str(data), PYTHONUNBUFFERED="1", MASTER_PORT=str(port))
     common = ["--max_steps", a.steps + a.warmup, "--gradient_accumulation_steps", 1, "--model_max_length", 1024,
               "--max_source_length", 512, "--max_target_length", 511, "--eval_strategy", "no",
-              "--save_strategy", "no", "--logging_steps", 5, "--lora_r", 32]
+              "--save_strategy", "no", "--logging_steps", 5, "--lora_r", 32,
+              "--token_budget", 0]  # the published settings are batches of samples: 4 (or 1) packed per row
     if a.tiny:
-        common += ["--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch", "--gradient_checkpointing", "false"]
+        common += ["--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch", "--gradient_checkpointing", "false",
+                   "--attn_implementation", "sdpa"]
 
     start = time.perf_counter()
     converted = subprocess.run([sys.executable, "-m", "tunekit.convert_chatglm2", original], cwd=ROOT, env=env,

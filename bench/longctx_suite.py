@@ -27,9 +27,12 @@ FLAGS = ("--lora_r", "32", "--lora_alpha", "64", "--lora_target_modules", "all-l
          "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--max_steps", "2",
          "--gradient_checkpointing", "true", "--offload_activations", "true", "--logging_steps", "1",
          "--save_strategy", "no", "--eval_strategy", "no", "--eval_data_path", "", "--report_to", "none",
-         "--learning_rate", "1e-4", "--warmup_steps", "0")
+         "--learning_rate", "1e-4", "--warmup_steps", "0",
+         # one unpadded sequence: SDPA's causal flash path, as measured (the recipes' packing defaults do not apply)
+         "--packing", "false", "--token_budget", "0", "--attn_implementation", "sdpa")
 GPU_FLAGS = ("--use_liger_kernel", "true", "--bf16", "true")
-CPU_FLAGS = ("--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch")
+CPU_FLAGS = ("--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch",
+             "--use_liger_kernel", "false")
 
 
 def write_record(path: Path, length: int, vocab_size: int) -> None:

@@ -78,6 +78,8 @@ FAST_R16 = ("--lora_r", "16", "--lora_alpha", "32", "--lora_target_modules", "al
             "--per_device_train_batch_size", "1", "--model_max_length", "1024")
 BF16 = ("--q_lora", "false")
 LIGER = ("--use_liger_kernel", "true")
+SDPA = ("--attn_implementation", "sdpa")  # the recipes default to varlen: the SDPA variants say so
+NO_LIGER = ("--use_liger_kernel", "false")
 # flex attention (transformers' flex_attention with the packed block mask) ran at 22 s per 16k-token step on an
 # H200 (2026-11-30): dropped for varlen, PyTorch's variable-length flash attention (tunekit/attention.py)
 VARLEN_LIGER = ("--attn_implementation", "varlen", *LIGER)
@@ -93,22 +95,24 @@ SUITES = {
     # Issue 5's speed suites: the recipe with the fast switches against the baseline's all-linear r16 runs.  SDPA
     # keeps packed samples apart with a dense [tokens x tokens] mask; varlen attends only inside each sample.
     "throughput": Suite("llama2", "qlora", QLORA_R16, (LORA_R16,), plain_recipe=False, variants=(
-        Variant("-nf4-r16-packed", FAST_R16 + ("--token_budget", "16384"), steps=BIG),
+        Variant("-nf4-r16-packed", FAST_R16 + SDPA + NO_LIGER + ("--token_budget", "16384"), steps=BIG),
         Variant("-nf4-r16-packed-varlen-liger", FAST_R16 + VARLEN_LIGER + ("--token_budget", "16384"),
                 gpu_only=True, steps=BIG),
         Variant("-nf4-r16-packed-varlen-liger-no-gc", FAST_R16 + VARLEN_LIGER + NO_GC + ("--token_budget", "8192"),
                 gpu_only=True, steps=MID),
-        Variant("-nf4-r16-packed-8k-liger", FAST_R16 + LIGER + ("--token_budget", "8192"), gpu_only=True,
+        Variant("-nf4-r16-packed-8k-liger", FAST_R16 + SDPA + LIGER + ("--token_budget", "8192"), gpu_only=True,
                 steps=MID),
-        Variant("-bf16-r16-packed", FAST_R16 + BF16 + ("--token_budget", "16384"), LORA_R16, steps=BIG),
+        Variant("-bf16-r16-packed", FAST_R16 + BF16 + SDPA + NO_LIGER + ("--token_budget", "16384"), LORA_R16,
+                steps=BIG),
         Variant("-bf16-r16-packed-varlen-liger", FAST_R16 + BF16 + VARLEN_LIGER + ("--token_budget", "16384"),
                 LORA_R16, gpu_only=True, steps=BIG),
         Variant("-bf16-r16-packed-varlen-liger-no-gc", FAST_R16 + BF16 + VARLEN_LIGER + NO_GC + (
             "--token_budget", "8192"), LORA_R16, gpu_only=True, steps=MID),
-        Variant("-bf16-r16-packed-8k-liger", FAST_R16 + BF16 + LIGER + ("--token_budget", "8192"), LORA_R16,
+        Variant("-bf16-r16-packed-8k-liger", FAST_R16 + BF16 + SDPA + LIGER + ("--token_budget", "8192"), LORA_R16,
                 gpu_only=True, steps=MID))),
     "lean": Suite("llama2", "qlora", QLORA_R16, plain_recipe=False, variants=(
-        Variant("-nf4-r16-lean", FAST_R16 + ("--token_budget", "4096", "--offload_activations", "true"), steps=LOW),
+        Variant("-nf4-r16-lean", FAST_R16 + SDPA + NO_LIGER + ("--token_budget", "4096", "--offload_activations", "true"),
+                steps=LOW),
         # 8-bit AdamW (not paged: its state stays in torch's allocator, so the peak counts it): the r=16 adapters'
         # fp32 Adam state would be 0.3 GiB of a 4.9 GiB budget
         Variant("-nf4-r16-lean-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN, gpu_only=True, steps=LOW),
@@ -116,7 +120,7 @@ SUITES = {
                 gpu_only=True, steps=LOW),
         Variant("-nf4-r16-lean-3k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3072",),
                 gpu_only=True, steps=LOW),
-        Variant("-nf4-r16-lean-liger-adam8", FAST_R16 + LIGER + LEAN, gpu_only=True, steps=LOW))),
+        Variant("-nf4-r16-lean-liger-adam8", FAST_R16 + SDPA + LIGER + LEAN, gpu_only=True, steps=LOW))),
     # bench/longctx_suite.py: one sequence per length, NF4 Q-LoRA r=32, offloaded activations, Liger's chunked loss
     "longctx": Suite("llama2", "qlora", "", shapes=("llama3.1-8b", "tiny-long")),
     # bench/qwen_suite.py: recipes lora, qlora, qlora-gptq and the seed's DeepSpeed command on a GPTQ pack
@@ -249,7 +253,9 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
              "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
              "--eval_data_path", "", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10"]
     if not on_gpu:  # the CPU smoke test: no bitsandbytes, no bf16
-        flags += ["--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch"]
+        # and none of the GPU-only speed switches the recipes default to (a variant may set a token budget again)
+        flags += ["--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch",
+                  "--attn_implementation", "sdpa", "--use_liger_kernel", "false", "--token_budget", "0"]
     script = f"recipes/{suite.family}/train.sh"
     extra = list(variant.flags)
     if not on_gpu and "--token_budget" in extra:  # CPU smoke: SDPA's packed mask is quadratic in the row length
