@@ -72,8 +72,11 @@ def test_varlen_is_refused_without_packing_or_cuda(tiny_llama2, guanaco_small, t
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: PyTorch's varlen attention is flash attention")
-def test_varlen_kernel_matches_padded_sdpa_on_gpu(tiny_llama2):
+def test_varlen_kernel_matches_padded_sdpa_on_gpu(tiny_llama2, monkeypatch):
     """bf16 on the GPU: the real kernel's packed loss equals padded SDPA's within bf16 noise, gradients too."""
+    real, params = attention._varlen()
+    calls = []
+    monkeypatch.setattr(attention, "_varlen", lambda: (lambda *a, **k: calls.append(1) or real(*a, **k), params))
     attention.register()
     model, tok, samples = tiny_model_and_samples(tiny_llama2, "llama2", "llama2_guanaco.jsonl")
     model = model.to("cuda", torch.bfloat16)
@@ -81,6 +84,7 @@ def test_varlen_kernel_matches_padded_sdpa_on_gpu(tiny_llama2):
     loss_pad, grads_pad = loss_and_grads(model, to_gpu(PaddingCollator(pad_token_id=tok.pad_token_id)(samples)))
     model.set_attn_implementation("varlen")
     loss_var, grads_var = loss_and_grads(model, to_gpu(PackingCollator(varlen=True)(samples)))
+    assert len(calls) == model.config.num_hidden_layers  # the real kernel ran in every layer
     print("bf16 losses (padded sdpa, packed varlen):", float(loss_pad), float(loss_var))
     assert abs(float(loss_var) - float(loss_pad)) < 1e-2 * abs(float(loss_pad)), (loss_var, loss_pad)
     cos = [F.cosine_similarity(grads_var[n].float().flatten(), g.float().flatten(), dim=0) for n, g in grads_pad.items()
