@@ -247,7 +247,10 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
     name = f"recipe-{suite.family}-{method}{variant.suffix}"
     output_dir = work_dir / name
     shutil.rmtree(output_dir, ignore_errors=True)
-    total, warmup = variant.steps if variant.steps and on_gpu else (baseline.TOTAL_STEPS, baseline.WARMUP_STEPS)
+    recipe_file = ROOT / f"recipes/{suite.family}/{method}.json"
+    budget = json.loads(recipe_file.read_text()).get("token_budget", 0) if recipe_file.is_file() else 0
+    steps = variant.steps or (BIG if budget >= 16384 and "--token_budget" not in variant.flags else None)
+    total, warmup = steps if steps and on_gpu else (baseline.TOTAL_STEPS, baseline.WARMUP_STEPS)
     flags = ["--model_name_or_path", checkpoint, "--data_path", str(workload), "--output_dir", str(output_dir),
              "--max_steps", str(total), "--report_to", "none",
              "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
