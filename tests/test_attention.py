@@ -90,3 +90,31 @@ def test_varlen_kernel_matches_padded_sdpa_on_gpu(tiny_llama2, monkeypatch):
     cos = [F.cosine_similarity(grads_var[n].float().flatten(), g.float().flatten(), dim=0) for n, g in grads_pad.items()
            if g.abs().sum() > 0]
     assert min(cos) > 0.99, min(cos)
+
+
+def test_varlen_on_converted_chatglm2_equals_padded(monkeypatch, tmp_path):
+    """The chatglm2 recipes default to varlen too: the converted glm model (2 KV groups, partial rotary) gives the same
+    packed loss and gradients through the varlen path as padded SDPA (reference kernel, fp32, CPU)."""
+    from test_chatglm2 import build_original, convert
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(attention, "_varlen", lambda: (reference_varlen, {"window_size", "enable_gqa", "scale"}))
+    attention.register()
+    native = convert(build_original(tmp_path / "original"), tmp_path / "native")
+    model = AutoModelForCausalLM.from_pretrained(native, dtype=torch.float32, attn_implementation="sdpa")
+    model.config.use_cache = False
+    model.train()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    g = torch.Generator().manual_seed(0)
+    samples = [{"input_ids": ids, "labels": ids} for ids in
+               (torch.randint(3, 200, (n,), generator=g).tolist() for n in (9, 17, 5, 12))]
+    loss_pad, grads_pad = loss_and_grads(model, PaddingCollator(pad_token_id=0)(samples))
+    model.set_attn_implementation("varlen")
+    calls = []
+    monkeypatch.setattr(attention, "_varlen", lambda: (lambda *a, **k: calls.append(1) or reference_varlen(*a, **k),
+                                                       {"window_size", "enable_gqa", "scale"}))
+    loss_var, grads_var = loss_and_grads(model, PackingCollator(varlen=True)(samples))
+    assert len(calls) == model.config.num_hidden_layers
+    assert torch.allclose(loss_var, loss_pad, atol=1e-5, rtol=0), (loss_var, loss_pad)
+    for name, grad in grads_pad.items():
+        assert torch.allclose(grads_var[name], grad, atol=1e-5, rtol=1e-4), name
