@@ -60,6 +60,9 @@ class Variant:
     # (total, warm-up) optimizer steps on a GPU instead of the suite's: a packed step of 16k tokens is ~13 of the
     # baseline's steps, so 30 timed steps would take minutes; 10 still time 160k tokens, ~3 of the baseline's 30 steps
     steps: tuple[int, int] | None = None
+    # which runs without --variants: "always", "cpu" (the CPU smoke's SDPA stand-ins; on a GPU only by name) or
+    # "extra" (diagnostics, only by name): a suite's default set must finish within 8 minutes on one GPU
+    default: str = "always"
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class Suite:
     variants: tuple[Variant, ...] = ()
     shapes: tuple[str, ...] = ("llama2-7b", "tiny")  # the first is the default
     plain_recipe: bool = True  # also time the recipe as it is (the speed suites time only their variants)
+    # the speed suites run their variants before the baselines and skip the warm-up process: the first process on a
+    # fresh GPU runs slow, and this way that costs the recipe, never the baseline
+    baselines_last: bool = False
 
 
 # LoRA r=16, alpha=32 on every linear layer (the baseline's adapters), padding-free batches of a token budget.
@@ -94,36 +100,38 @@ SUITES = {
                                                                       "--no_bnb_4bit_use_double_quant")),)),
     # Issue 5's speed suites: the recipe with the fast switches against the baseline's all-linear r16 runs.  SDPA
     # keeps packed samples apart with a dense [tokens x tokens] mask; varlen attends only inside each sample.
-    "throughput": Suite("llama2", "qlora", QLORA_R16, (LORA_R16,), plain_recipe=False, variants=(
-        Variant("-nf4-r16-packed", FAST_R16 + SDPA + NO_LIGER + ("--token_budget", "16384"), steps=BIG),
+    "throughput": Suite("llama2", "qlora", QLORA_R16, (LORA_R16,), plain_recipe=False, baselines_last=True, variants=(
+        Variant("-nf4-r16-packed", FAST_R16 + SDPA + NO_LIGER + ("--token_budget", "16384"), steps=BIG,
+                default="cpu"),
         Variant("-nf4-r16-packed-varlen-liger", FAST_R16 + VARLEN_LIGER + ("--token_budget", "16384"),
                 gpu_only=True, steps=BIG),
         Variant("-nf4-r16-packed-varlen-liger-no-gc", FAST_R16 + VARLEN_LIGER + NO_GC + ("--token_budget", "8192"),
-                gpu_only=True, steps=MID),
+                gpu_only=True, steps=MID, default="extra"),
         Variant("-nf4-r16-packed-8k-liger", FAST_R16 + SDPA + LIGER + ("--token_budget", "8192"), gpu_only=True,
-                steps=MID),
+                steps=MID, default="extra"),
         Variant("-bf16-r16-packed", FAST_R16 + BF16 + SDPA + NO_LIGER + ("--token_budget", "16384"), LORA_R16,
-                steps=BIG),
+                steps=BIG, default="cpu"),
         Variant("-bf16-r16-packed-varlen-liger", FAST_R16 + BF16 + VARLEN_LIGER + ("--token_budget", "16384"),
                 LORA_R16, gpu_only=True, steps=BIG),
         Variant("-bf16-r16-packed-varlen-liger-no-gc", FAST_R16 + BF16 + VARLEN_LIGER + NO_GC + (
             "--token_budget", "8192"), LORA_R16, gpu_only=True, steps=MID),
         Variant("-bf16-r16-packed-8k-liger", FAST_R16 + BF16 + SDPA + LIGER + ("--token_budget", "8192"), LORA_R16,
-                gpu_only=True, steps=MID))),
-    "lean": Suite("llama2", "qlora", QLORA_R16, plain_recipe=False, variants=(
+                gpu_only=True, steps=MID, default="extra"))),
+    "lean": Suite("llama2", "qlora", QLORA_R16, plain_recipe=False, baselines_last=True, variants=(
         Variant("-nf4-r16-lean", FAST_R16 + SDPA + NO_LIGER + ("--token_budget", "4096", "--offload_activations", "true"),
-                steps=LOW),
+                steps=LOW, default="cpu"),
         # 8-bit AdamW (not paged: its state stays in torch's allocator, so the peak counts it): the r=16 adapters'
         # fp32 Adam state would be 0.3 GiB of a 4.9 GiB budget
         Variant("-nf4-r16-lean-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN, gpu_only=True, steps=LOW),
         Variant("-nf4-r16-lean-2k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("2048",),
-                gpu_only=True, steps=LOW),
+                gpu_only=True, steps=LOW, default="extra"),
         Variant("-nf4-r16-lean-3k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3072",),
                 gpu_only=True, steps=LOW),
         # between the measured 3k (4.79 GiB, 2.19x) and 4k (5.05 GiB, 2.75x) of 2026-11-30: not yet run
         Variant("-nf4-r16-lean-3.5k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3584",),
                 gpu_only=True, steps=LOW),
-        Variant("-nf4-r16-lean-liger-adam8", FAST_R16 + SDPA + LIGER + LEAN, gpu_only=True, steps=LOW))),
+        Variant("-nf4-r16-lean-liger-adam8", FAST_R16 + SDPA + LIGER + LEAN, gpu_only=True, steps=LOW,
+                default="extra"))),
     # bench/longctx_suite.py: one sequence per length, NF4 Q-LoRA r=32, offloaded activations, Liger's chunked loss
     "longctx": Suite("llama2", "qlora", "", shapes=("llama3.1-8b", "tiny-long")),
     # bench/qwen_suite.py: recipes lora, qlora, qlora-gptq and the seed's DeepSpeed command on a GPTQ pack
@@ -446,6 +454,7 @@ def main(argv=None) -> int:
             parser.error(f"--variants: unknown {sorted(set(args.variants) - known)}; known: {', '.join(sorted(known))}")
         suite = dataclasses.replace(suite, variants=tuple(v for v in suite.variants
                                                           if v.suffix.strip("-") in args.variants))
+        args.chosen_variants = True
     args.shape = args.shape or suite.shapes[0]
     if args.shape not in suite.shapes:
         parser.error(f"--suite {args.suite} runs on --shape {' or '.join(suite.shapes)}")
@@ -504,7 +513,10 @@ def main(argv=None) -> int:
 
     # The first GPU training process on a fresh machine ran ~10% slower than later ones (H100, twice: 2,103 vs
     # 2,217-2,434 tokens/s), whichever script it was; a short throwaway run first keeps that out of the figures.
-    if on_gpu and not args.no_warm_process:
+    if not getattr(args, "chosen_variants", False):  # the default set: see Variant.default
+        suite = dataclasses.replace(suite, variants=tuple(
+            v for v in suite.variants if v.default == "always" or (v.default == "cpu" and not on_gpu)))
+    if on_gpu and not args.no_warm_process and not suite.baselines_last:
         child = run_child("warm-up process (not measured)", [python, ours_script, *shape_flags, "--steps", "8",
                                                              "--warmup", "4", suite.baseline_run],
                           log, args.child_timeout)
@@ -535,33 +547,38 @@ def main(argv=None) -> int:
         result["runs"].append({**baseline_row(child, name, "ours"), "trial": trial})
         partial()
 
-    # with --variants, the suite's own baseline run only when a chosen variant (or the plain recipe) compares with it
-    needs_main = suite.plain_recipe or not args.variants or any(v.compare_with is None for v in suite.variants)
-    for trial in range(1, args.repeat + 1 if needs_main else 1):
-        if trial % 2 and with_reference:
-            run_reference(trial)
-        run_ours(suite.baseline_run, trial)
-        if not trial % 2 and with_reference:
-            run_reference(trial)
-    compared = {v.compare_with for v in suite.variants}  # baselines a variant needs always run
-    for name in [n for n in suite.other_baseline_runs if args.all_baselines or n in compared]:
-        run_ours(name, 1)
+    def run_baselines() -> None:
+        # with --variants, the suite's own baseline run only when a chosen variant (or the plain recipe) compares with it
+        needs_main = suite.plain_recipe or not args.variants or any(v.compare_with is None for v in suite.variants)
+        for trial in range(1, args.repeat + 1 if needs_main else 1):
+            if trial % 2 and with_reference:
+                run_reference(trial)
+            run_ours(suite.baseline_run, trial)
+            if not trial % 2 and with_reference:
+                run_reference(trial)
+        compared = {v.compare_with for v in suite.variants}  # baselines a variant needs always run
+        for name in [n for n in suite.other_baseline_runs if args.all_baselines or n in compared]:
+            run_ours(name, 1)
 
-    # d. the project's recipe on the same lengths, e. its merge
-    if args.skip_recipe:
-        result["recipe"] = "skipped (--skip-recipe)"
-    else:
-        workload = write_workload(work_dir / "workload.jsonl", baseline.SHAPES[args.shape]["vocab_size"])
-        result["workload"] = workload
-        if suite.plain_recipe:
-            recipe = run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log, args.child_timeout)
-            result["runs"].append(recipe)
-        if args.merge and suite.plain_recipe:
-            result["merge"] = run_merge(suite, recipe, work_dir, log, args.child_timeout)
-        for variant in suite.variants:
-            result["runs"].append(run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log,
-                                             args.child_timeout, variant))
-            partial()
+    def run_recipes() -> None:
+        # d. the project's recipe on the same lengths, e. its merge
+        if args.skip_recipe:
+            result["recipe"] = "skipped (--skip-recipe)"
+        else:
+            workload = write_workload(work_dir / "workload.jsonl", baseline.SHAPES[args.shape]["vocab_size"])
+            result["workload"] = workload
+            if suite.plain_recipe:
+                recipe = run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log, args.child_timeout)
+                result["runs"].append(recipe)
+            if args.merge and suite.plain_recipe:
+                result["merge"] = run_merge(suite, recipe, work_dir, log, args.child_timeout)
+            for variant in suite.variants:
+                result["runs"].append(run_recipe(suite, checkpoint, Path(workload["path"]), work_dir, on_gpu, log,
+                                                 args.child_timeout, variant))
+                partial()
+
+    for step in ((run_recipes, run_baselines) if suite.baselines_last else (run_baselines, run_recipes)):
+        step()
 
     # f. ratios to our baseline of the same run (mean over its trials), and how well ours reproduces the reference
     ours_by_name = {name: mean_of(result["runs"], name, "ours") for name in
