@@ -71,6 +71,18 @@ def test_varlen_is_refused_without_packing_or_cuda(tiny_llama2, guanaco_small, t
                        *cpu_flags(tmp_path / "out", attn_implementation="varlen", packing=False)])
 
 
+def test_varlen_on_a_pre_ampere_gpu_is_refused_with_the_reason(monkeypatch):
+    from tunekit.arguments import ArgumentError, check_varlen
+
+    monkeypatch.setattr("tunekit.arguments._cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
+    with pytest.raises(ArgumentError, match="Ampere or newer GPU.*Tesla T4 is sm75: use sdpa"):
+        check_varlen(packing=True)
+    with pytest.raises(ArgumentError, match="needs --packing true"):
+        check_varlen(packing=False)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: PyTorch's varlen attention is flash attention")
 def test_varlen_kernel_matches_padded_sdpa_on_gpu(tiny_llama2, monkeypatch):
     """bf16 on the GPU: the real kernel's packed loss equals padded SDPA's within bf16 noise, gradients too."""

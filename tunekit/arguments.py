@@ -264,6 +264,24 @@ def checkpointing_kwargs(zero_stage: int, use_lora: bool, kwargs) -> dict:
     return kwargs
 
 
+def check_varlen(packing: bool) -> None:
+    """varlen is flash attention on packed rows: packing, CUDA on an Ampere or newer GPU, and torch >= 2.10."""
+    import importlib.util
+
+    import torch
+
+    if not (packing and _cuda()):
+        raise ArgumentError("--attn_implementation varlen needs --packing true and a CUDA GPU (its kernel is flash "
+                            "attention on packed rows); use sdpa otherwise")
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        raise ArgumentError(f"--attn_implementation varlen needs torch >= 2.10 (this is {torch.__version__}); "
+                            "use sdpa")
+    if torch.cuda.get_device_capability() < (8, 0):
+        raise ArgumentError(f"--attn_implementation varlen needs an Ampere or newer GPU (flash attention); this "
+                            f"{torch.cuda.get_device_name()} is sm{''.join(map(str, torch.cuda.get_device_capability()))}: "
+                            "use sdpa")
+
+
 def _cuda() -> bool:
     import torch
 
@@ -284,9 +302,8 @@ def validate(a) -> None:
             raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
     if a.use_liger_kernel and not _cuda():
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
-    if a.attn_implementation == "varlen" and not (a.packing and _cuda()):
-        raise ArgumentError("--attn_implementation varlen needs --packing true and a CUDA GPU (its kernel is flash "
-                            "attention on packed rows); use sdpa otherwise")
+    if a.attn_implementation == "varlen":
+        check_varlen(a.packing)
     if a.token_budget and a.token_budget < a.model_max_length:
         raise ArgumentError(f"--token_budget {a.token_budget} is smaller than --model_max_length "
                             f"{a.model_max_length}: a full-length sample would not fit; raise it or set 0")
