@@ -115,6 +115,9 @@ SUITES = {
                 LORA_R16, gpu_only=True, steps=BIG),
         Variant("-bf16-r16-packed-varlen-liger-no-gc", FAST_R16 + BF16 + VARLEN_LIGER + NO_GC + (
             "--token_budget", "8192"), LORA_R16, gpu_only=True, steps=MID),
+        Variant("-bf16-r16-packed-varlen-liger-gc-half", FAST_R16 + BF16 + VARLEN_LIGER + (
+            "--token_budget", "16384", "--gradient_checkpointing_fraction", "0.5"), LORA_R16, gpu_only=True, steps=BIG,
+                default="extra"),  # not yet run
         Variant("-bf16-r16-packed-8k-liger", FAST_R16 + BF16 + SDPA + LIGER + ("--token_budget", "8192"), LORA_R16,
                 gpu_only=True, steps=MID, default="extra"))),
     "lean": Suite("llama2", "qlora", QLORA_R16, plain_recipe=False, baselines_last=True, variants=(

@@ -188,3 +188,23 @@ def test_packed_token_budget_batches_are_the_same_for_both_trainers(tiny_llama2,
     # Same batch, same loss up to fp32 summation order (TRL reduces the packed row's loss in another order: a few
     # ulps, about 2e-7 of the loss); a different token count or a leaked label would move it by >1e-3.
     assert abs(loss_hf - loss_trl) < 1e-6 * loss_hf, (loss_hf, loss_trl)
+
+
+def test_selective_checkpointing_recomputes_only_its_fraction_with_the_same_losses(tiny_llama2, guanaco_small, tmp_path):
+    """--gradient_checkpointing_fraction: that share of the layers recomputes, the rest do not; the numbers are the
+    same as with every layer checkpointed (recomputation changes memory and time, never values)."""
+    import finetune
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    losses, flags = {}, {}
+    for fraction in (1.0, 0.5):
+        trainer = finetune.main(["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora",
+                                 "--lora_dropout", "0", *cpu_flags(tmp_path / f"out-{fraction}", max_steps=3,
+                                                                   gradient_checkpointing=True,
+                                                                   gradient_checkpointing_fraction=fraction)])
+        losses[fraction] = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        flags[fraction] = [m.gradient_checkpointing for m in trainer.model.modules()
+                           if isinstance(m, GradientCheckpointingLayer)]
+    assert flags[1.0] == [True] * len(flags[1.0]) and len(flags[1.0]) >= 2
+    assert sum(flags[0.5]) == round(len(flags[0.5]) / 2), flags[0.5]
+    assert losses[0.5] == pytest.approx(losses[1.0], abs=1e-6), losses

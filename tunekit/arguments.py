@@ -114,6 +114,9 @@ class TrainingArguments(transformers.TrainingArguments):
     offload_activations: bool = field(default=False, metadata={
         "help": "Keep the tensors saved for backward (with gradient checkpointing: each layer's input) in CPU "
                 "memory instead of on the GPU: long sequences on one GPU, at some speed."})
+    gradient_checkpointing_fraction: float = field(default=1.0, metadata={
+        "help": "With --gradient_checkpointing: the fraction of decoder layers (evenly spread) that recompute their "
+                "activations in the backward; the others keep them. Below 1: faster, more memory."})
     token_budget: int = field(default=0, metadata={
         "help": "Micro-batches of up to this many tokens (sum of lengths with --packing, longest x count without) "
                 "instead of --per_device_train_batch_size samples; 0 = off. Must be >= --model_max_length."})
@@ -304,6 +307,9 @@ def validate(a) -> None:
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
+    if not 0 < a.gradient_checkpointing_fraction <= 1:
+        raise ArgumentError(f"--gradient_checkpointing_fraction {a.gradient_checkpointing_fraction} must be in (0, 1]; "
+                            "for none, use --gradient_checkpointing false")
     if a.token_budget and a.token_budget < a.model_max_length:
         raise ArgumentError(f"--token_budget {a.token_budget} is smaller than --model_max_length "
                             f"{a.model_max_length}: a full-length sample would not fit; raise it or set 0")

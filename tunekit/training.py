@@ -68,6 +68,23 @@ class RunRecorder(TrainerCallback):
                     "instead of --fp16, or check the data for empty or extreme samples")
 
 
+class SelectiveCheckpointing(TrainerCallback):
+    """--gradient_checkpointing_fraction f < 1: after the Trainer turns checkpointing on in every decoder layer, only
+    round(f x layers) of them, evenly spread, keep it; the others store their activations (no recomputation)."""
+
+    def __init__(self, fraction: float):
+        self.fraction = fraction
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+        keep = round(len(layers) * self.fraction)
+        chosen = {int(i * len(layers) / keep) for i in range(keep)} if keep else set()
+        for i, layer in enumerate(layers):
+            layer.gradient_checkpointing = layer.gradient_checkpointing and i in chosen
+
+
 class ActivationOffloadMixin:
     """--offload_activations: what the forward saves for backward lives in (pinned) CPU memory.  With non-reentrant
     gradient checkpointing that is each layer's input, the memory that grows with sequence length; the recomputed
@@ -123,6 +140,8 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, trainer_kind=
                   processing_class=tokenizer)
     trainer.tunekit_recorder = RunRecorder(trainer)
     trainer.add_callback(trainer.tunekit_recorder)
+    if train_args.gradient_checkpointing and train_args.gradient_checkpointing_fraction < 1:
+        trainer.add_callback(SelectiveCheckpointing(train_args.gradient_checkpointing_fraction))
     return trainer
 
 
