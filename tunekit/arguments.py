@@ -279,10 +279,10 @@ def check_varlen(packing: bool) -> None:
     if importlib.util.find_spec("torch.nn.attention.varlen") is None:
         raise ArgumentError(f"--attn_implementation varlen needs torch >= 2.10 (this is {torch.__version__}); "
                             "use sdpa")
-    if torch.cuda.get_device_capability() < (8, 0):
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
         raise ArgumentError(f"--attn_implementation varlen needs an Ampere or newer GPU (flash attention); this "
-                            f"{torch.cuda.get_device_name()} is sm{''.join(map(str, torch.cuda.get_device_capability()))}: "
-                            "use sdpa")
+                            f"{torch.cuda.get_device_name()} is sm{major}{minor}: use sdpa")
 
 
 def _cuda() -> bool:

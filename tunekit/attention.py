@@ -9,6 +9,7 @@ transformers' own flash-attention path reads).  No mask is built.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -16,6 +17,7 @@ import torch
 NAME = "varlen"
 
 
+@functools.cache  # looked up once, not in every layer of every step
 def _varlen():
     try:
         from torch.nn.attention.varlen import varlen_attn
