@@ -90,6 +90,7 @@ NO_LIGER = ("--use_liger_kernel", "false")
 # H200 (2026-11-30): dropped for varlen, PyTorch's variable-length flash attention (tunekit/attention.py)
 VARLEN_LIGER = ("--attn_implementation", "varlen", *LIGER)
 NO_GC = ("--gradient_checkpointing", "false")
+NO_DROPOUT = ("--lora_dropout", "0")
 BIG, MID, LOW = (16, 6), (26, 8), (30, 10)  # (total, warm-up) GPU steps of 16k-, 8k- and 4k-token variants
 LEAN = ("--offload_activations", "true", "--optim", "adamw_bnb_8bit", "--token_budget", "4096")
 QLORA_R16, LORA_R16 = "qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4"
@@ -129,10 +130,16 @@ SUITES = {
         Variant("-nf4-r16-lean-2k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("2048",),
                 gpu_only=True, steps=LOW, default="extra"),
         Variant("-nf4-r16-lean-3k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3072",),
-                gpu_only=True, steps=LOW),
+                gpu_only=True, steps=LOW, default="extra"),
         # between the measured 3k (4.79 GiB, 2.19x) and 4k (5.05 GiB, 2.75x) of 2026-11-30: not yet run
         Variant("-nf4-r16-lean-3.5k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3584",),
+                gpu_only=True, steps=LOW, default="extra"),
+        # LoRA dropout (the recipe's 0.1) stores a dropped copy of each adapted layer's input for the backward;
+        # without it the adapters read the input the base layer already holds: not yet run
+        Variant("-nf4-r16-lean-nodrop-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN + NO_DROPOUT,
                 gpu_only=True, steps=LOW),
+        Variant("-nf4-r16-lean-3.5k-nodrop-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3584",)
+                + NO_DROPOUT, gpu_only=True, steps=LOW),
         Variant("-nf4-r16-lean-liger-adam8", FAST_R16 + SDPA + LIGER + LEAN, gpu_only=True, steps=LOW,
                 default="extra"))),
     # bench/longctx_suite.py: one sequence per length, NF4 Q-LoRA r=32, offloaded activations, Liger's chunked loss
