@@ -28,11 +28,11 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from .arguments import ArgumentError
+from .atomic import atomic_folder
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QUANT_BUFFERS = ("qweight", "qzeros", "scales", "g_idx")
@@ -227,10 +227,8 @@ def pack_rtn(src_dir, out_dir, bits: int = 4, group_size: int = 32, modules=LINE
 
     modules = _packable(src, shards, modules, group_size)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     weight_map, total_size, packed = {}, 0, 0
-    try:
+    with atomic_folder(out) as tmp:
         for shard in shards:
             tensors = {}
             with safe_open(str(src / shard), framework="pt", device="cpu") as f:
@@ -258,11 +256,6 @@ def pack_rtn(src_dir, out_dir, bits: int = 4, group_size: int = 32, modules=LINE
         config["quantization_config"] = gptq_config_dict(bits, group_size, modules)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         _copy_side_files(src, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     if device != "cpu" and torch.cuda.is_available():
         torch.cuda.empty_cache()
     return out

@@ -11,10 +11,11 @@ import argparse
 import json
 import math
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_folder
 
 SHAPE = dict(hidden_size=64, num_attention_heads=4, multi_query_group_num=2, kv_channels=16, ffn_hidden_size=128,
              num_layers=2, seq_length=2048)
@@ -87,9 +88,7 @@ def build_original(out, seed: int = 0, fmt: str = "safetensors", tokenizer_model
     out = Path(out)
     if (out / "config.json").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         if tokenizer_model:
             shutil.copy2(tokenizer_model, tmp / "tokenizer.model")
         else:
@@ -113,11 +112,6 @@ def build_original(out, seed: int = 0, fmt: str = "safetensors", tokenizer_model
             "name_or_path": "tiny-random-chatglm2", "remove_space": False, "do_lower_case": False,
             "tokenizer_class": "ChatGLMTokenizer", "padding_side": "left",
             "auto_map": {"AutoTokenizer": ["tokenization_chatglm.ChatGLMTokenizer", None]}}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -10,11 +10,11 @@ import argparse
 import base64
 import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_folder
 
 SHAPE = dict(hidden_size=64, num_attention_heads=4, intermediate_size=256, num_hidden_layers=2, seq_length=2048)
 QUANTIZED = ("attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj")
@@ -106,9 +106,7 @@ def build(out, gptq: bool = False, seed: int = 0, group_size: int = 32, **shape)
     out = Path(out)
     if (out / "config.json").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         ranks = train_tiktoken(tmp / "qwen.tiktoken")
         cfg = original_config(len(ranks.read_text().splitlines()), **shape)
         state = random_weights(cfg, seed)
@@ -129,9 +127,6 @@ def build(out, gptq: bool = False, seed: int = 0, group_size: int = 32, **shape)
         (tmp / "tokenizer_config.json").write_text(json.dumps({
             "model_max_length": 8192, "tokenizer_class": "QWenTokenizer",
             "auto_map": {"AutoTokenizer": ["tokenization_qwen.QWenTokenizer", None]}}, indent=2) + "\n")
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
