@@ -31,8 +31,6 @@ FLAGS = ("--lora_r", "32", "--lora_alpha", "64", "--lora_target_modules", "all-l
          # one unpadded sequence: SDPA's causal flash path, as measured (the recipes' packing defaults do not apply)
          "--packing", "false", "--token_budget", "0", "--attn_implementation", "sdpa")
 GPU_FLAGS = ("--use_liger_kernel", "true", "--bf16", "true")
-CPU_FLAGS = ("--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch",
-             "--use_liger_kernel", "false")
 
 
 def write_record(path: Path, length: int, vocab_size: int) -> None:
@@ -73,7 +71,7 @@ def main(args, run) -> int:
             output_dir = work_dir / f"longctx-{length}"
             command = ["bash", "recipes/llama2/train.sh", "qlora", "--model_name_or_path", checkpoint,
                        "--data_path", str(data), "--output_dir", str(output_dir), "--model_max_length", str(length),
-                       *FLAGS, *(GPU_FLAGS if on_gpu else CPU_FLAGS)]
+                       *FLAGS, *(GPU_FLAGS if on_gpu else run.CPU_FLAGS)]
             child = run.run_child(f"length {length}", command, log, timeout,
                                   {"MODEL": checkpoint, "DATA": str(data), "OUTPUT": str(output_dir),
                                    "PYTHON": sys.executable})

@@ -91,6 +91,10 @@ NO_LIGER = ("--use_liger_kernel", "false")
 VARLEN_LIGER = ("--attn_implementation", "varlen", *LIGER)
 NO_GC = ("--gradient_checkpointing", "false")
 NO_DROPOUT = ("--lora_dropout", "0")
+# A CPU smoke run: no bitsandbytes, no bf16, and none of the GPU-only speed switches the recipes default to (a variant
+# may set a token budget again; the longctx suite uses these too)
+CPU_FLAGS = ("--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch",
+             "--attn_implementation", "sdpa", "--use_liger_kernel", "false", "--token_budget", "0")
 BIG, MID, LOW = (16, 6), (26, 8), (30, 10)  # (total, warm-up) GPU steps of 16k-, 8k- and 4k-token variants
 LEAN = ("--offload_activations", "true", "--optim", "adamw_bnb_8bit", "--token_budget", "4096")
 QLORA_R16, LORA_R16 = "qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4"
@@ -276,10 +280,8 @@ def run_recipe(suite: Suite, checkpoint: str, workload: Path, work_dir: Path, on
              "--max_steps", str(total), "--report_to", "none",
              "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
              "--eval_data_path", "", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10"]
-    if not on_gpu:  # the CPU smoke test: no bitsandbytes, no bf16
-        # and none of the GPU-only speed switches the recipes default to (a variant may set a token budget again)
-        flags += ["--q_lora", "false", "--bf16", "false", "--use_cpu", "true", "--optim", "adamw_torch",
-                  "--attn_implementation", "sdpa", "--use_liger_kernel", "false", "--token_budget", "0"]
+    if not on_gpu:
+        flags += CPU_FLAGS
     script = f"recipes/{suite.family}/train.sh"
     extra = list(variant.flags)
     if not on_gpu and "--token_budget" in extra:  # CPU smoke: SDPA's packed mask is quadratic in the row length
