@@ -135,15 +135,20 @@ SUITES = {
                 gpu_only=True, steps=LOW, default="extra"),
         Variant("-nf4-r16-lean-3k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3072",),
                 gpu_only=True, steps=LOW, default="extra"),
-        # between the measured 3k (4.79 GiB, 2.19x) and 4k (5.05 GiB, 2.75x) of 2026-11-30: not yet run
+        # between the measured 3k (4.79 GiB, 2.19x) and 4k (5.05 GiB, 2.75x) of 2026-11-30
         Variant("-nf4-r16-lean-3.5k-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3584",),
                 gpu_only=True, steps=LOW, default="extra"),
         # LoRA dropout (the recipe's 0.1) stores a dropped copy of each adapted layer's input for the backward;
-        # without it the adapters read the input the base layer already holds: not yet run
+        # without it the adapters read the input the base layer already holds.  Since the default skips PEFT's
+        # fp32 input copies (--lora_upcast_inputs false), a larger budget may fit: 4k, 5k and 6k tokens
         Variant("-nf4-r16-lean-nodrop-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN + NO_DROPOUT,
                 gpu_only=True, steps=LOW),
-        Variant("-nf4-r16-lean-3.5k-nodrop-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3584",)
+        Variant("-nf4-r16-lean-5k-nodrop-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("5120",)
                 + NO_DROPOUT, gpu_only=True, steps=LOW),
+        Variant("-nf4-r16-lean-6k-nodrop-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("6144",)
+                + NO_DROPOUT, gpu_only=True, steps=LOW),
+        Variant("-nf4-r16-lean-3.5k-nodrop-varlen-liger-adam8", FAST_R16 + VARLEN_LIGER + LEAN[:-1] + ("3584",)
+                + NO_DROPOUT, gpu_only=True, steps=LOW, default="extra"),
         Variant("-nf4-r16-lean-liger-adam8", FAST_R16 + SDPA + LIGER + LEAN, gpu_only=True, steps=LOW,
                 default="extra"))),
     # bench/longctx_suite.py: one sequence per length, NF4 Q-LoRA r=32, offloaded activations, Liger's chunked loss
