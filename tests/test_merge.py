@@ -90,3 +90,29 @@ def test_existing_output_is_not_overwritten_unless_asked(random_adapter, tmp_pat
     assert (out / "keep.txt").read_text() == "mine"
     merge(random_adapter, str(out), dtype="float32", overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+
+
+@pytest.mark.parametrize("room", [True, False])
+def test_bf16_merge_runs_in_fp32_where_it_fits_and_is_saved_in_bf16(room, tiny_llama2, random_adapter, tmp_path,
+                                                                    monkeypatch):
+    """A bf16 merge computes W + BA in fp32 when 1.25x the fp32 model fits (one rounding, checked to 1e-4),
+    otherwise in bf16 (checked to 5%); either way the saved weights are bf16."""
+    import tunekit.merge as merge_module
+    from safetensors.torch import load_file
+
+    if not room:
+        monkeypatch.setattr(merge_module, "available_bytes", lambda device: 0)
+    report = merge(random_adapter, str(tmp_path / "merged"), dtype="bfloat16")
+    assert report["merged_in"] == ("float32" if room else "bfloat16")
+    assert report["probe_relative_diff"] < (1e-4 if room else 5e-2)
+    weights = {}
+    for shard in (tmp_path / "merged").glob("*.safetensors"):
+        weights.update(load_file(shard))
+    assert weights and {t.dtype for t in weights.values()} == {torch.bfloat16}
+    # the fp32 merge rounds once: its weights equal the fp32 merged weights rounded to bf16
+    if room:
+        merge(random_adapter, str(tmp_path / "merged32"), dtype="float32")
+        full = {}
+        for shard in (tmp_path / "merged32").glob("*.safetensors"):
+            full.update(load_file(shard))
+        assert all(torch.equal(weights[k], full[k].to(torch.bfloat16)) for k in weights)
