@@ -148,8 +148,31 @@ def test_liger_is_refused_on_cpu(tiny_llama2, guanaco_small, tmp_path):
                        *cpu_flags(tmp_path / "out", use_liger_kernel=True)])
 
 
+@pytest.fixture
+def restore_llama_classes():
+    """The Trainer's Liger patch rewrites transformers' Llama module and classes for the rest of the process; undo it
+    afterwards, so later tests run the plain model (on CPU tensors Liger's Triton kernels fail)."""
+    from transformers.models.llama import modeling_llama as module
+
+    saved = dict(vars(module))
+    classes = {obj: dict(vars(obj)) for obj in saved.values()
+               if isinstance(obj, type) and obj.__module__ == module.__name__}
+    yield
+    for name in [n for n in vars(module) if n not in saved]:
+        delattr(module, name)
+    for name, value in saved.items():
+        if vars(module).get(name) is not value:
+            setattr(module, name, value)
+    for cls, attrs in classes.items():
+        for name in [n for n in vars(cls) if n not in attrs]:
+            delattr(cls, name)
+        for name, value in attrs.items():
+            if vars(cls).get(name) is not value:
+                setattr(cls, name, value)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA only: Liger's kernels are Triton")
-def test_liger_loss_matches_plain_on_gpu(tiny_llama2, guanaco_small, tmp_path):
+def test_liger_loss_matches_plain_on_gpu(tiny_llama2, guanaco_small, tmp_path, restore_llama_classes):
     """bf16: the first-step loss with Liger's fused kernels equals the plain path's within 1e-3, padded and packed.
     Both plain runs come first: the Trainer's Liger patch also replaces transformers' Llama classes for the rest of
     the process."""
@@ -213,12 +236,10 @@ def test_selective_checkpointing_recomputes_only_its_fraction_with_the_same_loss
 def test_skipping_the_lora_input_upcast_changes_no_number_and_saves_memory(tiny_llama2):
     """Under bf16 autocast PEFT's cast of each adapted input to the fp32 LoRA weights' dtype is undone by the matmul:
     skipping it (the default) gives bit-identical loss and gradients and saves fewer bytes for backward."""
-    from types import SimpleNamespace
-
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tunekit.training import lora_input_casting
+    from tunekit.model import skip_lora_input_upcast
 
     def run(upcast):
         torch.manual_seed(0)
@@ -231,10 +252,10 @@ def test_skipping_the_lora_input_upcast_changes_no_number_and_saves_memory(tiny_
             saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
             return t
 
+        if not upcast:
+            assert skip_lora_input_upcast(model) == 7 * model.base_model.model.config.num_hidden_layers
         ids = torch.randint(3, 500, (2, 64))
-        args = SimpleNamespace(bf16=True, fp16=False, lora_upcast_inputs=upcast)
-        with lora_input_casting(model, args), torch.autocast("cpu", dtype=torch.bfloat16), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss = model(input_ids=ids, labels=ids).loss
             loss.backward()
         grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
@@ -252,10 +273,31 @@ def test_skipping_the_lora_input_upcast_changes_no_number_and_saves_memory(tiny_
     assert bytes_up - bytes_skip >= copies > 0, (bytes_up, bytes_skip, copies)
 
 
+def test_lora_inputs_are_still_cast_outside_autocast(tiny_llama2):
+    """Skipping the upcast is decided per call: a bf16 model with fp32 adapters run without autocast (generation, a
+    DataParallel replica) still gets PEFT's cast, and the same output as without the hook."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunekit.model import skip_lora_input_upcast
+
+    ids = torch.randint(3, 500, (1, 16))
+    outputs = []
+    for hooked in (False, True):
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama2, dtype=torch.bfloat16),
+                               LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        if hooked:
+            skip_lora_input_upcast(model)
+        with torch.no_grad():
+            outputs.append(model(input_ids=ids).logits)
+    assert torch.equal(outputs[0], outputs[1])
+
+
 @pytest.mark.parametrize("upcast", [False, True])
 def test_lora_upcast_inputs_switch_reaches_every_training_step(upcast, tiny_llama2, guanaco_small, tmp_path,
                                                                 monkeypatch):
-    """The trainer applies --lora_upcast_inputs in forward and backward (checkpointing recomputes in backward)."""
+    """--lora_upcast_inputs reaches every adapted layer in training, forward and recomputed forward alike."""
     import finetune
     from peft.tuners.lora.layer import Linear
 

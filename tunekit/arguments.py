@@ -118,9 +118,9 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "With --gradient_checkpointing: the fraction of decoder layers (evenly spread) that recompute their "
                 "activations in the backward; the others keep them. Below 1: faster, more memory."})
     lora_upcast_inputs: bool = field(default=False, metadata={
-        "help": "Let PEFT copy each adapted layer's input to the fp32 dtype of the LoRA weights. Under bf16/fp16 "
-                "mixed precision the matmul casts it straight back, so the copy changes no number and only costs "
-                "memory (a copy of every adapted input); off by default."})
+        "help": "Let PEFT copy each adapted layer's input to the fp32 dtype of the LoRA weights even under bf16/fp16 "
+                "autocast, where the matmul casts it straight back: the copy changes no number and only costs memory "
+                "(a copy of every adapted input). Off by default: the copy is made only outside autocast."})
     token_budget: int = field(default=0, metadata={
         "help": "Micro-batches of up to this many tokens (sum of lengths with --packing, longest x count without) "
                 "instead of --per_device_train_batch_size samples; 0 = off. Must be >= --model_max_length."})

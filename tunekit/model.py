@@ -190,7 +190,30 @@ def apply_lora(model, lora_args, train_args, family: Family):
         target_modules=targets, bias=lora_args.lora_bias, modules_to_save=lora_args.modules_to_save,
         use_dora=lora_args.use_dora, use_rslora=lora_args.use_rslora, task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
+    if not train_args.lora_upcast_inputs:
+        skip_lora_input_upcast(model)
     return model
+
+
+def _upcast_only_outside_autocast(module, args):
+    """PEFT casts an adapted layer's input to the LoRA weights' dtype (fp32) before lora_A.  Under autocast to the
+    input's own dtype the matmul casts that copy straight back, so it changes no number and only costs memory (an
+    fp32 copy, then a bf16 one saved for backward, per adapted layer).  Decided per call: a forward outside autocast
+    (generation, DataParallel replicas) still gets the cast it needs."""
+    if args and torch.is_tensor(args[0]):
+        device = args[0].device.type
+        module.cast_input_dtype_enabled = not (torch.is_autocast_enabled(device)
+                                               and torch.get_autocast_dtype(device) == args[0].dtype)
+
+
+def skip_lora_input_upcast(model) -> int:
+    """Installs the check above on every LoRA layer (what --lora_upcast_inputs false does); returns how many."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    for layer in layers:
+        layer.register_forward_pre_hook(_upcast_only_outside_autocast)
+    return len(layers)
 
 
 def expected_trainable(model, lora_args) -> tuple[int, int]:

@@ -97,24 +97,6 @@ class ActivationOffloadMixin:
             return super().compute_loss(model, inputs, *args, **kwargs)
 
 
-def lora_input_casting(model, args):
-    """PEFT casts an adapted layer's input to the LoRA weights' dtype (fp32) before lora_A.  Under mixed precision
-    autocast casts it back to bf16/fp16 for the matmul, so the fp32 copy, and the low-precision copy saved for
-    backward, change no number: skipping the cast keeps one shared input per layer (lower peak, same values)."""
-    from peft.helpers import disable_input_dtype_casting
-
-    mixed = args.bf16 or args.fp16
-    return disable_input_dtype_casting(model, active=mixed and not args.lora_upcast_inputs)
-
-
-class LoraInputCastMixin:
-    """Around forward and backward both: gradient checkpointing recomputes each layer's forward in the backward."""
-
-    def training_step(self, model, inputs, *args, **kwargs):
-        with lora_input_casting(model, self.tunekit_args):
-            return super().training_step(model, inputs, *args, **kwargs)
-
-
 class TokenBudgetMixin:
     """--token_budget: micro-batches of up to that many tokens instead of a fixed number of samples."""
 
@@ -151,7 +133,7 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, trainer_kind=
         eval_ds = to_hf_dataset(eval_ds) if eval_ds is not None else None
     else:
         base, args = Trainer, train_args
-    mixins = (TokenCountingMixin, TokenBudgetMixin, ActivationOffloadMixin, LoraInputCastMixin, AtomicCheckpointMixin)
+    mixins = (TokenCountingMixin, TokenBudgetMixin, ActivationOffloadMixin, AtomicCheckpointMixin)
     # tunekit_args: our TrainingArguments, whose own fields (packing, token_budget, ...) TRL's SFTConfig lacks
     cls = type(f"TokenCounting{base.__name__}", (*mixins, base), {"tunekit_tokens": 0, "tunekit_args": train_args})
     trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
