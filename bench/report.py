@@ -206,6 +206,32 @@ def qwen_notes(result: dict) -> list[str]:
     return notes
 
 
+def chatglm2_section(name: str, result: dict) -> str:
+    """bench/chatglm2_6b.py: a ChatGLM2-6B-shaped checkpoint in the original layout, converted, trained through
+    recipes/chatglm2/train.sh in the two settings of the published LLaMA-Factory vs ChatGLM P-Tuning comparison
+    (21.67 samples/s and 5.14 GB on an A100), merged and written back in the original layout."""
+    lora, qlora = result["lora_bf16_r32_bs4_len1024"], result["qlora_nf4_r32_bs1_len1024"]
+    base = result.get("baseline", {})
+    lines = [f"## {name}: {result.get('gpu', '?')}, ChatGLM2-6B shape (original layout, converted to `glm`)", "",
+             f"- date: {result.get('finished_at', '?')}; runner commit `{result.get('git_commit') or '–'}`; "
+             f"torch {result.get('torch', '?')}",
+             f"- command: `{result.get('command', 'bash bench/gpu_chatglm2.sh')}`; build {result.get('build_original_s')} s, "
+             f"convert {result.get('convert_s')} s, merge + generate + reverse conversion "
+             f"{result.get('merge_generate_reverse_s')} s", "",
+             "| run | samples/s | real tokens/s | peak GiB |", "|---|---:|---:|---:|",
+             f"| recipe lora: bf16 LoRA r=32, batch 4, length 1024 | {lora['samples_per_s']:.2f} "
+             f"| {fmt_number(lora['tokens_per_s'])} | {fmt_number(lora['peak_gib'], 2)} |",
+             f"| recipe qlora: NF4 Q-LoRA r=32, batch 1, length 1024 | {qlora['samples_per_s']:.2f} "
+             f"| {fmt_number(qlora['tokens_per_s'])} | {fmt_number(qlora['peak_gib'], 2)} |"]
+    for run_name, row in base.items():
+        lines.append(f"| ours {run_name} (baseline workload, same checkpoint) | – | {fmt_number(row['tokens_per_s'])} "
+                     f"| {fmt_number(row['peak_gib'], 2)} |")
+    notes = [f"- reverse-converted config: {json.dumps(result.get('reverse_config', {}))}"]
+    if result.get("comment"):
+        notes.append(f"- {result['comment']}")
+    return "\n".join(lines + ["", "Notes:", *notes]) + "\n"
+
+
 def load_results(results_dir: Path = RESULTS_DIR) -> list[tuple[str, dict]]:
     out = []
     for path in sorted(results_dir.glob("*.json"), key=lambda p: p.name):
@@ -218,7 +244,8 @@ def load_results(results_dir: Path = RESULTS_DIR) -> list[tuple[str, dict]]:
 
 
 def render(results: list[tuple[str, dict]]) -> str:
-    body = [section(name, result) for name, result in results]
+    body = [(chatglm2_section if "lora_bf16_r32_bs4_len1024" in result else section)(name, result)
+            for name, result in results]
     if not body:
         body = ["_No results yet: run `bash bench/gpu_llama2.sh` on the GPU machine and keep its JSON in "
                 "`bench/results/`._\n"]
