@@ -8,6 +8,11 @@ PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 recipe="recipes/$FAMILY/$METHOD.json"
 [ -f "$recipe" ] || { echo "error: no recipe $recipe (methods: $(cd "recipes/$FAMILY" && ls *.json | sed 's/.json//' | tr '\n' ' '))" >&2; exit 2; }
 args=("$recipe")
+# Overlay JSON files given right after the method (e.g. recipes/lean.json) override the recipe, flags override both.
+while [ $# -gt 0 ] && [[ "$1" == *.json ]]; do
+  [ -f "$1" ] || { echo "error: no argument file $1" >&2; exit 2; }
+  args+=("$1"); shift
+done
 # An original layout that needs remote code (ChatGLM2/3 `chatglm`, Qwen-1 `qwen`) is converted first (cached).
 case "$([ -f "$MODEL/config.json" ] && grep -o '"model_type": *"[a-z0-9_]*"' "$MODEL/config.json" | head -n 1)" in
   *'"chatglm"') MODEL="$("$PYTHON" -m tunekit.convert_chatglm2 "$MODEL" | tail -n 1)" ;;

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Llama-2 fine-tuning: bash recipes/llama2/train.sh [qlora|lora|full] [--any_flag value ...]
+# Llama-2 fine-tuning: bash recipes/llama2/train.sh [qlora|lora|full] [overlay.json ...] [--any_flag value ...]
+# e.g. bash recipes/llama2/train.sh qlora recipes/lean.json: r=16, 4k-token micro-batches, offloaded activations,
+# 8-bit AdamW: a 7B Q-LoRA measured at 4.78 GiB peak (BENCHMARKS.md, lean).
 # Recipes: qlora.json (NF4, r=64, alpha=16, dropout 0.1, the seed's settings), lora.json, full.json.
 # Edit the variables below (or set them in the environment); extra flags override the recipe JSON.
 METHOD="${1:-qlora}"; shift || true
