@@ -126,7 +126,7 @@ def test_13_adapters_are_fp32_on_an_fp16_base(tiny_llama2):
 
     family = get_family("llama2")
     model_args = ModelArguments(model_name_or_path=tiny_llama2, family="llama2")
-    train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False,
+    train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False, lora_upcast_inputs=False,
                                        gradient_checkpointing_kwargs={"use_reentrant": False})
     model, _ = build_model(model_args, LoraArguments(use_lora=True, lora_r=4), train_args,
                            load_tokenizer(model_args, family), family)
@@ -309,7 +309,7 @@ def test_42_all_linear_on_a_gptq_model_adapts_every_projection(tiny_qwen, tmp_pa
     gptq = str(pack_rtn(tiny_qwen, tmp_path / "qwen-gptq"))
     family = get_family("qwen")
     model_args = ModelArguments(model_name_or_path=gptq, family="qwen")
-    train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False,
+    train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False, lora_upcast_inputs=False,
                                        gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_args = LoraArguments(use_lora=True, q_lora=True, lora_r=4, lora_target_modules=["all-linear"])
     model, report = build_model(model_args, lora_args, train_args, load_tokenizer(model_args, family), family)
