@@ -338,8 +338,14 @@ def main(args, run) -> int:
                          "skipped: needs an adapter and the GPTQ checkpoint" if not variants else
                          "ok" if all(c["status"].startswith("ok") for c in refusal["checks"]) else "failed")
 
-    # ratios against our baseline on the same bf16 checkpoint
+    # ratios against our baseline on the same bf16 checkpoint: the 4-bit recipes against the NF4 baseline when
+    # --all-baselines ran it, the rest against the bf16 one
     ours_by_name = {name: run.mean_of(result["runs"], name, "ours") for name in
                     {r["name"] for r in result["runs"] if r["implementation"] == "ours"}}
-    run.add_ratios(result["runs"], {k: v for k, v in ours_by_name.items() if v}, BASELINE_RUN)
+    ours_by_name = {k: v for k, v in ours_by_name.items() if v}
+    nf4 = suite.other_baseline_runs[0] if suite.other_baseline_runs else None
+    for row in result["runs"]:
+        if nf4 in ours_by_name and row["name"] in ("recipe-qwen-qlora", "recipe-qwen-qlora-gptq"):
+            row["compare_with"] = nf4
+    run.add_ratios(result["runs"], ours_by_name, BASELINE_RUN)
     return finish()

@@ -39,7 +39,7 @@ each batch padded to its longest sequence. Throughput is **real (non-pad) tokens
 - **qwen suite** (`bash bench/gpu_qwen.sh`, `bench/qwen_suite.py`): a Qwen2.5-7B-shaped bf16 checkpoint (with a
   byte-level BPE tokenizer carrying the ChatML special tokens and template) and its GPTQ-Int4 pack
   (`python -m tunekit.gptq`); no reference (it is Llama-only), ratios are against **ours** `lora-bf16-all-linear-r16-bs4`
-  on the bf16 checkpoint. The recipes (`recipes/qwen/train.sh lora|qlora|qlora-gptq`) train on the same lengths written
+  on the bf16 checkpoint, the 4-bit recipes' against `qlora-all-linear-r16-bs4` when the run has it. The recipes (`recipes/qwen/train.sh lora|qlora|qlora-gptq`) train on the same lengths written
   as one-turn conversations whose ChatML renderings have exactly the baseline's token counts. The seed's own DeepSpeed
   command line on the GPTQ checkpoint and the merge of its adapter into the bf16 checkpoint are in the notes.
 
