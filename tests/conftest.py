@@ -4,6 +4,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# On a multi-GPU box one test process must see one GPU: with several, the Trainer would use DataParallel (and packed
+# runs are refused). Set before anything imports torch.
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
 
 import json
 import sys

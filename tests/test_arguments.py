@@ -143,3 +143,18 @@ def test_every_recipe_parses(recipe, tiny_llama2, tiny_qwen, tmp_path, monkeypat
     m, d, lora, t = parse_args([recipe, "--model_name_or_path", model, "--output_dir", str(tmp_path / "o"), "--use_cpu"])
     assert m.family == family
     assert t.model_max_length > 0 and d.data_path
+
+
+def test_packing_in_one_process_over_several_gpus_is_refused(tiny_llama2, guanaco_small, tmp_path, monkeypatch):
+    """Without torchrun the Trainer wraps the model in DataParallel, which would split a packed row: refused with the
+    fix; under torchrun (one process per GPU) or with one GPU visible the same flags parse."""
+    monkeypatch.setattr("tunekit.arguments._cuda_count", lambda: 2)
+    for key in ("LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    argv = ["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--output_dir", str(tmp_path / "o"),
+            "--use_lora", "--packing", "--bf16", "false"]
+    with pytest.raises(ArgumentError, match="2 GPUs visible to one process.*CUDA_VISIBLE_DEVICES=0"):
+        parse_args(argv)
+    parse_args([*argv, "--use_cpu"])
+    monkeypatch.setattr("tunekit.arguments._cuda_count", lambda: 1)
+    parse_args(argv)

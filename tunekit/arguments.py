@@ -295,6 +295,12 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def validate(a) -> None:
     """Impossible combinations and missing files, before any model or data is loaded (a: the parsed namespace)."""
     if not a.model_name_or_path:
@@ -311,6 +317,11 @@ def validate(a) -> None:
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
+    if a.packing and not a.use_cpu and not is_distributed_launch() and _cuda_count() > 1:
+        raise ArgumentError(f"--packing with {_cuda_count()} GPUs visible to one process: the Trainer would wrap the "
+                            "model in DataParallel, which splits every batch along its first dimension, and a packed "
+                            "batch is one row; launch one process per GPU with recipes/<family>/train.sh (torchrun), "
+                            "or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
     if not 0 < a.gradient_checkpointing_fraction <= 1:
         raise ArgumentError(f"--gradient_checkpointing_fraction {a.gradient_checkpointing_fraction} must be in (0, 1]; "
                             "for none, use --gradient_checkpointing false")
