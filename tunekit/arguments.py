@@ -317,8 +317,9 @@ def validate(a) -> None:
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
-    if a.packing and not a.use_cpu and not is_distributed_launch() and _cuda_count() > 1:
-        raise ArgumentError(f"--packing with {_cuda_count()} GPUs visible to one process: the Trainer would wrap the "
+    gpus = 0 if a.use_cpu or is_distributed_launch() else _cuda_count()  # torchrun: one GPU per process
+    if a.packing and gpus > 1:
+        raise ArgumentError(f"--packing with {gpus} GPUs visible to one process: the Trainer would wrap the "
                             "model in DataParallel, which splits every batch along its first dimension, and a packed "
                             "batch is one row; launch one process per GPU with recipes/<family>/train.sh (torchrun), "
                             "or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
