@@ -1,9 +1,16 @@
-"""The benchmark harness keeps working: a few steps of the throughput suite on a tiny model, on CPU."""
+"""The benchmark harness keeps working: a few steps of the throughput suite on a tiny model, on CPU; the suite table
+names only runs, shapes and recipes that exist; BENCHMARKS.md is what bench/report.py makes of bench/results/."""
 import json
 import subprocess
 import sys
 
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "bench"))
+import baseline  # noqa: E402
+import report  # noqa: E402
+import shapes  # noqa: E402
+import suites  # noqa: E402
 
 
 def test_throughput_suite_smoke(tmp_path):
@@ -15,7 +22,7 @@ def test_throughput_suite_smoke(tmp_path):
     result = json.loads((out / "throughput-tiny.json").read_text())
     runs = {row["name"]: row for row in result["runs"]}
     failed = {name: row.get("error") for name, row in runs.items() if row.get("status") != "ok"
-              and row.get("status") != "skipped: needs CUDA"}  # Liger / flex-attention variants
+              and row.get("status") != "skipped: needs CUDA"}  # Liger / varlen variants
     assert any(row.get("status") == "skipped: needs CUDA" for row in runs.values())
     assert not failed, (failed, r.stdout[-3000:])
     assert {"qlora-all-linear-r16-bs4", "lora-bf16-all-linear-r16-bs4",
@@ -25,3 +32,20 @@ def test_throughput_suite_smoke(tmp_path):
     for row in runs.values():
         assert row.get("status") != "ok" or row["tokens_per_s"] > 0
     assert r.returncode == 0
+
+
+def test_suite_table_names_what_exists():
+    for name, suite in suites.SUITES.items():
+        keys = [variant.key for variant in suite.variants]
+        assert len(keys) == len(set(keys)), name
+        assert set(suite.baselines) <= set(baseline.RUNS), name
+        assert set(suite.shapes) <= set(shapes.SHAPES) | set(shapes.CHATGLM2_SHAPES), name
+        assert set(suite.merge) <= set(keys) and set(suite.lengths) <= set(suite.shapes), name
+        for variant in suite.variants:
+            assert {variant.compare_with, variant.prefer} - {None} <= set(suite.baselines), (name, variant.key)
+            assert variant.default in ("always", "cpu", "extra"), (name, variant.key)
+            assert variant.command or (ROOT / f"recipes/{suite.family}/{variant.method}.json").is_file(), variant
+
+
+def test_benchmarks_md_is_generated_from_the_results():
+    assert report.render(report.load_results()) == (ROOT / "BENCHMARKS.md").read_text()
