@@ -1,7 +1,20 @@
-# Shared by every recipe's train.sh (sourced, not run): builds the finetune.py command from the variables the
-# recipe script sets, and runs it under torchrun (tunekit/torchrun.py: torchrun without its traceback when a worker
-# stops on bad input).  With MODEL empty it first builds the family's embedded tiny model (cached in .cache/tiny/) and
-# adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute.
+#!/usr/bin/env bash
+# The one recipe launcher: bash recipes/<family>/train.sh [METHOD] [overlay.json ...] [--any_flag value ...]
+# (each train.sh sets FAMILY and its default METHOD and runs this).  Edit the variables below, or set them in the
+# environment; flags after the method override the recipe JSON.  With MODEL empty it builds the family's embedded
+# tiny model (cached in .cache/tiny/) and adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute.
+METHOD="${1:-$DEFAULT_METHOD}"; shift || true
+MODEL="${MODEL:-}"                  # checkpoint folder (an original ChatGLM2/Qwen-1 folder is converted first); empty: tiny
+DATA="${DATA:-}"                    # empty: the recipe's data_path
+EVAL_DATA="${EVAL_DATA:-}"          # empty: the recipe's eval_data_path
+OUTPUT_DIR="${OUTPUT_DIR:-out/$FAMILY-$METHOD}"
+DS_CONFIG="${DS_CONFIG:-}"          # e.g. ds_configs/zero2.json (multi-GPU); empty: no DeepSpeed
+GPUS_PER_NODE="${GPUS_PER_NODE:-}"  # empty: every visible GPU (1 process on a CPU)
+NNODES="${NNODES:-1}"
+NODE_RANK="${NODE_RANK:-0}"
+MASTER_ADDR="${MASTER_ADDR:-localhost}"
+MASTER_PORT="${MASTER_PORT:-}"      # empty: a free port (one node); several nodes: 6001
+
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"  # make install makes .venv
@@ -13,16 +26,13 @@ while [ $# -gt 0 ] && [[ "$1" == *.json ]]; do
   [ -f "$1" ] || { echo "error: no argument file $1" >&2; exit 2; }
   args+=("$1"); shift
 done
-# An original layout that needs remote code (ChatGLM2/3 `chatglm`, Qwen-1 `qwen`) is converted first (cached).
-case "$([ -f "$MODEL/config.json" ] && grep -o '"model_type": *"[a-z0-9_]*"' "$MODEL/config.json" | head -n 1)" in
-  *'"chatglm"') MODEL="$("$PYTHON" -m tunekit.convert_chatglm2 "$MODEL" | tail -n 1)" ;;
-  *'"qwen"') MODEL="$("$PYTHON" -m tunekit.convert_qwen "$MODEL" | tail -n 1)" ;;
-esac
 if [ -z "$MODEL" ]; then
   tiny=("$FAMILY"); [[ "$METHOD" == *gptq* ]] && tiny+=(--gptq)  # a GPTQ-Int4 copy of the tiny model
   MODEL="$("$PYTHON" -m tunekit.tiny "${tiny[@]}" | tail -n 1)"
   args+=(recipes/cpu-tiny.json)
   GPUS_PER_NODE=1
+elif [ -f "$MODEL/config.json" ]; then  # an original layout that needs remote code is converted first (cached)
+  MODEL="$("$PYTHON" -m tunekit.convert "$MODEL" | tail -n 1)"
 fi
 args+=(--model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR")
 [ -n "$DATA" ] && args+=(--data_path "$DATA")
@@ -31,7 +41,7 @@ args+=(--model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR")
 if [ -z "$GPUS_PER_NODE" ]; then
   GPUS_PER_NODE="$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')"
 fi
-if [ -z "${MASTER_PORT:-}" ]; then  # two runs on one machine must not fight over one rendezvous port
+if [ -z "$MASTER_PORT" ]; then  # two runs on one machine must not fight over one rendezvous port
   if [ "$NNODES" = 1 ]; then
     MASTER_PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')"
   else

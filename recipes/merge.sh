@@ -1,5 +1,14 @@
-# Shared by every recipe's merge.sh (sourced, not run): merge ADAPTER into its unquantized base, write OUTPUT,
-# then generate a sample from the merged model with its own chat template.
+#!/usr/bin/env bash
+# The one merge step: bash recipes/<family>/merge.sh [ADAPTER_DIR] [OUTPUT_DIR] (each merge.sh sets FAMILY, PROMPT and,
+# for a family with an original layout to write back, REVERSE).  Merges ADAPTER into its unquantized base, writes
+# OUTPUT, generates a sample with the model's own chat template, and with REVERSE also writes OUTPUT-$FAMILY in the
+# original layout.
+ADAPTER="${1:-${ADAPTER:-out/$FAMILY-$DEFAULT_METHOD}}"
+OUTPUT="${2:-${OUTPUT:-$ADAPTER-merged}}"
+BASE="${BASE:-}"                 # empty: the base recorded in the adapter (a GPTQ adapter needs the unquantized one)
+DTYPE="${DTYPE:-bfloat16}"
+ORIGINAL="${ORIGINAL:-}"         # with REVERSE: the original folder or its conversion; empty: the adapter's base
+
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"  # make install makes .venv
@@ -7,3 +16,7 @@ args=(--adapter "$ADAPTER" --output "$OUTPUT" --dtype "$DTYPE" --overwrite)
 [ -n "$BASE" ] && args+=(--base "$BASE")
 "$PYTHON" -m tunekit.merge "${args[@]}"
 [ -n "${NO_SAMPLE:-}" ] || "$PYTHON" -m tunekit.generate "$OUTPUT" "$PROMPT"
+if [ -n "${REVERSE:-}" ]; then
+  ORIGINAL="${ORIGINAL:-${BASE:-$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["base_model_name_or_path"])' "$ADAPTER/adapter_config.json")}}"
+  "$PYTHON" -m tunekit.convert --reverse "$OUTPUT" "$OUTPUT-$FAMILY" --original "$ORIGINAL"
+fi

@@ -65,6 +65,15 @@ def write_json(path: Path, obj) -> str:
     return str(path)
 
 
+def resolve(argv):
+    """What finetune.main works out before loading anything: parse, then the pre-flight; the four dataclasses."""
+    from tunekit.arguments import parse_args
+    from tunekit.preflight import preflight
+
+    run = preflight(parse_args(argv))
+    return run.model_args, run.data_args, run.lora_args, run.train_args
+
+
 def cpu_flags(output_dir, **overrides):
     """Flags for a quick, deterministic CPU run of finetune.main."""
     flags = {"output_dir": str(output_dir), "use_cpu": True, "bf16": False, "optim": "adamw_torch",

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from conftest import ROOT, write_json
-from tunekit.arguments import ArgumentError, parse_args
+from conftest import ROOT, resolve, write_json
+from tunekit.errors import ArgumentError
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def base(tiny_llama2, tmp_path):
 
 def test_json_sets_values_and_cli_overrides(base):
     recipe, req = base
-    m, d, lora, t = parse_args([recipe, *req, "--learning_rate", "3e-5"])
+    m, d, lora, t = resolve([recipe, *req, "--learning_rate", "3e-5"])
     assert t.learning_rate == 3e-5  # CLI wins
     assert t.num_train_epochs == 3 and lora.lora_r == 8 and lora.use_lora is True  # from the JSON
     assert m.family == "llama2"  # from config.json model_type "llama"
@@ -25,18 +25,18 @@ def test_json_sets_values_and_cli_overrides(base):
 def test_later_json_files_override_earlier(base, tmp_path):
     recipe, req = base
     second = write_json(tmp_path / "s.json", {"lora_r": 4})
-    assert parse_args([recipe, second, *req])[2].lora_r == 4
+    assert resolve([recipe, second, *req])[2].lora_r == 4
 
 
 def test_bool_flags_without_value_and_no_prefix(base):
     recipe, req = base
-    _, _, lora, _ = parse_args([recipe, *req, "--use_lora", "--no_bnb_4bit_use_double_quant"])
+    _, _, lora, _ = resolve([recipe, *req, "--use_lora", "--no_bnb_4bit_use_double_quant"])
     assert lora.use_lora is True and lora.bnb_4bit_use_double_quant is False
 
 
 def test_old_flag_names_are_aliases_with_a_warning(base, caplog):
     recipe, req = base
-    _, _, _, t = parse_args([recipe, *req, "--evaluation_strategy", "no", "--warmup_ratio", "0.01"])
+    _, _, _, t = resolve([recipe, *req, "--evaluation_strategy", "no", "--warmup_ratio", "0.01"])
     assert t.eval_strategy == "no" and t.warmup_steps == 0.01
     assert "'evaluation_strategy' is an old name, use 'eval_strategy'" in caplog.text
     assert caplog.text.count("old name") == 2
@@ -46,13 +46,13 @@ def test_unknown_json_key_names_file_and_key(base, tmp_path):
     recipe, req = base
     bad = write_json(tmp_path / "bad.json", {"learnig_rate": 1e-4})
     with pytest.raises(ArgumentError, match=r"bad.json: unknown key 'learnig_rate' \(did you mean 'learning_rate'"):
-        parse_args([bad, *req])
+        resolve([bad, *req])
 
 
 def test_unknown_cli_flag(base):
     recipe, req = base
     with pytest.raises(ArgumentError, match="--lora_rank"):
-        parse_args([recipe, *req, "--lora_rank", "8"])
+        resolve([recipe, *req, "--lora_rank", "8"])
 
 
 @pytest.mark.parametrize("key,value,expect", [
@@ -66,7 +66,7 @@ def test_wrong_json_type_names_key(base, tmp_path, key, value, expect):
     recipe, req = base
     bad = write_json(tmp_path / "bad.json", {key: value})
     with pytest.raises(ArgumentError, match=f"key '{key}' {expect}"):
-        parse_args([bad, *req])
+        resolve([bad, *req])
 
 
 def test_invalid_json_file(base, tmp_path):
@@ -74,13 +74,13 @@ def test_invalid_json_file(base, tmp_path):
     bad = tmp_path / "broken.json"
     bad.write_text('{"lora_r": 8,}')
     with pytest.raises(ArgumentError, match="broken.json: not valid JSON"):
-        parse_args([str(bad), *req])
+        resolve([str(bad), *req])
 
 
 def test_qlora_with_full_finetuning_is_refused(base):
     recipe, req = base
     with pytest.raises(ArgumentError, match="--q_lora .* add --use_lora"):
-        parse_args([recipe, *req, "--use_lora", "false", "--q_lora"])
+        resolve([recipe, *req, "--use_lora", "false", "--q_lora"])
 
 
 def test_deepspeed_without_distributed_launch_is_refused(base, monkeypatch):
@@ -88,31 +88,31 @@ def test_deepspeed_without_distributed_launch_is_refused(base, monkeypatch):
     for var in ("LOCAL_RANK", "WORLD_SIZE", "RANK"):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ArgumentError, match="torchrun"):
-        parse_args([recipe, *req, "--deepspeed", str(ROOT / "ds_configs/zero2.json")])
+        resolve([recipe, *req, "--deepspeed", str(ROOT / "ds_configs/zero2.json")])
 
 
 def test_zero3_with_qlora_is_refused(base, monkeypatch):
     recipe, req = base
     monkeypatch.setenv("LOCAL_RANK", "0")
     with pytest.raises(ArgumentError, match="ZeRO-3"):
-        parse_args([recipe, *req, "--q_lora", "--deepspeed", str(ROOT / "ds_configs/zero3.json")])
+        resolve([recipe, *req, "--q_lora", "--deepspeed", str(ROOT / "ds_configs/zero3.json")])
 
 
 def test_missing_data_file_is_named(base):
     recipe, req = base
     with pytest.raises(ArgumentError, match="--data_path: file not found: nowhere.jsonl"):
-        parse_args([recipe, *req, "--data_path", "nowhere.jsonl"])
+        resolve([recipe, *req, "--data_path", "nowhere.jsonl"])
 
 
 def test_family_unknown_and_unknown_model_type(base, tmp_path):
     recipe, req = base
     with pytest.raises(ArgumentError, match="--family 'gpt5' is unknown"):
-        parse_args([recipe, *req, "--family", "gpt5"])
+        resolve([recipe, *req, "--family", "gpt5"])
     odd = tmp_path / "odd"
     odd.mkdir()
     (odd / "config.json").write_text(json.dumps({"model_type": "mamba"}))
     with pytest.raises(ArgumentError, match="model_type 'mamba'.*pass --family"):
-        parse_args([recipe, *req, "--model_name_or_path", str(odd)])
+        resolve([recipe, *req, "--model_name_or_path", str(odd)])
 
 
 def test_family_comes_from_config_not_path(tiny_qwen, tmp_path):
@@ -121,14 +121,14 @@ def test_family_comes_from_config_not_path(tiny_qwen, tmp_path):
 
     fake = tmp_path / "Llama-2-7b-hf"
     shutil.copytree(tiny_qwen, fake)
-    m, *_ = parse_args(["--model_name_or_path", str(fake), "--data_path", str(ROOT / "data/messages.jsonl"),
+    m, *_ = resolve(["--model_name_or_path", str(fake), "--data_path", str(ROOT / "data/messages.jsonl"),
                         "--output_dir", str(tmp_path / "o")])
     assert m.family == "qwen"
 
 
 def test_no_eval_file_turns_eval_off(base):
     recipe, req = base
-    _, _, _, t = parse_args([recipe, *req, "--eval_strategy", "steps"])
+    _, _, _, t = resolve([recipe, *req, "--eval_strategy", "steps"])
     assert t.eval_strategy == "no"
 
 
@@ -136,11 +136,11 @@ def test_no_eval_file_turns_eval_off(base):
 def test_every_recipe_parses(recipe, tiny_llama2, tiny_qwen, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     # the GPU recipes' speed switches (varlen attention, Liger) are refused without CUDA: parse as on a GPU box
-    monkeypatch.setattr("tunekit.arguments._cuda", lambda: True)
-    monkeypatch.setattr("tunekit.arguments.check_varlen", lambda packing: None)
+    monkeypatch.setattr("tunekit.preflight._cuda", lambda: True)
+    monkeypatch.setattr("tunekit.preflight.check_varlen", lambda packing: None)
     family = json.loads((ROOT / recipe).read_text()).get("family")
     model = tiny_qwen if family == "qwen" else tiny_llama2
-    m, d, lora, t = parse_args([recipe, "--model_name_or_path", model, "--output_dir", str(tmp_path / "o"), "--use_cpu"])
+    m, d, lora, t = resolve([recipe, "--model_name_or_path", model, "--output_dir", str(tmp_path / "o"), "--use_cpu"])
     assert m.family == family
     assert t.model_max_length > 0 and d.data_path
 
@@ -148,13 +148,13 @@ def test_every_recipe_parses(recipe, tiny_llama2, tiny_qwen, tmp_path, monkeypat
 def test_packing_in_one_process_over_several_gpus_is_refused(tiny_llama2, guanaco_small, tmp_path, monkeypatch):
     """Without torchrun the Trainer wraps the model in DataParallel, which would split a packed row: refused with the
     fix; under torchrun (one process per GPU) or with one GPU visible the same flags parse."""
-    monkeypatch.setattr("tunekit.arguments._cuda_count", lambda: 2)
+    monkeypatch.setattr("tunekit.preflight._cuda_count", lambda: 2)
     for key in ("LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)
     argv = ["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--output_dir", str(tmp_path / "o"),
             "--use_lora", "--packing", "--bf16", "false"]
     with pytest.raises(ArgumentError, match="2 GPUs visible to one process.*CUDA_VISIBLE_DEVICES=0"):
-        parse_args(argv)
-    parse_args([*argv, "--use_cpu"])
-    monkeypatch.setattr("tunekit.arguments._cuda_count", lambda: 1)
-    parse_args(argv)
+        resolve(argv)
+    resolve([*argv, "--use_cpu"])
+    monkeypatch.setattr("tunekit.preflight._cuda_count", lambda: 1)
+    resolve(argv)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tunekit.convert_chatglm2 import ConversionError, convert, from_glm, load_weights, reverse, to_glm
-from tunekit.tiny_chatglm2 import build_original
+from tunekit.convert.chatglm2 import ConversionError, convert, from_glm, load_weights, reverse, to_glm
+from tunekit.tiny.chatglm2 import build_original
 
 TOL = 1e-5
 

@@ -6,9 +6,9 @@ import pytest
 
 from conftest import DATA, write_json
 from tunekit.data import IGNORE_INDEX, DataError, build_dataset, load_records, tokenize_sample
-from tunekit.families import get_family
+from tunekit.families import FAMILIES
 
-FAM = get_family("chatglm2")
+FAM = FAMILIES["chatglm2"]
 
 
 def word_tokenizer(words):
@@ -70,8 +70,8 @@ def test_ids_equal_chatglm2_preprocessing_on_the_real_tokenizer(tmp_path):
     sp(summary)[:128] + [eos], labels -100 on the prompt."""
     from transformers import AutoTokenizer
 
-    from tunekit.chatglm2_tokenizer import SPTokenizer
-    from tunekit.tiny_chatglm2 import build_default
+    from tunekit.convert.chatglm2_tokenizer import SPTokenizer
+    from tunekit.tiny.chatglm2 import build_default
 
     model = build_default()
     tok, sp = AutoTokenizer.from_pretrained(model), SPTokenizer(model / "tokenizer.model")
@@ -96,7 +96,7 @@ def test_adgen_record_errors_name_the_record(tmp_path):
 def test_other_families_read_adgen_as_one_chat_turn(tmp_path):
     sample = adgen("类型#裙", "好看", tmp_path)
     assert sample["messages"] == [{"role": "user", "content": "类型#裙"}, {"role": "assistant", "content": "好看"}]
-    assert get_family("qwen").source_template is None  # so qwen/llama2 render it with their chat template
+    assert FAMILIES["qwen"].source_template is None  # so qwen/llama2 render it with their chat template
 
 
 def test_shipped_adgen_sample():

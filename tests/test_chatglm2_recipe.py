@@ -10,7 +10,7 @@ import torch
 
 from conftest import ROOT
 from test_chatglm2 import reference_logits
-from tunekit.convert_chatglm2 import load_weights
+from tunekit.convert.chatglm2 import load_weights
 
 
 def test_lora_recipe_end_to_end_and_back_to_the_original_layout(tmp_path):

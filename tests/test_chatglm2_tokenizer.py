@@ -6,8 +6,9 @@ import shutil
 import pytest
 
 from conftest import DATA
-from tunekit.chatglm2_tokenizer import (SPTokenizer, TokenizerMismatch, check_against_sentencepiece, export_fast,
-                                        fast_tokenizer, train_tiny)
+from tunekit.convert.chatglm2_tokenizer import (SPTokenizer, TokenizerMismatch, check_against_sentencepiece,
+                                                export_fast, fast_tokenizer)
+from tunekit.tiny.chatglm2 import train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +107,8 @@ def test_altered_vocabulary_is_refused(sp_model, tmp_path):
 
 
 def test_conversion_refuses_a_mismatching_tokenizer(tmp_path):
-    from tunekit.convert_chatglm2 import convert
-    from tunekit.tiny_chatglm2 import build_original
+    from tunekit.convert.chatglm2 import convert
+    from tunekit.tiny.chatglm2 import build_original
 
     src = build_original(tmp_path / "src")
     def reverse_scores(m):
@@ -129,8 +130,8 @@ def test_chatglm3_folder_gets_role_tokens_stop_ids_and_its_chat_format(tmp_path)
     <|observation|>], and the chat prompt build_chat_input makes: [gMASK] sop <|user|> sp("\\n") sp(q) <|assistant|>."""
     from transformers import AutoTokenizer
 
-    from tunekit.convert_chatglm2 import convert
-    from tunekit.tiny_chatglm2 import build_original
+    from tunekit.convert.chatglm2 import convert
+    from tunekit.tiny.chatglm2 import build_original
 
     src = build_original(tmp_path / "chatglm3")
     (src / "tokenization_chatglm.py").write_text('# role tokens: "<|system|>", "<|user|>", "<|assistant|>", '

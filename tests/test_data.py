@@ -4,7 +4,7 @@ import torch
 
 from conftest import DATA, write_json
 from tunekit.data import (IGNORE_INDEX, DataError, PaddingCollator, build_dataset, load_records, tokenize_sample)
-from tunekit.families import get_family
+from tunekit.families import FAMILIES
 
 
 def word_tokenizer(family_name, words):
@@ -12,7 +12,7 @@ def word_tokenizer(family_name, words):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    fam = get_family(family_name)
+    fam = FAMILIES[family_name]
     specials = (["<unk>", "<s>", "</s>"] if family_name == "llama2" else list(fam.extra_special_tokens))
     vocab = {t: i for i, t in enumerate(specials + sorted(set(words) - set(specials)))}
     tk = Tokenizer(models.WordLevel(vocab, unk_token=specials[0]))
@@ -27,7 +27,7 @@ def golden(family_name, sample, pairs, max_length=512):
     """pairs: [(space-separated tokens, trained?)] written by hand."""
     toks = [(t, trained) for text, trained in pairs for t in text.split()]
     tok = word_tokenizer(family_name, [t for t, _ in toks])
-    ex, truncated = tokenize_sample(sample, tok, get_family(family_name), max_length)
+    ex, truncated = tokenize_sample(sample, tok, FAMILIES[family_name], max_length)
     got = [(tok.convert_ids_to_tokens(i), lab != IGNORE_INDEX) for i, lab in zip(ex["input_ids"], ex["labels"])]
     assert got == toks
     assert all(lab in (i, IGNORE_INDEX) for i, lab in zip(ex["input_ids"], ex["labels"]))
@@ -99,7 +99,7 @@ def test_shipped_samples_supervise_exactly_the_answers(tiny_llama2, tiny_qwen):
                                 (tiny_llama2, "messages.jsonl", "llama2"),
                                 (tiny_llama2, "alpaca.json", "llama2")]:
         tok = AutoTokenizer.from_pretrained(model)
-        fam = get_family(family)
+        fam = FAMILIES[family]
         for rec in load_records(str(DATA / path))[:20]:
             ex, _ = tokenize_sample(rec, tok, fam, 4096)
             ids = torch.tensor(ex["input_ids"])
@@ -133,7 +133,7 @@ def test_samples_without_labels_are_dropped_and_counted(tiny_llama2, tmp_path):
         {"instruction": "ok", "input": "", "output": "fine"},
         {"instruction": "long answer", "input": "", "output": "x " * 300},
     ])
-    ds = build_dataset(path, tok, get_family("llama2"), max_length=64)
+    ds = build_dataset(path, tok, FAMILIES["llama2"], max_length=64)
     assert (ds.stats.samples, ds.stats.truncated, ds.stats.dropped, len(ds)) == (3, 2, 1, 2)
 
 
@@ -142,8 +142,8 @@ def test_lazy_preprocess_tokenizes_on_demand(tiny_llama2):
 
     tok = AutoTokenizer.from_pretrained(tiny_llama2)
     path = str(DATA / "llama2_guanaco.jsonl")
-    eager = build_dataset(path, tok, get_family("llama2"), 256)
-    lazy = build_dataset(path, tok, get_family("llama2"), 256, lazy=True)
+    eager = build_dataset(path, tok, FAMILIES["llama2"], 256)
+    lazy = build_dataset(path, tok, FAMILIES["llama2"], 256, lazy=True)
     assert not lazy.cache
     assert lazy[3] == eager[3] and len(lazy.cache) == 1
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunekit.gptq import (LINEAR, QUANT_BUFFERS, V1_ZEROS_4BIT, check_trainable_kernels, dequantize,
-                          gptq_load_kwargs, pack_rtn, quantize_rtn, quantized_tensor_names, require_gptq)
+from tunekit.gptq import QUANT_BUFFERS, check_trainable_kernels, gptq_load_kwargs, quantized_tensor_names, require_gptq
+from tunekit.tiny.gptq import LINEAR, V1_ZEROS_4BIT, dequantize, pack_rtn, quantize_rtn
 
 needs_gptq = pytest.mark.skipif(
     any(__import__("importlib").util.find_spec(n) is None for n in ("optimum", "gptqmodel")),

@@ -1,10 +1,13 @@
 """Padding-free packing and token-budget batching: same numbers as padding, every sample once per epoch."""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import DATA, cpu_flags
 
 from tunekit.data import PaddingCollator, build_dataset
-from tunekit.families import get_family
+from tunekit.families import FAMILIES
 from tunekit.packing import PackingCollator, TokenBudgetBatchSampler
 
 
@@ -12,7 +15,7 @@ def tiny_model_and_samples(path, family_name, data_file, n=6, attn="sdpa"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    ds = build_dataset(str(DATA / data_file), tok, get_family(family_name), max_length=96, max_samples=n)
+    ds = build_dataset(str(DATA / data_file), tok, FAMILIES[family_name], max_length=96, max_samples=n)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
     model.config.use_cache = False
@@ -99,7 +102,7 @@ def test_packed_token_budget_run_trains_every_token(tiny_llama2, guanaco_small, 
     trainer = finetune.main([
         "--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora", "--lora_r", "8",
         *cpu_flags(tmp_path / "out", packing=True, token_budget=256, num_train_epochs=3, learning_rate=1e-2)])
-    summary = trainer.tunekit_summary
+    summary = json.loads((Path(trainer.args.output_dir) / "run_summary.json").read_text())
     assert summary["real_tokens"] == 3 * summary["tokens"]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0]

@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, cpu_flags
+from conftest import ROOT, cpu_flags, resolve
+from tunekit.tasks import TASKS
 from finetune import main
 
 
@@ -75,7 +76,7 @@ def test_9_gradient_checkpointing_trains_every_lora_weight(family, reentrant, ti
 
 
 def test_10_11_checkpointing_rule_table():
-    from tunekit.arguments import checkpointing_kwargs
+    from tunekit.preflight import checkpointing_kwargs
 
     assert checkpointing_kwargs(0, True, {"use_reentrant": False}) == {"use_reentrant": False}  # DDP (#10)
     assert checkpointing_kwargs(2, True, {"use_reentrant": False}) == {"use_reentrant": False}
@@ -84,9 +85,8 @@ def test_10_11_checkpointing_rule_table():
 
 
 def test_10_default_is_non_reentrant(tiny_llama2, guanaco_small, tmp_path):
-    from tunekit.arguments import parse_args
 
-    *_, t = parse_args(["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small,
+    *_, t = resolve(["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small,
                         "--output_dir", str(tmp_path / "o")])
     assert t.gradient_checkpointing_kwargs == {"use_reentrant": False}
     assert t.logging_nan_inf_filter is False and t.label_names == ["labels"]  # #14, #26
@@ -98,9 +98,10 @@ def test_12_14_nan_loss_stops_the_run(tiny_llama2, guanaco_small, tmp_path, monk
     """A forward that turns NaN at step 2 stops the run with a message; the Trainer default would have logged the
     running average instead (logging_nan_inf_filter)."""
     import finetune
+    from tunekit import training
     from tunekit.training import NonFiniteLossError
 
-    build = finetune.build_trainer
+    build = training.build_trainer
     calls = {"n": 0}
 
     def poison(module, args, output):
@@ -111,7 +112,7 @@ def test_12_14_nan_loss_stops_the_run(tiny_llama2, guanaco_small, tmp_path, monk
         model.get_output_embeddings().register_forward_hook(poison)
         return build(model, *a, **k)
 
-    monkeypatch.setattr(finetune, "build_trainer", spy)
+    monkeypatch.setattr("tunekit.training.build_trainer", spy)
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 2: stopping"):
         run(tiny_llama2, guanaco_small, tmp_path, "--use_lora")
     assert not (tmp_path / "run_summary.json").exists()
@@ -121,15 +122,15 @@ def test_12_14_nan_loss_stops_the_run(tiny_llama2, guanaco_small, tmp_path, monk
 
 def test_13_adapters_are_fp32_on_an_fp16_base(tiny_llama2):
     from tunekit.arguments import LoraArguments, ModelArguments
-    from tunekit.families import get_family
+    from tunekit.families import FAMILIES
     from tunekit.model import build_model, load_tokenizer
 
-    family = get_family("llama2")
+    family = FAMILIES["llama2"]
     model_args = ModelArguments(model_name_or_path=tiny_llama2, family="llama2")
     train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False, lora_upcast_inputs=False,
                                        gradient_checkpointing_kwargs={"use_reentrant": False})
     model, _ = build_model(model_args, LoraArguments(use_lora=True, lora_r=4), train_args,
-                           load_tokenizer(model_args, family), family)
+                           load_tokenizer(model_args, family)[0], family, TASKS["causal_lm"])
     params = dict(model.named_parameters())
     assert all(p.dtype == torch.float32 for p in params.values() if p.requires_grad)
     assert all(p.dtype == torch.float16 for p in params.values() if not p.requires_grad)
@@ -169,7 +170,7 @@ def test_18_quantized_model_goes_whole_to_its_own_gpu(tiny_llama2, monkeypatch):
     train_args = types.SimpleNamespace(bf16=True, fp16=False)
     with pytest.raises(Loaded):
         load_model(ModelArguments(model_name_or_path=tiny_llama2), LoraArguments(use_lora=True, q_lora=True),
-                   train_args, tokenizer=None)
+                   train_args, tokenizer=None, task=TASKS["causal_lm"])
     assert seen["device_map"] == {"": 1} and seen["quantization_config"].load_in_4bit
 
 
@@ -184,11 +185,11 @@ def test_21_every_recipe_sets_its_max_length():
 def test_22_training_prompt_is_the_inference_prompt_and_bos_is_single(family, tiny_llama2, tiny_qwen):
     from tunekit.arguments import ModelArguments
     from tunekit.data import IGNORE_INDEX, tokenize_sample
-    from tunekit.families import get_family
+    from tunekit.families import FAMILIES
     from tunekit.model import load_tokenizer
 
-    fam = get_family(family)
-    tok = load_tokenizer(ModelArguments(model_name_or_path=tiny_llama2 if family == "llama2" else tiny_qwen), fam)
+    fam = FAMILIES[family]
+    tok, _ = load_tokenizer(ModelArguments(model_name_or_path=tiny_llama2 if family == "llama2" else tiny_qwen), fam)
     messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
                 {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Red."}]
     ex, _ = tokenize_sample({"messages": messages}, tok, fam, max_length=512)
@@ -302,17 +303,18 @@ def test_42_all_linear_on_a_gptq_model_adapts_every_projection(tiny_qwen, tmp_pa
     from peft.tuners.lora import LoraLayer
 
     from tunekit.arguments import LoraArguments, ModelArguments
-    from tunekit.families import get_family
-    from tunekit.gptq import pack_rtn
+    from tunekit.families import FAMILIES
+    from tunekit.tiny.gptq import pack_rtn
     from tunekit.model import build_model, load_tokenizer
 
     gptq = str(pack_rtn(tiny_qwen, tmp_path / "qwen-gptq"))
-    family = get_family("qwen")
+    family = FAMILIES["qwen"]
     model_args = ModelArguments(model_name_or_path=gptq, family="qwen")
     train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False, lora_upcast_inputs=False,
                                        gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_args = LoraArguments(use_lora=True, q_lora=True, lora_r=4, lora_target_modules=["all-linear"])
-    model, report = build_model(model_args, lora_args, train_args, load_tokenizer(model_args, family), family)
+    model, report = build_model(model_args, lora_args, train_args, load_tokenizer(model_args, family)[0], family,
+                                TASKS["causal_lm"])
     assert set(model.peft_config["default"].target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                                   "up_proj", "down_proj"}
     layers = [m for m in model.modules() if isinstance(m, LoraLayer)]

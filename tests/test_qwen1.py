@@ -6,16 +6,17 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import ROOT
 from test_chatglm2_tokenizer import mixed_lines
-from tunekit.convert_chatglm2 import load_weights
-from tunekit.convert_qwen import (ConversionError, QwenTiktoken, check_against_tiktoken, convert, export_fast,
+from tunekit.convert.chatglm2 import load_weights
+from tunekit.convert.qwen import (ConversionError, QwenTiktoken, check_against_tiktoken, convert, export_fast,
                                   to_qwen2)
-from tunekit.tiny_qwen1 import build
+from tunekit.tiny.qwen1 import build
 
 
 def reference_logits(sd: dict, cfg: dict, input_ids: torch.Tensor) -> torch.Tensor:
@@ -225,13 +226,13 @@ def test_qwen1_int4_trains_lora_through_the_gptq_branch(qwen1_gptq, tmp_path):
     src, out = qwen1_gptq
     trainer = main(["--model_name_or_path", str(out), "--data_path", str(DATA / "qwen_conversations.json"),
                     "--use_lora", "--q_lora", "--max_samples", "8", *cpu_flags(tmp_path / "o", max_steps=2)])
-    assert trainer.state.global_step == 2 and trainer.tunekit_summary
+    assert trainer.state.global_step == 2 and (Path(trainer.args.output_dir) / "run_summary.json").is_file()
     adapter = load_file(tmp_path / "o" / "adapter_model.safetensors")
     assert any("q_proj.lora_B" in k for k in adapter) and all("qweight" not in k for k in adapter)
 
 
 def test_forth_and_back_is_bit_exact(qwen1, tmp_path):
-    from tunekit.convert_qwen import reverse
+    from tunekit.convert.qwen import reverse
 
     src, out = qwen1
     back = reverse(out, tmp_path / "back", original=out)

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, resolve
 
 DS = sorted((ROOT / "ds_configs").glob("*.json"))
 SHELL = sorted(ROOT.glob("recipes/**/*.sh")) + [ROOT / ".ci/run"]
@@ -47,7 +47,6 @@ def test_launcher_runs_torchrun_with_quoted_paths(tmp_path):
 def test_overlay_json_after_the_method_overrides_the_recipe(tiny_llama2, monkeypatch):
     """bash recipes/<family>/train.sh qlora recipes/lean.json: the overlay comes after the recipe JSON and before the
     flags, so it overrides the recipe and flags override it; the lean overlay parses to the measured lean setting."""
-    from tunekit.arguments import parse_args
 
     env = dict(os.environ, DRY_RUN="1", MODEL="/x", PYTHON="python3", GPUS_PER_NODE="1")
     out = subprocess.run(["bash", "recipes/llama2/train.sh", "qlora", "recipes/lean.json", "--max_steps", "5"],
@@ -57,9 +56,9 @@ def test_overlay_json_after_the_method_overrides_the_recipe(tiny_llama2, monkeyp
     missing = subprocess.run(["bash", "recipes/llama2/train.sh", "qlora", "recipes/nope.json"], cwd=ROOT, env=env,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no argument file recipes/nope.json" in missing.stderr
-    monkeypatch.setattr("tunekit.arguments._cuda", lambda: True)  # the recipe's varlen needs CUDA
-    monkeypatch.setattr("tunekit.arguments.check_varlen", lambda *a, **k: None)
-    model, _, lora, train = parse_args([str(ROOT / "recipes/llama2/qlora.json"), str(ROOT / "recipes/lean.json"),
+    monkeypatch.setattr("tunekit.preflight._cuda", lambda: True)  # the recipe's varlen needs CUDA
+    monkeypatch.setattr("tunekit.preflight.check_varlen", lambda *a, **k: None)
+    model, _, lora, train = resolve([str(ROOT / "recipes/llama2/qlora.json"), str(ROOT / "recipes/lean.json"),
                                     "--model_name_or_path", tiny_llama2, "--output_dir", "/tmp/unused-lean", "--use_cpu"])
     assert (lora.lora_r, lora.lora_dropout, train.token_budget, train.offload_activations, train.optim) == (
         16, 0, 4096, True, "adamw_bnb_8bit")

@@ -24,6 +24,7 @@ KILLED_RUN = f"""
 import os, signal, sys
 sys.path.insert(0, {str(ROOT)!r})
 import finetune
+from tunekit import training
 from transformers import TrainerCallback
 
 class KillAfterSecondCheckpoint(TrainerCallback):
@@ -31,13 +32,13 @@ class KillAfterSecondCheckpoint(TrainerCallback):
         if state.global_step == 4:
             os.kill(os.getpid(), signal.SIGKILL)
 
-build = finetune.build_trainer
+build = training.build_trainer
 def build_and_arm(*a, **k):
     trainer = build(*a, **k)
     trainer.add_callback(KillAfterSecondCheckpoint())
     return trainer
 
-finetune.build_trainer = build_and_arm
+training.build_trainer = build_and_arm
 finetune.main(sys.argv[1:])
 """
 
@@ -71,6 +72,7 @@ class AbruptStop(BaseException):
 
 def stop_after_second_checkpoint(monkeypatch):
     import finetune
+    from tunekit import training
     from transformers import TrainerCallback
 
     class Stop(TrainerCallback):
@@ -78,14 +80,14 @@ def stop_after_second_checkpoint(monkeypatch):
             if state.global_step == 4:
                 raise AbruptStop
 
-    build = finetune.build_trainer
+    build = training.build_trainer
 
     def build_and_arm(*a, **k):
         trainer = build(*a, **k)
         trainer.add_callback(Stop())
         return trainer
 
-    monkeypatch.setattr(finetune, "build_trainer", build_and_arm)
+    monkeypatch.setattr("tunekit.training.build_trainer", build_and_arm)
 
 
 @pytest.mark.parametrize("fast,trainer", [(False, "hf"), (True, "hf"), (False, "trl")],

@@ -57,8 +57,8 @@ def test_remote_code_is_refused_without_the_flag(tmp_path, capsys):
     assert marker.read_text() == "imported"
 
 
-@pytest.mark.parametrize("model_type,converter", [("chatglm", "python -m tunekit.convert_chatglm2"),
-                                                  ("qwen", "python -m tunekit.convert_qwen")])
+@pytest.mark.parametrize("model_type,converter", [("chatglm", "python -m tunekit.convert"),
+                                                  ("qwen", "python -m tunekit.convert")])
 def test_remote_code_checkpoints_point_at_the_converter(tmp_path, capsys, model_type, converter):
     folder, marker = remote_code_folder(tmp_path, model_type)
     assert cli(tmp_path, folder) == 2

@@ -1,11 +1,17 @@
 """Short CPU runs through finetune.main: the loss falls, the right weights move, both trainers agree."""
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import DATA, cpu_flags
 from finetune import main
+
+
+def summary(trainer):
+    return json.loads((Path(trainer.args.output_dir) / "run_summary.json").read_text())
 
 
 def logged_losses(trainer):
@@ -40,7 +46,7 @@ def test_training_moves_the_right_weights(method, tiny_llama2, guanaco_small, tm
         init.update(snapshot(model))
         return original(model, *a, **k)
 
-    monkeypatch.setattr("finetune.build_trainer", spy)
+    monkeypatch.setattr("tunekit.training.build_trainer", spy)
     trainer = run(tiny_llama2, guanaco_small, tmp_path, *extra, lora_dropout=0.0)
     losses = logged_losses(trainer)
     assert all(math.isfinite(x) for x in losses)
@@ -79,8 +85,8 @@ def test_trainable_count_matches_lora_arithmetic(tiny_llama2, guanaco_small, tmp
     cfg = trainer.model.config
     h, layers = cfg.hidden_size, cfg.num_hidden_layers
     kv = cfg.num_key_value_heads * (h // cfg.num_attention_heads)
-    assert trainer.tunekit_summary["trainable_params"] == layers * 4 * ((h + h) + (h + kv))
-    assert trainer.tunekit_summary["adapted_layers"] == 2 * layers
+    assert summary(trainer)["trainable_params"] == layers * 4 * ((h + h) + (h + kv))
+    assert summary(trainer)["adapted_layers"] == 2 * layers
 
 
 def test_all_linear_resolves_to_explicit_names(tiny_llama2, guanaco_small, tmp_path):
@@ -114,7 +120,7 @@ def test_eval_loss_is_reported_for_a_peft_model(tiny_llama2, guanaco_small, tmp_
                   str(DATA / "llama2_guanaco_eval.jsonl"), eval_strategy="steps", eval_steps=2, max_steps=4)
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     assert len(evals) >= 2 and all(math.isfinite(e) for e in evals)
-    assert trainer.tunekit_summary["final_eval_loss"] == evals[-1]
+    assert summary(trainer)["final_eval_loss"] == evals[-1]
 
 
 def test_outputs_on_disk(tiny_llama2, guanaco_small, tmp_path):
@@ -162,19 +168,19 @@ def test_kbit_preparation_keeps_compute_dtype_and_trains_as_well(tiny_llama2, gu
         def hook(module, args, output, key=upcast):
             seen[key] = output[0].dtype if isinstance(output, tuple) else output.dtype
 
-        import finetune
-        original = finetune.build_trainer
+        from tunekit import training
+        original = training.build_trainer
 
         def spy(model, *a, **k):
             model.base_model.model.model.layers[0].register_forward_hook(hook)
             return original(model, *a, **k)
 
-        finetune.build_trainer = spy
+        training.build_trainer = spy
         try:
             trainer = run(tiny_llama2, guanaco_small, tmp_path / str(upcast), "--use_lora", "--q_lora",
                           "--kbit_upcast", str(upcast), bf16=True, lora_dropout=0.0, max_steps=12)
         finally:
-            finetune.build_trainer = original
+            training.build_trainer = original
         results[upcast] = logged_losses(trainer)
     assert seen[False] == torch.bfloat16 and seen[True] == torch.float32
     ours, peft_way = results[False], results[True]

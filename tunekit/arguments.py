@@ -7,11 +7,12 @@ impossible combinations raise `ArgumentError` naming the key, before anything he
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
 import logging
-import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,11 +22,9 @@ from typing import Literal
 import transformers
 from transformers import HfArgumentParser
 
+from .errors import ArgumentError
+
 logger = logging.getLogger(__name__)
-
-
-class ArgumentError(ValueError):
-    """A bad argument, file or combination: the message says what, where and how to fix it."""
 
 
 # Flags that transformers (or the seed scripts) have renamed: old name -> current name.
@@ -42,11 +41,14 @@ ALIASES = {
 
 @dataclass
 class ModelArguments:
+    _argument_group_name = "model"
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Checkpoint folder (or hub id on a machine that can reach the hub)."})
     family: str | None = field(
         default=None, metadata={"help": "Model family (template, LoRA targets): llama2, qwen, chatglm2. "
                                         "Default: from the checkpoint's config.json model_type."})
+    task: str = field(default="causal_lm", metadata={
+        "help": "What the model learns (tunekit/tasks.py): causal_lm (next-token prediction on the assistant turns)."})
     trainer: Literal["hf", "trl"] = field(default="hf", metadata={"help": "HF Trainer or TRL SFTTrainer."})
     attn_implementation: str = field(default="sdpa", metadata={
         "help": "sdpa, eager, flash_attention_2, ..., or varlen: PyTorch's variable-length flash attention for "
@@ -56,6 +58,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
+    _argument_group_name = "data"
     data_path: str | None = field(default=None, metadata={"help": "Training data: .json or .jsonl."})
     eval_data_path: str | None = field(default=None, metadata={"help": "Optional evaluation data: .json or .jsonl."})
     lazy_preprocess: bool = field(default=False, metadata={"help": "Tokenize samples when first used, not upfront."})
@@ -69,6 +72,7 @@ class DataArguments:
 
 @dataclass
 class LoraArguments:
+    _argument_group_name = "LoRA and quantization"
     use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
     q_lora: bool = field(default=False, metadata={"help": "Q-LoRA: LoRA on a 4-bit base (bitsandbytes NF4/FP4, "
                                                           "or a GPTQ checkpoint as it is)."})
@@ -95,6 +99,7 @@ class LoraArguments:
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
+    _argument_group_name = "transformers TrainingArguments"
     model_max_length: int = field(default=2048, metadata={"help": "Longer samples are truncated (and counted)."})
     # Defaults that differ from transformers': see pitfalls #9, #14, #26.
     gradient_checkpointing_kwargs: dict | str | None = field(default_factory=lambda: {"use_reentrant": False})
@@ -217,22 +222,50 @@ def _rewrite_cli(argv: list[str]) -> list[str]:
     return out
 
 
+USAGE = """python finetune.py RECIPE.json [MORE.json ...] [--flag value ...]
+
+Fine-tune a causal LM: full, LoRA or Q-LoRA (bitsandbytes NF4, or a GPTQ checkpoint), with the HF Trainer or TRL's
+SFTTrainer.  JSON files set the arguments (later files win), flags override them.
+
+  python finetune.py recipes/llama2/qlora.json --model_name_or_path /models/Llama-2-7b-hf --output_dir out/x
+  bash recipes/qwen/train.sh qlora --learning_rate 1e-4       # the recipe launcher (torchrun, DeepSpeed)"""
+
+# --help: the project's own options first, grouped; every transformers.TrainingArguments flag after them.
+SPEED = ("packing", "token_budget", "gradient_checkpointing_fraction", "offload_activations", "lora_upcast_inputs",
+         "use_liger_kernel", "gradient_checkpointing")
+OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint")
+
+
 class _Parser(HfArgumentParser):
     def error(self, message):  # argparse would print usage and exit; we want one clear error
         raise ArgumentError(f"command line: {message}")
 
 
-def parse_args(argv: list[str] | None = None):
-    """Returns (model_args, data_args, lora_args, train_args), validated."""
-    import sys
+def make_parser() -> _Parser:
+    parser = _Parser(DATACLASSES, usage=USAGE, add_help=True)
+    groups = {g.title: g for g in parser._action_groups}
+    trainer = groups["transformers TrainingArguments"]
+    speed = parser.add_argument_group("speed and memory")
+    ours = parser.add_argument_group("run")
+    for action in list(trainer._group_actions):
+        if action.dest in SPEED or action.dest in OURS:
+            trainer._group_actions.remove(action)
+            (speed if action.dest in SPEED else ours)._group_actions.append(action)
+    order = [groups["model"], groups["data"], groups["LoRA and quantization"], speed, ours, trainer]
+    parser._action_groups[:] = [g for g in parser._action_groups if g not in order] + order
+    return parser
 
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """JSON files + flags -> one namespace of every argument, checked against each other.  Nothing else is looked at
+    (files, GPUs and the model folder are the pre-flight's: tunekit/preflight.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     json_files = []
     while argv and not argv[0].startswith("-"):
         if not argv[0].endswith(".json"):
             raise ArgumentError(f"command line: '{argv[0]}' is neither a .json argument file nor a --flag")
         json_files.append(argv.pop(0))
-    parser = _Parser(DATACLASSES)
+    parser = make_parser()
     known = _field_types()
     defaults = {}
     for path in json_files:
@@ -246,92 +279,29 @@ def parse_args(argv: list[str] | None = None):
         close = difflib.get_close_matches(flags[0].lstrip("-").replace("-", "_"), known, n=1)
         hint = f" (did you mean '--{close[0]}'?)" if close else ""
         raise ArgumentError(f"command line: unknown argument {flags[0]}{hint}; see `python finetune.py --help`")
-    validate(namespace)  # before the dataclasses: TrainingArguments starts torch.distributed for DeepSpeed
-    outputs = []
-    for cls in DATACLASSES:
-        keys = {f.name for f in dataclasses.fields(cls) if f.init}
-        try:
-            outputs.append(cls(**{k: v for k, v in vars(namespace).items() if k in keys}))
-        except ValueError as e:  # raised by TrainingArguments.__post_init__ etc.
-            raise ArgumentError(f"arguments: {e}") from None
-    return tuple(outputs)
+    check(namespace)
+    if not namespace.eval_data_path and str(namespace.eval_strategy) not in ("no", "IntervalStrategy.NO"):
+        print(f"note: no --eval_data_path, so --eval_strategy {namespace.eval_strategy} is turned off")
+        namespace.eval_strategy = "no"
+    return namespace
 
 
-def is_distributed_launch() -> bool:
-    return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def checkpointing_kwargs(zero_stage: int, use_lora: bool, kwargs) -> dict:
-    """Non-reentrant activation checkpointing everywhere (pitfalls #9, #10), except ZeRO-3 with PEFT: ZeRO-3
-    re-partitions frozen weights before the recompute, which non-reentrant checkpointing rejects ('Recomputed values
-    ... have different metadata', pitfall #11); reentrant works there because LoRA calls enable_input_require_grads."""
-    kwargs = json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs or {})
-    if zero_stage == 3 and use_lora:
-        return {**kwargs, "use_reentrant": True}
-    return kwargs
-
-
-def check_varlen(packing: bool) -> None:
-    """varlen is flash attention on packed rows: packing, CUDA on an Ampere or newer GPU, and torch >= 2.10."""
-    import importlib.util
-
-    import torch
-
-    if not (packing and _cuda()):
-        raise ArgumentError("--attn_implementation varlen needs --packing true and a CUDA GPU (its kernel is flash "
-                            "attention on packed rows); use sdpa otherwise")
-    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
-        raise ArgumentError(f"--attn_implementation varlen needs torch >= 2.10 (this is {torch.__version__}); "
-                            "use sdpa")
-    major, minor = torch.cuda.get_device_capability()
-    if major < 8:
-        raise ArgumentError(f"--attn_implementation varlen needs an Ampere or newer GPU (flash attention); this "
-                            f"{torch.cuda.get_device_name()} is sm{major}{minor}: use sdpa")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _cuda_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def validate(a) -> None:
-    """Impossible combinations and missing files, before any model or data is loaded (a: the parsed namespace)."""
+def check(a) -> None:
+    """Impossible combinations of arguments (a: the parsed namespace)."""
     if not a.model_name_or_path:
         raise ArgumentError("--model_name_or_path is required (a checkpoint folder)")
     if not a.data_path:
         raise ArgumentError("--data_path is required (a .json or .jsonl file, see data/README.md)")
     for key in ("data_path", "eval_data_path"):
         path = getattr(a, key)
-        if path and not Path(path).is_file():
-            raise ArgumentError(f"--{key}: file not found: {path}")
-        if path and not path.endswith((".json", ".jsonl")):
+        if path and not path.endswith((".json", ".jsonl")) and not Path(path).is_dir():
             raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
-    if a.use_liger_kernel and not _cuda():
-        raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
-    if a.attn_implementation == "varlen":
-        check_varlen(a.packing)
-    gpus = 0 if a.use_cpu or is_distributed_launch() else _cuda_count()  # torchrun: one GPU per process
-    if a.packing and gpus > 1:
-        raise ArgumentError(f"--packing with {gpus} GPUs visible to one process: the Trainer would wrap the "
-                            "model in DataParallel, which splits every batch along its first dimension, and a packed "
-                            "batch is one row; launch one process per GPU with recipes/<family>/train.sh (torchrun), "
-                            "or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
     if not 0 < a.gradient_checkpointing_fraction <= 1:
         raise ArgumentError(f"--gradient_checkpointing_fraction {a.gradient_checkpointing_fraction} must be in (0, 1]; "
                             "for none, use --gradient_checkpointing false")
     if a.token_budget and a.token_budget < a.model_max_length:
         raise ArgumentError(f"--token_budget {a.token_budget} is smaller than --model_max_length "
                             f"{a.model_max_length}: a full-length sample would not fit; raise it or set 0")
-    if not a.eval_data_path and str(a.eval_strategy) not in ("no", "IntervalStrategy.NO"):
-        print(f"note: no --eval_data_path, so --eval_strategy {a.eval_strategy} is turned off")
-        a.eval_strategy = "no"
     if a.q_lora and not a.use_lora:
         raise ArgumentError("--q_lora trains LoRA adapters on a 4-bit model: add --use_lora "
                             "(full fine-tuning of a quantized model is not possible)")
@@ -347,31 +317,21 @@ def validate(a) -> None:
         raise ArgumentError("--lora_dropout must be in [0, 1)")
     if a.model_max_length < 2:
         raise ArgumentError("--model_max_length must be at least 2")
-    if a.deepspeed:
-        if not Path(a.deepspeed).is_file():
-            raise ArgumentError(f"--deepspeed: config file not found: {a.deepspeed}")
+
+
+def build(namespace, **resolved) -> tuple:
+    """The four dataclasses from a checked namespace; `resolved` replaces values the pre-flight worked out (e.g. the
+    checkpointing kwargs under ZeRO-3).  Building TrainingArguments starts torch.distributed under DeepSpeed, which is
+    why the pre-flight comes first."""
+    values = {**vars(namespace), **resolved}
+    outputs = []
+    for cls in DATACLASSES:
+        keys = {f.name for f in dataclasses.fields(cls) if f.init}
         try:
-            ds = json.loads(Path(a.deepspeed).read_text())
-        except json.JSONDecodeError as e:
-            raise ArgumentError(f"{a.deepspeed}: not valid JSON (line {e.lineno}: {e.msg})") from None
-        if ds.get("zero_optimization", {}).get("stage", 0) == 3 and a.q_lora:
-            dtype = "bfloat16" if a.bf16 else "float16" if a.fp16 else "float32"
-            storage = (f" (and --bnb_4bit_quant_storage {a.bnb_4bit_quant_storage} differs from the model dtype {dtype}: "
-                       "ZeRO-3 shards flat buffers of one dtype)" if a.bnb_4bit_quant_storage != dtype else "")
-            raise ArgumentError(f"--deepspeed {a.deepspeed}: ZeRO-3 cannot shard a 4-bit model here{storage}; "
-                                "use ds_configs/zero2.json with --q_lora")
-        if a.gradient_checkpointing:
-            a.gradient_checkpointing_kwargs = checkpointing_kwargs(
-                ds.get("zero_optimization", {}).get("stage", 0), a.use_lora, a.gradient_checkpointing_kwargs)
-        if not is_distributed_launch():
-            raise ArgumentError("--deepspeed needs a distributed launch: run `torchrun --nproc_per_node N finetune.py ...` "
-                                "(N=1 is fine), not plain `python`")
-    from .families import resolve_family  # reads only config.json
-    from .safety import check_remote_code
-
-    check_remote_code(a.model_name_or_path, a.trust_remote_code)  # before anything reads the model folder further
-    a.family = resolve_family(a.model_name_or_path, a.family)
-
+            outputs.append(cls(**{k: v for k, v in values.items() if k in keys}))
+        except ValueError as e:  # raised by TrainingArguments.__post_init__ etc.
+            raise ArgumentError(f"arguments: {e}") from None
+    return tuple(outputs)
 
 def to_jsonable(*dcs) -> dict:
     out = {}

@@ -21,7 +21,7 @@ import re
 import shutil
 from pathlib import Path
 
-from .arguments import ArgumentError
+from .errors import ArgumentError, EmptyAdapterError
 
 MARKER = "tunekit_checkpoint.json"
 FINISHED = "run_summary.json"  # written last by finetune.py: the folder holds a finished run
@@ -225,10 +225,6 @@ def rotate(run_dir: Path, keep: int | None, protect: str | None) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-class EmptyAdapterError(RuntimeError):
-    pass
-
-
 def validate_adapter(folder, expected_keys, trained: bool) -> None:
     """After every adapter save (pitfall #5): the file exists, holds exactly the adapter's keys, no tensor is empty, and
     once training has stepped, not every lora_B is zero.  Catches the 40-byte adapter of a ZeRO-3 save without gathered
@@ -259,12 +255,12 @@ def validate_adapter(folder, expected_keys, trained: bool) -> None:
 class AtomicCheckpointMixin:
     """Trainer mixin: checkpoints staged under a temporary name, marked complete last, renamed into place."""
 
-    tunekit_fingerprint: dict | None = None
-    _tunekit_staging: str | None = None
+    run_fingerprint: dict | None = None  # the run's (training.RunMixin): recorded in every completion marker
+    _staging: str | None = None
 
     def _get_output_dir(self, trial):
-        if self._tunekit_staging is not None:
-            return self._tunekit_staging
+        if self._staging is not None:
+            return self._staging
         return super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
@@ -277,11 +273,11 @@ class AtomicCheckpointMixin:
             staging.mkdir(parents=True)
         self.accelerator.wait_for_everyone()
         limit, self.args.save_total_limit = self.args.save_total_limit, None  # rotation happens after the rename
-        self._tunekit_staging = str(staging)
+        self._staging = str(staging)
         try:
             super()._save_checkpoint(model, trial)
         finally:
-            self._tunekit_staging = None
+            self._staging = None
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every rank's shards are written
         if main_process:
@@ -291,7 +287,7 @@ class AtomicCheckpointMixin:
                 if best.exists() or self.state.best_global_step == self.state.global_step:
                     self.state.best_model_checkpoint = str(best)
                 self.state.save_to_json(str(staging / name / "trainer_state.json"))
-            write_marker(staging / name, self.state.global_step, self.tunekit_fingerprint)
+            write_marker(staging / name, self.state.global_step, self.run_fingerprint)
             if final.exists():  # an incomplete leftover, or the previous run's (overwrite)
                 shutil.rmtree(final)
             os.rename(staging / name, final)

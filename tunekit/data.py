@@ -1,135 +1,26 @@
-"""Data: read .json/.jsonl in four formats, render them through the family's chat template, tokenize with labels
-only on what the model must learn to say (assistant turns and their end-of-turn/EOS token), pad per batch.
+"""Causal-LM examples from normalised samples (tunekit/formats.py): render them through the family's chat template,
+tokenize with labels only on what the model must learn to say (assistant turns and their end-of-turn/EOS token);
+datasets (eager or lazy) and the padding collator.
 
-Formats (detected per record):
-  conversations  {"conversations": [{"from": "user"|"assistant"|"system", "value": ...}]}   (the Qwen seed's)
-  messages       {"messages": [{"role": "user"|"assistant"|"system", "content": ...}]}     (OpenAI style)
-  alpaca         {"instruction": ..., "input": ..., "output": ...}
-  text           {"text": "..."}: plain text; guanaco-style "### Human: ... ### Assistant: ..." is split into turns
-  adgen          {"content": ..., "summary": ...}  (ChatGLM2's ADGEN): for a family with a `source_template`
-                 (chatglm2) prefix + template(content) cut to max_source_length, summary cut to max_target_length,
-                 then EOS; loss on the summary and EOS only.  Other families: one user/assistant turn.
+  text     plain text is learned whole; guanaco-style "### Human: ... ### Assistant: ..." is split into turns
+  adgen    for a family with a `source_template` (chatglm2): prefix + template(content) cut to max_source_length,
+           summary cut to max_target_length, then EOS; loss on the summary and EOS only.  Other families: one
+           user/assistant turn.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from .arguments import ArgumentError
+from .errors import DataError
 from .families import Family
+from .formats import load_records
 
 IGNORE_INDEX = -100
-ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
 GUANACO_TURN = re.compile(r"### (Human|Assistant):")
 
-
-class DataError(ArgumentError):
-    pass
-
-
-# ---------------------------------------------------------------- reading and normalising records
-
-def read_records(path: str) -> list[dict]:
-    p = Path(path)
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path} line {line}: not valid UTF-8 (byte {e.start} is {raw[e.start:e.start + 1]!r}); "
-                        "save the file as UTF-8") from None
-    if not text.strip():
-        raise DataError(f"{path}: the file is empty; it must hold training records (see data/README.md)")
-    if path.endswith(".jsonl"):
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
-                        "a file with one record per line must be named .jsonl") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON array of records (or use .jsonl, one record per line)")
-    return data
-
-
-def normalise(record, where: str) -> dict:
-    """One record -> {"messages": [...]} or {"text": str}."""
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
-    if "conversations" in record or "messages" in record:
-        key = "conversations" if "conversations" in record else "messages"
-        role_key, content_key = ("from", "value") if key == "conversations" else ("role", "content")
-        turns = record[key]
-        if not isinstance(turns, list) or not turns:
-            raise DataError(f"{where}: '{key}' must be a non-empty list of turns")
-        messages = []
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict) or role_key not in turn or content_key not in turn:
-                raise DataError(f"{where}: {key}[{i}] must be an object with '{role_key}' and '{content_key}'")
-            role = ROLE_ALIASES.get(str(turn[role_key]).lower())
-            if role is None:
-                raise DataError(f"{where}: {key}[{i}] has {role_key}={turn[role_key]!r}; expected user, assistant or "
-                                "system (human/gpt are accepted too)")
-            if not isinstance(turn[content_key], str):
-                raise DataError(f"{where}: {key}[{i}].{content_key} must be a string")
-            messages.append({"role": role, "content": turn[content_key]})
-        check_roles(messages, where)
-        return {"messages": messages}
-    if "instruction" in record and "output" in record:
-        for k in ("instruction", "input", "output"):
-            if not isinstance(record.get(k, ""), str):
-                raise DataError(f"{where}: '{k}' must be a string")
-        prompt = record["instruction"] + ("\n\n" + record["input"] if record.get("input") else "")
-        return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": record["output"]}]}
-    if "content" in record and "summary" in record:
-        for k in ("content", "summary"):
-            if not isinstance(record[k], str) or not record[k].strip():
-                raise DataError(f"{where}: '{k}' must be a non-empty string (ADGEN records: content + summary)")
-        return {"messages": [{"role": "user", "content": record["content"]},
-                             {"role": "assistant", "content": record["summary"]}], "adgen": True}
-    if "text" in record:
-        if not isinstance(record["text"], str) or not record["text"].strip():
-            raise DataError(f"{where}: 'text' must be a non-empty string")
-        return {"text": record["text"]}
-    raise DataError(f"{where}: unknown record format (keys: {sorted(record)}); expected 'conversations', "
-                    "'messages', 'instruction'+'output', 'content'+'summary' or 'text' (see data/README.md)")
-
-
-def check_roles(messages: list[dict], where: str) -> None:
-    rest = messages[1:] if messages[0]["role"] == "system" else messages
-    for i, m in enumerate(rest):
-        want = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != want:
-            raise DataError(f"{where}: turns must alternate user/assistant after an optional system turn; "
-                            f"turn {i + len(messages) - len(rest)} is {m['role']}, expected {want}")
-    if not any(m["role"] == "assistant" for m in rest):
-        raise DataError(f"{where}: no assistant turn, so nothing to learn from")
-
-
-def load_records(path: str, max_samples: int | None = None) -> list[dict]:
-    raw = read_records(path)
-    if max_samples:
-        raw = raw[:max_samples]
-    if not raw:
-        raise DataError(f"{path}: no records")
-    return [normalise(r, f"{path} record {i}") for i, r in enumerate(raw)]
-
-
-# ---------------------------------------------------------------- rendering and tokenising
 
 def render_segments(sample: dict, tokenizer, family: Family) -> list[tuple[str, bool]]:
     """A sample as (text, trained?) segments whose concatenation is exactly what the model sees."""
@@ -232,15 +123,16 @@ def has_labels(example: dict) -> bool:
 
 
 class SupervisedDataset(torch.utils.data.Dataset):
-    """Tokenized up front; samples left with no supervised token after truncation are dropped (and counted)."""
+    """Tokenized up front; samples left with no supervised token after truncation are dropped (and counted).
+    encode(record) -> (example, truncated) builds one example (the task's: tunekit/tasks.py)."""
 
-    def __init__(self, records, tokenizer, family, max_length, **limits):
+    def __init__(self, records, encode):
         from tqdm.auto import tqdm
 
         self.stats = Stats()
         self.examples = []
         for rec in tqdm(records, desc="tokenizing", disable=len(records) < 5000):
-            ex, truncated = tokenize_sample(rec, tokenizer, family, max_length, **limits)
+            ex, truncated = encode(rec)
             self.stats.samples += 1
             self.stats.truncated += truncated
             if not has_labels(ex):
@@ -261,9 +153,8 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
     """Records are read and checked up front, tokenized on first use (--lazy_preprocess).  A sample left with no
     supervised token cannot be dropped here; it contributes no loss and is counted in stats."""
 
-    def __init__(self, records, tokenizer, family, max_length, **limits):
-        self.records, self.tokenizer, self.family, self.max_length = records, tokenizer, family, max_length
-        self.limits = limits  # max_source_length / max_target_length of ADGEN records
+    def __init__(self, records, encode):
+        self.records, self.encode = records, encode
         self.cache = {}
         self.stats = Stats(samples=len(records))
 
@@ -272,8 +163,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         if i not in self.cache:
-            ex, truncated = tokenize_sample(self.records[i], self.tokenizer, self.family, self.max_length,
-                                            **self.limits)
+            ex, truncated = self.encode(self.records[i])
             self.stats.truncated += truncated
             self.stats.dropped += not has_labels(ex)
             self.cache[i] = ex
@@ -281,18 +171,29 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
 
 def build_dataset(path, tokenizer, family, max_length, lazy=False, max_samples=None, max_source_length=None,
-                  max_target_length=None):
+                  max_target_length=None, encode=None):
+    """`encode(sample, tokenizer, family, max_length, **limits)`: the task's example builder (tokenize_sample)."""
     for key, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length)):
         if value is not None and value < 1:
             raise DataError(f"--{key} must be a positive number of tokens, got {value}")
     records = load_records(path, max_samples)
+    encode = encode or tokenize_sample
+    limits = dict(max_source_length=max_source_length, max_target_length=max_target_length)
     cls = LazySupervisedDataset if lazy else SupervisedDataset
-    ds = cls(records, tokenizer, family, max_length, max_source_length=max_source_length,
-             max_target_length=max_target_length)
+    ds = cls(records, lambda rec: encode(rec, tokenizer, family, max_length, **limits))
     if len(ds) == 0:
         raise DataError(f"{path}: every sample lost its supervised tokens to truncation at "
                         f"--model_max_length {max_length}; raise it")
     return ds
+
+
+def build_datasets(data_args, task, tokenizer, family, max_length):
+    """(train, eval or None) for a run: the data arguments, through the task's example builder."""
+    data = dict(tokenizer=tokenizer, family=family, max_length=max_length, lazy=data_args.lazy_preprocess,
+                max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
+                encode=task.encode)
+    train = build_dataset(data_args.data_path, max_samples=data_args.max_samples, **data)
+    return train, build_dataset(data_args.eval_data_path, **data) if data_args.eval_data_path else None
 
 
 def to_hf_dataset(ds):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import ArgumentError
+from .errors import ArgumentError
 from .atomic import atomic_folder
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -61,7 +61,7 @@ def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
 
 
 def check_base(base: str, trust_remote_code: bool = False) -> None:
-    from .safety import check_remote_code
+    from .preflight import check_remote_code
 
     cfg = Path(base) / "config.json"
     if not cfg.is_file():

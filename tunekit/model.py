@@ -11,7 +11,7 @@ import os
 import torch
 from torch import nn
 
-from .arguments import ArgumentError
+from .errors import ArgumentError
 from .families import Family, read_config
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ def train_dtype(train_args) -> torch.dtype:
 
 
 def load_tokenizer(model_args, family: Family):
+    """(tokenizer, the family's special tokens it lacked and that were added to it)."""
     from transformers import AutoTokenizer
 
     try:
@@ -38,10 +39,10 @@ def load_tokenizer(model_args, family: Family):
     # A base tokenizer may lack the template's special tokens (ChatML's <|im_start|>/<|im_end|>): add them; the
     # model's embeddings are resized and trained fully (build_model), and the end-of-turn token becomes EOS.
     vocab = tok.get_vocab()
-    tok.tunekit_added_tokens = [t for t in family.extra_special_tokens if t not in vocab]
-    if tok.tunekit_added_tokens:
-        tok.add_special_tokens({"additional_special_tokens": tok.tunekit_added_tokens})
-        if family.special_tokens.get("eos_token") in tok.tunekit_added_tokens:
+    added = [t for t in family.extra_special_tokens if t not in vocab]
+    if added:
+        tok.add_special_tokens({"additional_special_tokens": added})
+        if family.special_tokens.get("eos_token") in added:
             tok.eos_token = family.special_tokens["eos_token"]
     if tok.pad_token is None:
         vocab = tok.get_vocab()
@@ -54,7 +55,7 @@ def load_tokenizer(model_args, family: Family):
                 "token)")
         tok.pad_token = stand_in
     tok.padding_side = "right"  # training; generation uses a left-padded copy
-    return tok
+    return tok, added
 
 
 def _local_rank() -> int:
@@ -95,9 +96,7 @@ def quantization_kwargs(model_args, lora_args, dtype) -> dict:
     return {}
 
 
-def load_model(model_args, lora_args, train_args, tokenizer):
-    from transformers import AutoModelForCausalLM
-
+def load_model(model_args, lora_args, train_args, tokenizer, task):
     dtype = train_dtype(train_args)
     if not lora_args.use_lora:
         dtype = torch.float32  # full fine-tuning keeps fp32 master weights; bf16/fp16 run under autocast
@@ -108,7 +107,7 @@ def load_model(model_args, lora_args, train_args, tokenizer):
         register()
     if kwargs and torch.cuda.is_available() and "device_map" not in kwargs:
         kwargs["device_map"] = {"": _local_rank()}  # one whole model per rank; "auto" would split it (pitfall #18)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = task.model_class().from_pretrained(
         model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation,
         trust_remote_code=model_args.trust_remote_code, **kwargs)
     model.config.use_cache = False  # training never reuses a KV cache
@@ -173,7 +172,7 @@ def resolve_targets(model, requested, family: Family) -> list[str]:
     return targets
 
 
-def apply_lora(model, lora_args, train_args, family: Family):
+def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_save=None):
     from peft import LoraConfig, get_peft_model
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -187,8 +186,8 @@ def apply_lora(model, lora_args, train_args, family: Family):
     targets = resolve_targets(model, lora_args.lora_target_modules, family)
     config = LoraConfig(
         r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
-        target_modules=targets, bias=lora_args.lora_bias, modules_to_save=lora_args.modules_to_save,
-        use_dora=lora_args.use_dora, use_rslora=lora_args.use_rslora, task_type="CAUSAL_LM")
+        target_modules=targets, bias=lora_args.lora_bias, modules_to_save=modules_to_save,
+        use_dora=lora_args.use_dora, use_rslora=lora_args.use_rslora, task_type=task.peft_task_type)
     model = get_peft_model(model, config)
     if not train_args.lora_upcast_inputs:
         skip_lora_input_upcast(model)
@@ -249,15 +248,17 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def build_model(model_args, lora_args, train_args, tokenizer, family: Family):
-    """The model to train, with its trainable-parameter report (checked against the LoRA arithmetic)."""
-    model = load_model(model_args, lora_args, train_args, tokenizer)
-    if lora_args.use_lora and tokenizer.tunekit_added_tokens and not lora_args.modules_to_save:
-        lora_args.modules_to_save = list(family.embedding_modules)  # new tokens need trained embedding rows
-        print(f"note: added {tokenizer.tunekit_added_tokens} to the tokenizer, so {lora_args.modules_to_save} "
+def build_model(model_args, lora_args, train_args, tokenizer, family: Family, task, added_tokens=()):
+    """The model to train, with its trainable-parameter report (checked against the LoRA arithmetic).
+    added_tokens: the special tokens load_tokenizer added (their embedding rows must be trained)."""
+    model = load_model(model_args, lora_args, train_args, tokenizer, task)
+    modules_to_save = lora_args.modules_to_save
+    if lora_args.use_lora and added_tokens and not modules_to_save:
+        modules_to_save = list(family.embedding_modules)  # new tokens need trained embedding rows
+        print(f"note: added {list(added_tokens)} to the tokenizer, so {modules_to_save} "
               "are trained fully and saved with the adapter")
     if lora_args.use_lora:
-        model = apply_lora(model, lora_args, train_args, family)
+        model = apply_lora(model, lora_args, train_args, family, task, modules_to_save)
     if getattr(model.config, "quantization_config", None) and _quant_method(model.config) == "gptq":
         from .gptq import check_trainable_kernels
 

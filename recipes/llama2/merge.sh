@@ -1,9 +1,5 @@
 #!/usr/bin/env bash
-# Merge a Llama-2 LoRA/Q-LoRA adapter into the unquantized base, then generate a sample from the merged model.
-#   bash recipes/llama2/merge.sh [ADAPTER_DIR] [OUTPUT_DIR]      (BASE=/models/Llama-2-7b-hf to override the base)
-ADAPTER="${1:-${ADAPTER:-out/llama2-qlora}}"
-OUTPUT="${2:-${OUTPUT:-$ADAPTER-merged}}"
-BASE="${BASE:-}"                 # empty: the base recorded in the adapter
-DTYPE="${DTYPE:-bfloat16}"
-PROMPT="${PROMPT:-Give me three tips for better sleep.}"
-source "$(dirname "$0")/../merge.sh"
+# Merge a Llama-2 adapter into the unquantized base and generate a sample: bash recipes/llama2/merge.sh [ADAPTER] [OUT]
+# (default out/llama2-qlora -> ADAPTER-merged; BASE=/models/Llama-2-7b-hf if the base moved). See recipes/merge.sh.
+FAMILY=llama2 DEFAULT_METHOD=qlora PROMPT="${PROMPT:-Give me three tips for better sleep.}" \
+  exec bash "$(dirname "$0")/../merge.sh" "$@"

@@ -1,5 +1,8 @@
-"""The embedded default: a tiny random model of a family's real architecture, with a small tokenizer trained offline
-on the texts in data/ that carries the family's real special tokens and chat template.  Built once, cached.
+"""Fixtures: the embedded default and the tests' checkpoints, never imported by the core (tunekit/*.py).
+
+A tiny random model of a family's real architecture, with a small tokenizer trained offline on the texts in data/
+that carries the family's real special tokens and chat template.  Built once, cached.  chatglm2.py and qwen1.py
+build tiny checkpoints in the ORIGINAL layouts (converted by tunekit/convert/); gptq.py packs GPTQ-Int4 copies.
 
     python -m tunekit.tiny llama2 [--out DIR]       # prints the folder
     python -m tunekit.tiny qwen --gptq             # and a GPTQ-Int4 copy of it (prints that folder)
@@ -9,22 +12,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .atomic import atomic_folder
-from .data import load_records
-from .families import Family, get_family
+from ..atomic import atomic_folder
+from ..convert import DATA_DIR, ROOT, corpus
+from ..families import FAMILIES, Family
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT / "data"
 VOCAB_SIZE = 2000
-
-
-def corpus(data_dir: Path = DATA_DIR):
-    for path in sorted(data_dir.glob("*.json*")):
-        for rec in load_records(str(path)):
-            if "text" in rec:
-                yield rec["text"]
-            else:
-                yield from (m["content"] for m in rec["messages"])
+# The embedded default's shape per family (besides the vocabulary); chatglm2's is in chatglm2.py (original layout).
+SHAPES = {
+    "llama2": dict(model_type="llama", hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5,
+                   tie_word_embeddings=False),
+    "qwen": dict(model_type="qwen2", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                 tie_word_embeddings=False),
+}
 
 
 def train_tokenizer(family: Family, texts, base: bool = False):
@@ -62,9 +63,9 @@ def build(family_name: str, out: Path, seed: int = 0, base: bool = False) -> Pat
     out = Path(out)
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
-    family = get_family(family_name)
+    family = FAMILIES[family_name]
     tok = train_tokenizer(family, list(corpus()), base=base)
-    shape = dict(family.tiny_config)
+    shape = dict(SHAPES[family_name])
     config = AutoConfig.for_model(shape.pop("model_type"), vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **shape)
     torch.manual_seed(seed)
@@ -89,12 +90,12 @@ def default_dir(family_name: str) -> Path:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("family")
+    p.add_argument("family", choices=sorted(FAMILIES))
     p.add_argument("--out", default=None, help="default: .cache/tiny/<family>-<hash of data/>")
     p.add_argument("--gptq", action="store_true", help="also pack a GPTQ-Int4 copy and print its folder")
     a = p.parse_args(argv)
     if a.family == "chatglm2":  # built in the original ChatGLM2 layout, then converted to native glm
-        from .tiny_chatglm2 import build_default
+        from .chatglm2 import build_default
 
         print(build_default())
         return
@@ -107,7 +108,3 @@ def main(argv=None):
             pack_rtn(out, gptq_dir)
         out = gptq_dir
     print(out)
-
-
-if __name__ == "__main__":
-    main()

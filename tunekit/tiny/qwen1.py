@@ -2,7 +2,7 @@
 attn.c_attn.*`, `mlp.w1/w2/c_proj`, `qwen.tiktoken`), float or GPTQ-Int4 (v1 layout, round-to-nearest, fused c_attn
 packed as one tensor as Qwen-1 *-Int4 ships it).  Config, weights and tokenizer files only: no code.
 
-    python -m tunekit.tiny_qwen1 OUT [--gptq]
+    python -m tunekit.tiny.qwen1 OUT [--gptq]
 """
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_folder
+from ..atomic import atomic_folder
+from ..gptq import QUANT_BUFFERS
+from .gptq import quantize_rtn
 
 SHAPE = dict(hidden_size=64, num_attention_heads=4, intermediate_size=256, num_hidden_layers=2, seq_length=2048)
 QUANTIZED = ("attn.c_attn", "attn.c_proj", "mlp.w1", "mlp.w2", "mlp.c_proj")
@@ -24,8 +26,8 @@ def train_tiktoken(out_file, vocab_size: int = 2000, texts=None) -> Path:
     """A small byte-level BPE trained with Qwen's split regex on data/, written as a qwen.tiktoken rank file."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
-    from .convert_qwen import PAT_STR, _bytes_to_unicode
-    from .tiny import corpus
+    from ..convert import corpus
+    from ..convert.qwen import PAT_STR, _bytes_to_unicode
 
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(PAT_STR), behavior="isolated"),
@@ -83,23 +85,6 @@ def random_weights(cfg: dict, seed: int = 0) -> dict:
     return sd
 
 
-def pack_gptq(weight: torch.Tensor, group_size: int = 32):
-    """W [out, in] -> GPTQ v1 (qweight int32 [in/8, out], qzeros int32 [in/gs, out/8] holding zero-1 = 7, scales fp16
-    [in/gs, out], g_idx int32 [in]); symmetric round-to-nearest, W ~ scales[g, o] * (q[i, o] - 8)."""
-    out_f, in_f = weight.shape
-    groups = in_f // group_size
-    wg = weight.float().view(out_f, groups, group_size)
-    scales = (wg.abs().amax(-1) * (2 / 15)).clamp(min=1e-6).to(torch.float16)
-    q = (torch.round(wg / scales.float().unsqueeze(-1)) + 8).clamp(0, 15).to(torch.int32).view(out_f, in_f)
-    q = q.t().contiguous().view(in_f // 8, 8, out_f)
-    qweight = torch.zeros(in_f // 8, out_f, dtype=torch.int32)
-    for j in range(8):
-        qweight |= q[:, j] << (4 * j)
-    qzeros = torch.full((groups, out_f // 8), 0x77777777, dtype=torch.int32)
-    g_idx = torch.arange(in_f, dtype=torch.int32) // group_size
-    return qweight, qzeros, scales.t().contiguous(), g_idx
-
-
 def build(out, gptq: bool = False, seed: int = 0, group_size: int = 32, **shape) -> Path:
     from safetensors.torch import save_file
 
@@ -114,8 +99,8 @@ def build(out, gptq: bool = False, seed: int = 0, group_size: int = 32, **shape)
             for n in range(cfg["num_hidden_layers"]):
                 for m in QUANTIZED:
                     key = f"transformer.h.{n}.{m}"
-                    parts = pack_gptq(state.pop(f"{key}.weight"), group_size)
-                    state.update({f"{key}.{p}": t for p, t in zip(("qweight", "qzeros", "scales", "g_idx"), parts)})
+                    parts = quantize_rtn(state.pop(f"{key}.weight"), group_size)
+                    state.update({f"{key}.{p}": t for p, t in zip(QUANT_BUFFERS, parts)})
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}  # Int4 repos are fp16
             cfg["quantization_config"] = {"bits": 4, "group_size": group_size, "damp_percent": 0.01,
                                           "desc_act": False, "static_groups": False, "sym": True,

@@ -13,41 +13,22 @@ with sentencepiece on the user's own `tokenizer.model`: the export is refused on
 `sop`/`eop` are named `<sop>`/`<eop>`, so the ordinary words "sop" and "eop" stay ordinary text, as they are for the
 original tokenizer.
 
-    python -m tunekit.chatglm2_tokenizer train OUT.model          # the tiny model trained offline from data/
+    python -m tunekit.convert.chatglm2_tokenizer TOKENIZER.model      # export and compare on the check texts
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .arguments import ArgumentError
+from ..errors import ArgumentError
+from ..families.chatglm2 import CHAT_TEMPLATE, CHATGLM3_TEMPLATE
+from . import check_texts, first_difference
 
 CHATGLM2_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
 CHATGLM3_SPECIALS = CHATGLM2_SPECIALS + ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 FAST_NAMES = {"sop": "<sop>", "eop": "<eop>"}  # names in the fast tokenizer (see the module docstring)
 PREFIX = ("[gMASK]", "sop")
 ROUND = "[Round {n}]\n\n问：{query}\n\n答："
-
-# The single-round prompt of ChatGLM2 (build_prompt); [gMASK] <sop> come first, the answer and </s> after.
-CHAT_TEMPLATE = (
-    "[gMASK]<sop>{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{% if loop.index0 > 0 %}\n\n{% endif %}"
-    "{{ '[Round ' ~ (loop.index0 // 2 + 1) ~ ']\n\n问：' ~ message['content'] ~ '\n\n答：' }}"
-    "{% elif message['role'] == 'assistant' %}{{ message['content'] ~ eos_token }}"
-    "{% else %}{{ raise_exception('ChatGLM2 has no ' ~ message['role'] ~ ' role: use user/assistant turns') }}"
-    "{% endif %}{% endfor %}"
-)
-
-# ChatGLM3's chat format (build_chat_input): [gMASK] sop, then <|role|> + "\n" + content per message, each part
-# tokenized with its own dummy prefix (the space before the content gives exactly that), <|assistant|> to answer.
-# Each assistant turn ends with </s> (2, one of ChatGLM3's stop ids) so fine-tuning teaches the model to stop.
-CHATGLM3_TEMPLATE = (
-    "[gMASK]<sop>{% for message in messages %}"
-    "{{ '<|' ~ message['role'] ~ '|>\n ' ~ message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
 
 class TokenizerMismatch(ArgumentError):
     """The fast tokenizer does not give sentencepiece's ids."""
@@ -188,7 +169,7 @@ def check_against_sentencepiece(fast, model_file, texts, chatglm3: bool = False)
         want = ref.encode(text)
         got = fast(text, add_special_tokens=False)["input_ids"]
         if got != want:
-            at = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            at = first_difference(got, want)
             raise TokenizerMismatch(
                 f"{model_file}: the fast tokenizer differs from sentencepiece on text {lineno} {text[:60]!r} at token "
                 f"{at}: sentencepiece {want[at:at + 6]} ({ref.sp.id_to_piece(want[at:at + 6])}), fast "
@@ -200,20 +181,6 @@ def check_against_sentencepiece(fast, model_file, texts, chatglm3: bool = False)
     return n
 
 
-def check_texts(extra=()):
-    """Mixed Chinese/English lines to compare on: fixed edge cases, the repository's data/, and `extra`."""
-    from .tiny import corpus
-
-    edge = ["", " ", "  two  spaces  ", "\t制表符\tand tabs", "line one\nline two\n\n", "sop eop [Round 1]",
-            "数字 12345 和 3.14159, 1e-5", "emoji 😀🚀 and ümlaut façade", "def f(x):\n    return x ** 2  # code",
-            "中文English混合mixed文本。", "全角，标点！？“引号”", "   leading spaces", "trailing spaces   ",
-            "[Round 1]\n\n问：你好\n\n答：", "URL https://example.com/a?b=c&d=e"]
-    lines = list(edge)
-    for text in corpus():
-        lines += [line for line in text.split("\n") if line] + [text]
-    return lines + list(extra)
-
-
 def fast_tokenizer(model_file, chatglm3: bool = False, extra_texts=()):
     """The fast tokenizer, only if it matches sentencepiece on check_texts() (+ extra_texts); else TokenizerMismatch."""
     fast = export_fast(model_file, chatglm3=chatglm3)
@@ -221,50 +188,16 @@ def fast_tokenizer(model_file, chatglm3: bool = False, extra_texts=()):
     return fast
 
 
-# ------------------------------------------------------------------------------------------- tiny model, offline
-# ChatGLM2's tokenizer.model settings: BPE, byte fallback (bytes at ids 3..258, so "\n" is <0x0A> = 13), a dummy
-# prefix, no normalization and no whitespace folding, digits split, ids 0/1/2 = <unk>/<s>/</s>, no pad piece.
-SP_SETTINGS = dict(model_type="bpe", byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
-                   remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
-                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=0.9995, max_sentencepiece_length=16)
-
-
-def train_tiny(out_file, vocab_size: int = 3000, texts=None) -> Path:
-    """Train a small SentencePiece model with ChatGLM2's settings on the texts in data/ (deterministic, offline)."""
-    import io
-
-    spm = _sentencepiece()
-    from .tiny import corpus
-
-    lines = [line for text in (texts if texts is not None else corpus()) for line in text.split("\n") if line.strip()]
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
-                                   hard_vocab_limit=False, num_threads=1, input_sentence_size=0,
-                                   shuffle_input_sentence=False, minloglevel=2, **SP_SETTINGS)
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(buf.getvalue())
-    return out
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train the tiny ChatGLM2-style SentencePiece model from data/")
-    t.add_argument("out")
-    t.add_argument("--vocab_size", type=int, default=3000)
-    c = sub.add_parser("check", help="export the fast tokenizer from a tokenizer.model and compare it")
-    c.add_argument("model_file")
-    c.add_argument("--texts", help="a UTF-8 file: each line is compared too")
-    c.add_argument("--chatglm3", action="store_true")
+    p.add_argument("model_file", help="a ChatGLM2/3 tokenizer.model: export the fast tokenizer and compare it")
+    p.add_argument("--texts", help="a UTF-8 file: each line is compared too")
+    p.add_argument("--chatglm3", action="store_true")
     a = p.parse_args(argv)
-    if a.cmd == "train":
-        print(train_tiny(a.out, a.vocab_size))
-    else:
-        extra = Path(a.texts).read_text(encoding="utf-8").splitlines() if a.texts else ()
-        fast = export_fast(a.model_file, chatglm3=a.chatglm3)
-        n = check_against_sentencepiece(fast, a.model_file, check_texts(extra), chatglm3=a.chatglm3)
-        print(f"{a.model_file}: the fast tokenizer matches sentencepiece on {n} texts")
+    extra = Path(a.texts).read_text(encoding="utf-8").splitlines() if a.texts else ()
+    fast = export_fast(a.model_file, chatglm3=a.chatglm3)
+    n = check_against_sentencepiece(fast, a.model_file, check_texts(extra), chatglm3=a.chatglm3)
+    print(f"{a.model_file}: the fast tokenizer matches sentencepiece on {n} texts")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Qwen-1 checkpoint (original QwenLM layout, `model_type: qwen`, remote code) -> transformers' native `qwen2`,
 including Qwen-1 GPTQ-Int4 checkpoints, without running the checkpoint's code.
 
-    python -m tunekit.convert_qwen SRC [OUT]              # prints OUT (default .cache/converted/<name>-qwen2-<hash>)
-    python -m tunekit.convert_qwen --reverse NATIVE OUT --original SRC_OR_CONVERTED   # a merged model, back to Qwen-1
+    python -m tunekit.convert SRC [OUT]              # prints OUT (default .cache/converted/<name>-qwen2-<hash>)
+    python -m tunekit.convert --reverse NATIVE OUT --original SRC_OR_CONVERTED   # a merged model, back to Qwen-1
 
 Weights: `c_attn` rows are [Q | K | V] (hidden each) and are split into q/k/v_proj (weights and biases); `attn.c_proj`
 is o_proj; the MLP computes c_proj(w1(x) * silu(w2(x))), so w2 is gate_proj, w1 up_proj, mlp.c_proj down_proj; and
@@ -21,19 +21,17 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import shutil
 import sys
 import unicodedata
 from pathlib import Path
 
 import torch
 
-from .arguments import ArgumentError
-from .atomic import atomic_folder
-from .convert_chatglm2 import ConversionError, WEIGHT_SUFFIXES, fingerprint, load_weights, save_weights
-
-ROOT = Path(__file__).resolve().parent.parent
-RECORD = "tunekit_conversion.json"
+from ..atomic import atomic_folder
+from ..errors import ArgumentError, ConversionError
+from ..families.qwen import CHATML_TEMPLATE
+from . import (check_shapes, check_texts, copy_side_files, default_out, first_difference, is_cached, load_weights,
+               read_config, save_weights, source_fingerprint, write_native)
 PAT_STR = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
 GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
@@ -203,10 +201,7 @@ def reverse(native, out, original, max_shard_size: str = "4GB") -> Path:
     state = from_qwen2(load_weights(native), cfg)
     with atomic_folder(out) as tmp:
         save_weights(state, tmp, max_shard_size)
-        for f in files.iterdir():
-            if f.is_file() and f.name != "config.json" and f.suffix not in WEIGHT_SUFFIXES \
-                    and not f.name.endswith(".index.json"):
-                shutil.copy2(f, tmp / f.name)
+        copy_side_files(files, tmp, skip=("config.json",))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     return out
 
@@ -274,8 +269,6 @@ def export_fast(tiktoken_file):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from .families import CHATML_TEMPLATE
-
     ranks = read_tiktoken(tiktoken_file)
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ConversionError(f"{tiktoken_file}: ranks are not 0..{len(ranks) - 1} without gaps")
@@ -311,7 +304,7 @@ def check_against_tiktoken(fast, tiktoken_file, texts) -> int:
     for lineno, text in enumerate(texts, 1):
         want, got = ref.encode(text), fast(text, add_special_tokens=False)["input_ids"]
         if got != want:
-            at = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+            at = first_difference(got, want)
             raise ConversionError(f"{tiktoken_file}: the converted tokenizer differs from tiktoken on text {lineno} "
                                   f"{text[:60]!r} at token {at}: tiktoken {want[at:at + 6]}, converted {got[at:at + 6]}; "
                                   "refusing the converted tokenizer")
@@ -320,32 +313,24 @@ def check_against_tiktoken(fast, tiktoken_file, texts) -> int:
 
 
 def fast_tokenizer(tiktoken_file, extra_texts=()):
-    from .chatglm2_tokenizer import check_texts
-
     fast = export_fast(tiktoken_file)
     check_against_tiktoken(fast, tiktoken_file, check_texts(extra_texts) + ["<|im_start|>user\n你好<|im_end|>\n"])
     return fast
 
 
 # ---------------------------------------------------------------------------------------------------------- convert
-def default_out(src: Path) -> Path:
-    return ROOT / ".cache" / "converted" / f"{src.resolve().name}-qwen2-{fingerprint(src)[:8]}"
-
-
 def convert(src, out=None, check_texts=(), max_shard_size: str = "4GB") -> Path:
     """Qwen-1 folder (float or GPTQ) -> native qwen2 folder (cached, written atomically).  Returns the folder."""
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
     src = Path(src)
-    if not (src / "config.json").is_file():
-        raise ConversionError(f"{src}: no config.json (pass a Qwen-1 checkpoint folder)")
-    cfg = json.loads((src / "config.json").read_text())
+    cfg = read_config(src, "Qwen-1")
     check_config(cfg, f"{src}/config.json")
     if not (src / "qwen.tiktoken").is_file():
         raise ConversionError(f"{src}: no qwen.tiktoken (the Qwen-1 tokenizer); copy it from the original model folder")
-    out = Path(out) if out else default_out(src)
-    fp = fingerprint(src)
-    if (out / RECORD).is_file() and json.loads((out / RECORD).read_text()).get("source_fingerprint") == fp:
+    out = Path(out) if out else default_out(src, "qwen2")
+    fp = source_fingerprint(src)
+    if is_cached(out, fp):
         return out
 
     tokenizer = fast_tokenizer(src / "qwen.tiktoken", check_texts)
@@ -354,28 +339,14 @@ def convert(src, out=None, check_texts=(), max_shard_size: str = "4GB") -> Path:
     float_dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     dtype = torch.float16 if torch.float16 in float_dtypes else float_dtypes.pop()
     config = qwen2_config(cfg, dtype, ids)
-    if not cfg.get("quantization_config"):  # the target's exact names and shapes, without allocating it
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in Qwen2ForCausalLM(config).state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in state.items()}
-        if got != expected:
-            raise ConversionError(f"{src}: converted tensors do not match Qwen2ForCausalLM's: "
-                                  f"{sorted(set(got.items()) ^ set(expected.items()))[:5]}")
+    if not cfg.get("quantization_config"):
+        check_shapes(state, Qwen2ForCausalLM, config, src)
+    generation = GenerationConfig(bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
+                                  eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]])
     with atomic_folder(out) as tmp:
-        save_weights(state, tmp, max_shard_size)
-        config.save_pretrained(tmp)
-        GenerationConfig(bos_token_id=ids["<|endoftext|>"], pad_token_id=ids["<|endoftext|>"],
-                         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]]).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        originals = tmp / "qwen1_original"
-        originals.mkdir()
-        for f in src.iterdir():  # provenance: copied as files, never imported
-            if f.is_file() and f.suffix not in WEIGHT_SUFFIXES and not f.name.endswith(".index.json"):
-                shutil.copy2(f, originals / f.name)
-        (tmp / RECORD).write_text(json.dumps({
-            "source": str(src.resolve()), "source_fingerprint": fp, "direction": "qwen->qwen2",
-            "gptq": bool(cfg.get("quantization_config")), "max_exact_length": config.max_position_embeddings},
-            indent=2) + "\n")
+        write_native(tmp, src, state, config, generation, tokenizer, "qwen1_original", {
+            "source_fingerprint": fp, "direction": "qwen->qwen2", "gptq": bool(cfg.get("quantization_config")),
+            "max_exact_length": config.max_position_embeddings}, max_shard_size)
     return out
 
 

@@ -1,8 +1,8 @@
 """ChatGLM2/ChatGLM3 checkpoint (original THUDM layout, `model_type: chatglm`) <-> transformers' native `glm`
 (`GlmForCausalLM`), exact both ways, without running the checkpoint's code.
 
-    python -m tunekit.convert_chatglm2 SRC [OUT]                  # prints OUT (default .cache/converted/<name>-<hash>)
-    python -m tunekit.convert_chatglm2 --reverse NATIVE OUT --original SRC_OR_CONVERTED
+    python -m tunekit.convert SRC [OUT]                  # prints OUT (default .cache/converted/<name>-<hash>)
+    python -m tunekit.convert --reverse NATIVE OUT --original SRC_OR_CONVERTED
 
 Weights: `query_key_value` rows are [Q | K | V] = [heads*kv_channels | groups*kv_channels | groups*kv_channels] and
 split into q/k/v_proj (weights and biases); `dense_h_to_4h` is already [gate | up] = `gate_up_proj`; the rest is a
@@ -16,12 +16,11 @@ any setting glm cannot represent (LayerNorm, linear biases, NeoX-style rotary, .
 
 The result is cached: a folder whose tunekit_conversion.json records the same source fingerprint is reused.  Output
 is written to a temporary sibling folder and renamed when complete.  With a tokenizer.model in SRC the folder gets a
-fast tokenizer only if it gives sentencepiece's ids on a mixed Chinese/English check corpus (tunekit/chatglm2_tokenizer.py).
+fast tokenizer only if it gives sentencepiece's ids on a mixed Chinese/English check corpus (tunekit/convert/chatglm2_tokenizer.py).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -29,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from .arguments import ArgumentError
-from .atomic import atomic_folder
+from ..atomic import atomic_folder
+from ..errors import ArgumentError, ConversionError
+from . import (RECORD, check_shapes, copy_side_files, default_out, is_cached, load_weights,
+               read_config, save_weights, source_fingerprint, write_native)
 
-ROOT = Path(__file__).resolve().parent.parent
-RECORD = "tunekit_conversion.json"
 ORIGINAL_FILES = "chatglm_original"  # subfolder of the converted model: the source's config/tokenizer/code files
 ROPE_THETA = 10000.0
 
@@ -45,10 +44,6 @@ REQUIRED = {
     "post_layer_norm": (True, "a model without the final norm (post_layer_norm false) has no glm equivalent"),
     "original_rope": (True, "NeoX-style rotary (original_rope false) is not glm's interleaved rotary"),
 }
-
-
-class ConversionError(ArgumentError):
-    pass
 
 
 # ------------------------------------------------------------------------------------------------------- configs
@@ -227,59 +222,6 @@ def from_glm(state: dict, cfg: dict, freq: torch.Tensor | None = None) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------- files
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def weight_files(folder: Path) -> list[Path]:
-    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-        if (folder / index).is_file():
-            names = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
-            return [folder / n for n in names]
-    for single in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / single).is_file():
-            return [folder / single]
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise ConversionError(f"{folder}: no weights (*.safetensors or pytorch_model*.bin)")
-    return files
-
-
-def load_weights(folder: Path) -> dict:
-    from safetensors.torch import load_file
-
-    state = {}
-    for f in weight_files(folder):
-        if f.suffix == ".safetensors":
-            state.update(load_file(str(f)))
-        else:  # pickled shards: tensors only, never code
-            state.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
-    return state
-
-
-def save_weights(state: dict, folder: Path, max_shard_size: str = "4GB") -> None:
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
-    split = split_torch_state_dict_into_shards(state, max_shard_size=max_shard_size)
-    for filename, names in split.filename_to_tensors.items():
-        save_file({n: state[n].contiguous() for n in names}, str(folder / filename), metadata={"format": "pt"})
-    if split.is_sharded:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": split.tensor_to_filename}
-        (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-
-
-def fingerprint(src: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(src.iterdir()):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    h.update((src / "config.json").read_bytes())
-    return h.hexdigest()[:16]
-
-
 def is_chatglm3(src: Path) -> bool:
     """ChatGLM3 (role tokens, eos [2, 64795, 64797]) from its tokenizer files, read as text, never run."""
     for name in ("tokenization_chatglm.py", "tokenizer_config.json"):
@@ -289,26 +231,16 @@ def is_chatglm3(src: Path) -> bool:
     return False
 
 
-def default_out(src: Path) -> Path:
-    return ROOT / ".cache" / "converted" / f"{src.resolve().name}-glm-{fingerprint(src)[:8]}"
-
-
 def convert(src, out=None, fast_tokenizer: bool = True, check_texts=(), max_shard_size: str = "4GB") -> Path:
     """ChatGLM2/3 folder -> native glm folder (cached; see the module docstring).  Returns the output folder."""
     from transformers import GenerationConfig, GlmForCausalLM
 
     src = Path(src)
-    if not (src / "config.json").is_file():
-        raise ConversionError(f"{src}: no config.json (pass a ChatGLM2/ChatGLM3 checkpoint folder)")
-    try:
-        cfg = json.loads((src / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{src}/config.json: not valid JSON (line {e.lineno}: {e.msg})") from None
+    cfg = read_config(src, "ChatGLM2/ChatGLM3")
     check_config(cfg, f"{src}/config.json")
-    out = Path(out) if out else default_out(src)
-    fp = fingerprint(src)
-    record = out / RECORD
-    if record.is_file() and json.loads(record.read_text()).get("source_fingerprint") == fp:
+    out = Path(out) if out else default_out(src, "glm")
+    fp = source_fingerprint(src)
+    if is_cached(out, fp):
         return out
 
     chatglm3 = is_chatglm3(src)
@@ -329,12 +261,7 @@ def convert(src, out=None, fast_tokenizer: bool = True, check_texts=(), max_shar
         if freq.shape != expect.shape or not torch.allclose(freq.float(), expect, rtol=1e-2):
             raise ConversionError(f"{src}: rotary_pos_emb.inv_freq is not 1/10000^(2i/{shape(cfg)['rotary_dim']}) "
                                   "(a scaled rotary base?); glm would compute different angles")
-    with torch.device("meta"):  # the target's exact names and shapes, without allocating it
-        expected = {k: tuple(v.shape) for k, v in GlmForCausalLM(config).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if got != expected:
-        diff = sorted(set(got.items()) ^ set(expected.items()))[:5]
-        raise ConversionError(f"{src}: converted tensors do not match GlmForCausalLM's: {diff}")
+    check_shapes(state, GlmForCausalLM, config, src)
 
     tokenizer = None
     if fast_tokenizer and (src / "tokenizer.model").is_file():
@@ -343,24 +270,15 @@ def convert(src, out=None, fast_tokenizer: bool = True, check_texts=(), max_shar
         tokenizer = build_fast(src / "tokenizer.model", chatglm3=chatglm3, extra_texts=check_texts)
 
     with atomic_folder(out) as tmp:
-        save_weights(state, tmp, max_shard_size)
-        config.save_pretrained(tmp)
-        GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=0).save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        originals = tmp / ORIGINAL_FILES
-        originals.mkdir()
-        for f in src.iterdir():  # provenance and the reverse conversion: copied as files, never imported
-            if f.is_file() and f.suffix not in WEIGHT_SUFFIXES and not f.name.endswith(".index.json"):
-                shutil.copy2(f, originals / f.name)
+        write_native(tmp, src, state, config, GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=0),
+                     tokenizer, ORIGINAL_FILES, {
+                         "source_fingerprint": fp, "direction": "chatglm->glm",
+                         "variant": "chatglm3" if chatglm3 else "chatglm2", "dtype": str(dtype).replace("torch.", ""),
+                         "inv_freq": None if freq is None else {"dtype": str(freq.dtype).replace("torch.", ""),
+                                                                "values": freq.float().tolist()},
+                         "fast_tokenizer": tokenizer is not None}, max_shard_size)
         if (src / "tokenizer.model").is_file():
             shutil.copy2(src / "tokenizer.model", tmp / "tokenizer.model")
-        (tmp / RECORD).write_text(json.dumps({
-            "source": str(src.resolve()), "source_fingerprint": fp, "direction": "chatglm->glm",
-            "variant": "chatglm3" if chatglm3 else "chatglm2", "dtype": str(dtype).replace("torch.", ""),
-            "inv_freq": None if freq is None else {"dtype": str(freq.dtype).replace("torch.", ""),
-                                                   "values": freq.float().tolist()},
-            "fast_tokenizer": tokenizer is not None}, indent=2, ensure_ascii=False) + "\n")
     return out
 
 
@@ -390,20 +308,9 @@ def reverse(native, out, original=None, max_shard_size: str = "4GB") -> Path:
     with atomic_folder(out) as tmp:
         save_weights(state, tmp, max_shard_size)
         if files is not None:
-            for f in files.iterdir():
-                if f.is_file() and f.name != "config.json" and f.suffix not in WEIGHT_SUFFIXES \
-                        and not f.name.endswith(".index.json"):
-                    shutil.copy2(f, tmp / f.name)
+            copy_side_files(files, tmp, skip=("config.json",))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     return out
-
-
-def convert_if_needed(model: str) -> str:
-    """The folder to train: a ChatGLM2/3 folder's conversion (cached), any other folder as it is."""
-    cfg = Path(model) / "config.json"
-    if cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "chatglm":
-        return str(convert(model))
-    return model
 
 
 def main(argv=None):

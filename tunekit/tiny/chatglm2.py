@@ -3,7 +3,7 @@
 the original code would load it, plus a tiny SentencePiece model trained offline from data/ with ChatGLM2's
 tokenizer settings.  No remote code is written or run: only config, weights and tokenizer files.
 
-    python -m tunekit.tiny_chatglm2 [--original_only] [--bin]    # builds (cached), converts, prints the native folder
+    python -m tunekit.tiny.chatglm2 [--original_only] [--bin]    # builds (cached), converts, prints the native folder
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_folder
+from ..atomic import atomic_folder
 
 SHAPE = dict(hidden_size=64, num_attention_heads=4, multi_query_group_num=2, kv_channels=16, ffn_hidden_size=128,
              num_layers=2, seq_length=2048)
@@ -24,6 +24,33 @@ SHAPE = dict(hidden_size=64, num_attention_heads=4, multi_query_group_num=2, kv_
 # ChatGLM2-6B's shape (the vocabulary rows past the tiny tokenizer's are simply never used).
 CHATGLM2_6B = dict(hidden_size=4096, num_attention_heads=32, multi_query_group_num=2, kv_channels=128,
                    ffn_hidden_size=13696, num_layers=28, seq_length=32768, padded_vocab_size=65024)
+
+
+# ChatGLM2's tokenizer.model settings: BPE, byte fallback (bytes at ids 3..258, so "\n" is <0x0A> = 13), a dummy
+# prefix, no normalization and no whitespace folding, digits split, ids 0/1/2 = <unk>/<s>/</s>, no pad piece.
+SP_SETTINGS = dict(model_type="bpe", byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
+                   remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=0.9995, max_sentencepiece_length=16)
+
+
+def train_tiny(out_file, vocab_size: int = 3000, texts=None) -> Path:
+    """Train a small SentencePiece model with ChatGLM2's settings on the texts in data/ (deterministic, offline)."""
+    import io
+
+    from ..convert import corpus
+    from ..convert.chatglm2_tokenizer import _sentencepiece
+
+    spm = _sentencepiece()
+
+    lines = [line for text in (texts if texts is not None else corpus()) for line in text.split("\n") if line.strip()]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
+                                   hard_vocab_limit=False, num_threads=1, input_sentence_size=0,
+                                   shuffle_input_sentence=False, minloglevel=2, **SP_SETTINGS)
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(buf.getvalue())
+    return out
 
 
 def original_config(sp_vocab: int, **shape) -> dict:
@@ -83,7 +110,7 @@ def build_original(out, seed: int = 0, fmt: str = "safetensors", tokenizer_model
     """Write a tiny original-layout ChatGLM2 folder (weights as safetensors, or pickled .bin shards like THUDM's)."""
     from safetensors.torch import save_file
 
-    from .chatglm2_tokenizer import SPTokenizer, train_tiny
+    from ..convert.chatglm2_tokenizer import SPTokenizer
 
     out = Path(out)
     if (out / "config.json").is_file():
@@ -116,7 +143,7 @@ def build_original(out, seed: int = 0, fmt: str = "safetensors", tokenizer_model
 
 
 def default_original() -> Path:
-    from .tiny import default_dir
+    from . import default_dir
 
     d = default_dir("chatglm2")
     return d.with_name(d.name + "-original")
@@ -124,8 +151,8 @@ def default_original() -> Path:
 
 def build_default() -> Path:
     """The original-layout tiny checkpoint (cached) converted to native glm (cached): what the recipes train."""
-    from .convert_chatglm2 import convert
-    from .tiny import default_dir
+    from ..convert.chatglm2 import convert
+    from . import default_dir
 
     return convert(build_original(default_original()), default_dir("chatglm2"))
 

@@ -1,0 +1,240 @@
+"""The pre-flight: every check that needs no model, run by finetune.main right after parsing, so that bad input stops
+before anything is loaded or written.  It looks at the machine (CUDA, GPUs, library versions), the files (data, the
+DeepSpeed JSON, the model folder's config and remote code, the output folder) and resolves what the arguments leave
+open (the family, the task, the checkpoint to resume from), then builds the argument dataclasses.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import arguments
+from .checkpoints import fingerprint, plan_run
+from .errors import ArgumentError
+from .families import CONVERTERS, Family, read_config, resolve_family
+
+
+@dataclass(frozen=True)
+class Run:
+    """One checked run: the argument dataclasses and what the pre-flight resolved."""
+    model_args: arguments.ModelArguments
+    data_args: arguments.DataArguments
+    lora_args: arguments.LoraArguments
+    train_args: arguments.TrainingArguments
+    family: Family
+    task: object                 # tunekit.tasks.Task
+    resume_from: str | None      # the checkpoint to resume from, or None to start afresh
+    arguments: dict              # every resolved argument, as written to finetune_args.json
+    fingerprint: dict            # what a checkpoint must match to continue this run
+
+
+def preflight(a) -> Run:
+    """a: the namespace from arguments.parse_args."""
+    from .tasks import get_task
+
+    check_files(a)
+    check_machine(a)
+    resolved = check_deepspeed(a)
+    check_remote_code(a.model_name_or_path, a.trust_remote_code)  # before anything reads the model folder further
+    family = resolve_family(a.model_name_or_path, a.family)
+    task = get_task(a.task)
+    model_args, data_args, lora_args, train_args = arguments.build(a, family=family.name, **resolved)
+    run_args = arguments.to_jsonable(model_args, data_args, lora_args, train_args)
+    run_fingerprint = fingerprint(run_args)
+    resume = plan_run(train_args, run_fingerprint)  # a finished run is never overwritten unless asked
+    check_versions()
+    check_quantization_backend(a.model_name_or_path, a.q_lora)
+    return Run(model_args, data_args, lora_args, train_args, family, task, resume, run_args, run_fingerprint)
+
+
+def check_files(a) -> None:
+    for key in ("data_path", "eval_data_path"):
+        path = getattr(a, key)
+        if path and Path(path).is_dir():
+            raise ArgumentError(f"--{key}: {path} is a directory; pass a .json or .jsonl file (see data/README.md)")
+        if path and not Path(path).is_file():
+            raise ArgumentError(f"--{key}: file not found: {path}")
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path)) and not path.startswith((".", "~"))
+
+
+def is_distributed_launch() -> bool:
+    return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_machine(a) -> None:
+    if a.use_liger_kernel and not _cuda():
+        raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
+    if a.attn_implementation == "varlen":
+        check_varlen(a.packing)
+    gpus = 0 if a.use_cpu or is_distributed_launch() else _cuda_count()  # torchrun: one GPU per process
+    if a.packing and gpus > 1:
+        raise ArgumentError(f"--packing with {gpus} GPUs visible to one process: the Trainer would wrap the "
+                            "model in DataParallel, which splits every batch along its first dimension, and a packed "
+                            "batch is one row; launch one process per GPU with recipes/<family>/train.sh (torchrun), "
+                            "or make one GPU visible (CUDA_VISIBLE_DEVICES=0)")
+
+
+def check_varlen(packing: bool) -> None:
+    """varlen is flash attention on packed rows: packing, CUDA on an Ampere or newer GPU, and torch >= 2.10."""
+    import torch
+
+    if not (packing and _cuda()):
+        raise ArgumentError("--attn_implementation varlen needs --packing true and a CUDA GPU (its kernel is flash "
+                            "attention on packed rows); use sdpa otherwise")
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        raise ArgumentError(f"--attn_implementation varlen needs torch >= 2.10 (this is {torch.__version__}); "
+                            "use sdpa")
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        raise ArgumentError(f"--attn_implementation varlen needs an Ampere or newer GPU (flash attention); this "
+                            f"{torch.cuda.get_device_name()} is sm{major}{minor}: use sdpa")
+
+
+def checkpointing_kwargs(zero_stage: int, use_lora: bool, kwargs) -> dict:
+    """Non-reentrant activation checkpointing everywhere (pitfalls #9, #10), except ZeRO-3 with PEFT: ZeRO-3
+    re-partitions frozen weights before the recompute, which non-reentrant checkpointing rejects ('Recomputed values
+    ... have different metadata', pitfall #11); reentrant works there because LoRA calls enable_input_require_grads."""
+    kwargs = json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs or {})
+    if zero_stage == 3 and use_lora:
+        return {**kwargs, "use_reentrant": True}
+    return kwargs
+
+
+def check_deepspeed(a) -> dict:
+    """The DeepSpeed config file and what it implies; returns the arguments it resolves (checkpointing kwargs)."""
+    if not a.deepspeed:
+        return {}
+    if not Path(a.deepspeed).is_file():
+        raise ArgumentError(f"--deepspeed: config file not found: {a.deepspeed}")
+    try:
+        ds = json.loads(Path(a.deepspeed).read_text())
+    except json.JSONDecodeError as e:
+        raise ArgumentError(f"{a.deepspeed}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage == 3 and a.q_lora:
+        dtype = "bfloat16" if a.bf16 else "float16" if a.fp16 else "float32"
+        storage = (f" (and --bnb_4bit_quant_storage {a.bnb_4bit_quant_storage} differs from the model dtype {dtype}: "
+                   "ZeRO-3 shards flat buffers of one dtype)" if a.bnb_4bit_quant_storage != dtype else "")
+        raise ArgumentError(f"--deepspeed {a.deepspeed}: ZeRO-3 cannot shard a 4-bit model here{storage}; "
+                            "use ds_configs/zero2.json with --q_lora")
+    if not is_distributed_launch():
+        raise ArgumentError("--deepspeed needs a distributed launch: run `torchrun --nproc_per_node N finetune.py ...` "
+                            "(N=1 is fine), not plain `python`")
+    if not a.gradient_checkpointing:
+        return {}
+    return {"gradient_checkpointing_kwargs": checkpointing_kwargs(stage, a.use_lora, a.gradient_checkpointing_kwargs)}
+
+
+# ---------------------------------------------------------------- the model folder: remote code, quantization
+
+def _auto_map(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArgumentError(f"{path}: not valid JSON ({e})") from None
+    return data.get("auto_map") if isinstance(data, dict) else None
+
+
+def check_remote_code(model_path: str | None, trust_remote_code: bool) -> None:
+    """A checkpoint whose config.json / tokenizer_config.json maps classes to Python files in the folder (auto_map)
+    is refused unless --trust_remote_code: transformers would import those files, running whatever they contain."""
+    if not model_path:
+        return
+    folder = Path(model_path)
+    if not folder.exists():
+        if _looks_like_hub_id(model_path):
+            raise ArgumentError(f"--model_name_or_path: {model_path} is not a folder here; it looks like a model hub id, "
+                                "and only local checkpoint folders are loaded (no download happens): fetch it first, "
+                                f"e.g. `huggingface-cli download {model_path} --local-dir /models/{model_path.split('/')[-1]}`, "
+                                "and pass that folder")
+        raise ArgumentError(f"--model_name_or_path: {model_path} does not exist (a checkpoint folder is expected)")
+    if trust_remote_code:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        auto_map = _auto_map(folder / name)
+        if not auto_map:
+            continue
+        model_type = ""
+        if (folder / "config.json").is_file():
+            try:
+                model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
+            except ValueError:
+                pass
+        hint = ""
+        if model_type in CONVERTERS:
+            hint = (f" For model_type '{model_type}' there is a better way: convert the checkpoint once with "
+                    f"`python -m tunekit.convert {shlex.quote(str(folder))}` (it prints the converted folder) and "
+                    "train that folder, which needs no remote code (recipes/*/train.sh does this by itself).")
+        files = sorted({str(v).split(".")[0] + ".py" for v in _flatten(auto_map)})
+        raise ArgumentError(
+            f"{folder / name}: this checkpoint ships its own Python code ({', '.join(files)} via auto_map), which "
+            f"loading it would run. Nothing from a model folder runs unless you pass --trust_remote_code, and only "
+            f"pass it for a folder whose code you have read.{hint}")
+
+
+def _flatten(auto_map: dict):
+    for v in auto_map.values():
+        if isinstance(v, (list, tuple)):
+            yield from (x for x in v if x)
+        elif v:
+            yield v
+
+
+def check_quantization_backend(model_path: str, q_lora: bool) -> None:
+    """--q_lora on an unquantized checkpoint quantizes it with bitsandbytes: say so now, not in a library traceback
+    after the tokenizer and data are loaded."""
+    if not q_lora:
+        return
+    existing = read_config(model_path).get("quantization_config")
+    if existing and existing.get("quant_method") != "bitsandbytes":
+        return  # e.g. GPTQ: its own backend is checked where it loads (tunekit/gptq.py)
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install raising anything at import time
+        raise ArgumentError(f"--q_lora loads the model in 4 bits with bitsandbytes, which cannot be imported "
+                            f"({type(e).__name__}: {e}). Install it: pip install 'bitsandbytes>=0.43.3' "
+                            "(or train without --q_lora)") from None
+
+
+# Oldest versions whose behaviour the project relies on (pitfalls.md §10.1); requirements.txt pins newer ones.
+VERSION_FLOORS = {
+    "transformers": ("5.0.0", "ZeRO-3 saves of PEFT adapters gather only the adapter (pitfall #5), GA loss fixes (#25)"),
+    "peft": ("0.15.1", "missing-adapter-key and second-wrap warnings (#1), modules_to_save under ZeRO-3 (#5d)"),
+}
+
+
+def check_versions() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    for package, (floor, why) in VERSION_FLOORS.items():
+        try:
+            found = version(package)
+        except PackageNotFoundError:
+            raise ArgumentError(f"{package} is not installed: pip install -r requirements.txt") from None
+        if Version(found) < Version(floor):
+            raise ArgumentError(f"{package} {found} is older than {floor}, which this project needs ({why}): "
+                                "pip install -r requirements.txt")

@@ -1,0 +1,95 @@
+"""What a run leaves beside its adapter: finetune_args.json (every resolved argument), loss_curve.png, and
+run_summary.json (written last: its presence means the run finished), plus the one-screen summary it prints."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def finish(trainer, run, model_report: dict, data_stats: dict, train_result) -> dict:
+    """The run's summary; on the main process its three files are written and the summary printed."""
+    summary = summarize(trainer, model_report, data_stats, train_result)
+    if trainer.is_world_process_zero():
+        out = Path(run.train_args.output_dir)
+        write_json(out / "finetune_args.json", run.arguments)
+        plot_loss(trainer.state.log_history, out / "loss_curve.png")
+        write_json(out / "run_summary.json", summary)  # last
+        print_summary(summary, str(out))
+    return summary
+
+
+def plot_loss(log_history, path: Path) -> None:
+    try:
+        import matplotlib
+    except ImportError:  # e.g. a bare GPU image: the losses are in run_summary.json and trainer_state.json anyway
+        print(f"note: matplotlib is not installed, so {path.name} was not drawn (pip install -r requirements.txt)")
+        return
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> dict:
+    rec = trainer.recorder
+    runtime = time.perf_counter() - rec.t_start
+    tokens = sum(rec.step_tokens)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
+    return {
+        **model_report,
+        **data_stats,
+        "steps": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
+        "deepspeed": bool(trainer.is_deepspeed_enabled),
+        "train_runtime_s": round(runtime, 3),
+        "real_tokens": tokens,
+        "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
+        "peak_gib": max(rec.step_peak_gib) if rec.step_peak_gib else None,  # during training steps
+        "first_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "final_eval_loss": evals[-1] if evals else None,
+        "train_loss": train_result.training_loss,
+        "step_times": rec.step_times,
+        "step_tokens": rec.step_tokens,
+        "step_peak_gib": rec.step_peak_gib,
+    }
+
+
+def print_summary(s: dict, output_dir: str) -> None:
+    rows = [
+        ("output", output_dir),
+        ("trainable params", f"{s['trainable_params']:,} of {s['all_params']:,}"),
+        ("samples", f"{s['samples']} ({s['truncated']} truncated, {s['dropped']} dropped: no supervised token)"),
+        ("steps", s["steps"]),
+        ("loss", f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}" if s["final_loss"] is not None else "-"),
+        ("eval loss", f"{s['final_eval_loss']:.4f}" if s["final_eval_loss"] is not None else "-"),
+        ("real tokens/s", f"{s['tokens_per_s']:,.0f} ({s['real_tokens']:,} tokens in {s['train_runtime_s']:.1f} s)"),
+        ("peak GPU memory", f"{s['peak_gib']:.2f} GiB" if s["peak_gib"] is not None else "- (no GPU)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "=" * 64)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+    print("=" * 64, flush=True)
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
+    tmp.replace(path)
