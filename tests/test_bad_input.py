@@ -1,6 +1,6 @@
 """Bad input ends with one `error: ...` line naming the file/record/key and how to fix it, a non-zero exit status, no
-traceback, and nothing on disk changed (issue 6).  finetune.cli is the command line's own entry point
-(`python finetune.py` runs exactly `sys.exit(cli())`); one case also runs it as a real process."""
+traceback, and nothing on disk changed (issue 6).  tunekit.cli.run_cli is the command line's own entry point
+(`python finetune.py` runs exactly `run_cli(finetune.main)`); every case also runs in a fresh process (the last test)."""
 import json
 import re
 import shutil
@@ -13,7 +13,8 @@ import torch
 
 import finetune
 from conftest import ROOT, cpu_flags
-from tunekit.arguments import ArgumentError
+from tunekit.cli import run_cli
+from tunekit.errors import ArgumentError
 
 GOOD = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]}
 
@@ -45,7 +46,7 @@ def refused(capsys, argv, pattern, *roots, runner=None):
     change under the roots."""
     before = tree(*roots)
     capsys.readouterr()
-    code = (runner or finetune.cli)(argv)
+    code = (runner or (lambda a: run_cli(finetune.main, a)))(argv)
     out, err = capsys.readouterr()
     assert code not in (0, None), out + err
     assert err.startswith("error: ") and err.count("\n") == 1, err  # one line
@@ -71,13 +72,16 @@ def write(path: Path, content) -> str:
 
 # ---------------------------------------------------------------- argument files
 
-@pytest.mark.parametrize("content,pattern", [
+ARGUMENT_FILES = [
     ('{"lora_r": 8,}', r"bad\.json: not valid JSON \(line 1, column 14"),
     ('{"learnig_rate": 1e-4}', r"bad\.json: unknown key 'learnig_rate' \(did you mean 'learning_rate'\?\)"),
     ('{"lora_r": "eight"}', r"bad\.json: key 'lora_r' must be int, got 'eight'"),
     ('{"use_lora": 1}', r"bad\.json: key 'use_lora' must be bool, got 1"),
     ('[1, 2]', r"bad\.json: must hold one JSON object"),
-])
+]
+
+
+@pytest.mark.parametrize("content,pattern", ARGUMENT_FILES)
 def test_bad_argument_file(ws, tiny_llama2, capsys, content, pattern):
     bad = write(ws / "bad.json", content)
     refused(capsys, [bad, *args(ws, tiny_llama2)], pattern, ws, tiny_llama2)
@@ -104,7 +108,7 @@ def test_unknown_flag_and_wrong_flag_type(ws, tiny_llama2, capsys):
 
 # ---------------------------------------------------------------- data files
 
-@pytest.mark.parametrize("name,content,pattern", [
+DATA_FILES = [
     ("empty.jsonl", "", r"empty\.jsonl: the file is empty"),
     ("empty.json", "  \n", r"empty\.json: the file is empty"),
     ("list.jsonl", json.dumps(GOOD) + "\n[1, 2]\n", r"list\.jsonl record 1: a record must be a JSON object, got list"),
@@ -118,7 +122,10 @@ def test_unknown_flag_and_wrong_flag_type(ws, tiny_llama2, capsys):
     ("latin1.jsonl", json.dumps(GOOD).encode() + b'\n{"text": "caf\xe9"}\n',
      r"latin1\.jsonl line 2: not valid UTF-8 \(byte \d+ is b'\\xe9'\); save the file as UTF-8"),
     ("broken.jsonl", json.dumps(GOOD) + '\n{"text": \n', r"broken\.jsonl line 2: not valid JSON"),
-])
+]
+
+
+@pytest.mark.parametrize("name,content,pattern", DATA_FILES)
 def test_bad_data_file(ws, tiny_llama2, capsys, name, content, pattern):
     path = write(ws / "data" / name, content)
     refused(capsys, args(ws, tiny_llama2, data=path), pattern, ws, tiny_llama2)
@@ -148,8 +155,8 @@ def test_model_folder_without_config(ws, capsys):
     refused(capsys, args(ws, str(ws / "empty-model")), r"empty-model has no config\.json", ws)
 
 
-def test_tokenizer_without_pad_token(ws, tiny_llama2, capsys):
-    """A Llama-architecture folder whose tokenizer has neither pad nor unk: EOS is not used as pad (pitfall #20)."""
+def nopad_model(ws, tiny_llama2) -> str:
+    """A Llama-architecture folder whose tokenizer has neither pad nor unk."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -160,8 +167,22 @@ def test_tokenizer_without_pad_token(ws, tiny_llama2, capsys):
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=None))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>").save_pretrained(folder)
-    refused(capsys, args(ws, str(folder)), r"nopad/tokenizer_config\.json: the tokenizer has no pad token.*set "
-            r"\"pad_token\" in tokenizer_config\.json", ws)
+    return str(folder)
+
+
+NOPAD = r"nopad/tokenizer_config\.json: the tokenizer has no pad token.*set \"pad_token\" in tokenizer_config\.json"
+
+
+def test_tokenizer_without_pad_token(ws, tiny_llama2, capsys):
+    """EOS is not used as pad (pitfall #20)."""
+    refused(capsys, args(ws, nopad_model(ws, tiny_llama2)), NOPAD, ws)
+
+
+def test_directory_as_data_and_hub_id_as_model(ws, tiny_llama2, capsys):
+    refused(capsys, args(ws, tiny_llama2, data=ws / "data"), r"--data_path: .*data is a directory; pass a \.json or "
+            r"\.jsonl file", ws)
+    refused(capsys, args(ws, "meta-llama/Llama-2-7b-hf"), r"meta-llama/Llama-2-7b-hf is not a folder here; it looks "
+            r"like a model hub id, and only local checkpoint folders are loaded", ws)
 
 
 def test_output_folder_holding_a_finished_run(ws, tiny_llama2, capsys):
@@ -273,3 +294,83 @@ def test_adapter_onto_an_already_wrapped_model(tiny_llama2, random_qv_adapter):
     after = wrapped.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert list(wrapped.peft_config) == ["default"]
+
+
+# ---------------------------------------------------------------- every case above, as the user sees it
+
+DRIVER = """
+import json, os, sys, tempfile
+sys.path.insert(0, {root!r})
+
+
+def captured(fn):
+    # everything written to the process's stdout and stderr (file descriptors 1 and 2) while fn runs
+    with tempfile.TemporaryFile() as out:
+        sys.stdout.flush(); sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(out.fileno(), 1); os.dup2(out.fileno(), 2)
+        try:
+            code = fn()
+        finally:
+            sys.stdout.flush(); sys.stderr.flush()
+            os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        out.seek(0)
+        return code, out.read().decode(errors="replace")
+
+
+results = [["import finetune", *captured(lambda: __import__("finetune") and 0)]]
+import finetune
+from tunekit.cli import run_cli
+
+for name, argv, env in json.load(open(sys.argv[1])):
+    os.environ.update(env)
+    results.append([name, *captured(lambda: run_cli(finetune.main, argv))])
+    for key in env:
+        del os.environ[key]
+json.dump(results, open(sys.argv[2], "w"))
+"""
+
+
+def test_every_bad_input_is_one_error_line_in_a_fresh_process(ws, tiny_llama2, tmp_path_factory):
+    """The cases above through a fresh interpreter, capturing file descriptors 1 and 2 (library warnings, C-level
+    prints): importing finetune prints nothing, and each case prints exactly its one `error:` line."""
+    cases = []  # (name, argv, env, pattern)
+    for i, (content, pattern) in enumerate(ARGUMENT_FILES):
+        cases.append((f"argument file {i}", [write(ws / f"bad{i}.json", content), *args(ws, tiny_llama2)], {},
+                      pattern.replace("bad\\.json", f"bad{i}\\.json")))
+    cases += [("unknown flag", [*args(ws, tiny_llama2), "--lora_rank", "8"], {}, r"unknown argument --lora_rank"),
+              ("flag type", [*args(ws, tiny_llama2), "--lora_r", "eight"], {}, r"invalid int value: 'eight'")]
+    for name, content, pattern in DATA_FILES:
+        cases.append((name, args(ws, tiny_llama2, data=write(ws / "data" / name, content)), {}, pattern))
+    long_prompt = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
+    long = write(ws / "data" / "long.jsonl", json.dumps(long_prompt) + "\n")
+    (ws / "empty-model").mkdir()
+    finished = ws / "finished"
+    finished.mkdir()
+    (finished / "run_summary.json").write_text("{}")
+    cases += [
+        ("all truncated", args(ws, tiny_llama2, data=long, model_max_length=16), {}, r"every sample lost its supervised"),
+        ("missing data", args(ws, tiny_llama2, data=ws / "nowhere.jsonl"), {}, r"--data_path: file not found"),
+        ("data directory", args(ws, tiny_llama2, data=ws / "data"), {}, r"is a directory"),
+        ("missing model", args(ws, str(ws / "no-model")), {}, r"no-model does not exist"),
+        ("hub id", args(ws, "meta-llama/Llama-2-7b-hf"), {}, r"looks like a model hub id"),
+        ("no config", args(ws, str(ws / "empty-model")), {}, r"empty-model has no config\.json"),
+        ("no pad", args(ws, nopad_model(ws, tiny_llama2)), {}, NOPAD),
+        ("finished run", [*args(ws, tiny_llama2), "--output_dir", str(finished)], {}, r"holds a finished run"),
+        ("zero3 4-bit", [*args(ws, tiny_llama2), "--q_lora", "--deepspeed", str(ROOT / "ds_configs/zero3.json")],
+         {"LOCAL_RANK": "0"}, r"ZeRO-3 cannot shard a 4-bit model"),
+    ]
+    driver = tmp_path_factory.mktemp("driver")  # outside the workspace, which must not change
+    spec, out = driver / "cases.json", driver / "results.json"
+    spec.write_text(json.dumps([(name, argv, env) for name, argv, env, _ in cases]))
+    before = tree(ws, tiny_llama2)
+    r = subprocess.run([sys.executable, "-c", DRIVER.format(root=str(ROOT)), str(spec), str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results[0] == ["import finetune", 0, ""], results[0]
+    for (name, code, text), (_, _, _, pattern) in zip(results[1:], cases):
+        assert code == 2 and text.startswith("error: ") and text.count("\n") == 1, (name, text[-2000:])
+        assert re.search(pattern, text), (name, text)
+    assert len(results) == len(cases) + 1
+    assert tree(ws, tiny_llama2) == before

@@ -82,6 +82,40 @@ def save_weights(state: dict, folder: Path, max_shard_size: str = "4GB") -> None
         (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def renamed(top: dict, per_layer: dict, layers: int, layer_names: tuple[str, str]) -> list[tuple[str, str]]:
+    """(original, native) name pairs from {native: original} tables: the top-level ones, then every layer's (under
+    layer_names = (original prefix, native prefix), with {n})."""
+    pairs = [(original, native) for native, original in top.items()]
+    for n in range(layers):
+        src, dst = (prefix.format(n=n) for prefix in layer_names)
+        pairs += [(src + original, dst + native) for native, original in per_layer.items()]
+    return pairs
+
+
+def rename_native(state: dict, layers: int, layer_names: tuple[str, str], top: dict, per_layer: dict,
+                  fused: dict, layout: str) -> dict:
+    """A native state dict under the original names: `top` and `per_layer` {native: original} renames (per layer under
+    layer_names = (native prefix, original prefix) with {n}), `fused` {original: (native parts)} concatenated along the
+    output dimension (weights, and biases when every part has one).  Every native tensor must find a place."""
+    rest, out = dict(state), {}
+    for a, b in top.items():
+        out[b] = rest.pop(a)
+    for n in range(layers):
+        s, d = (prefix.format(n=n) for prefix in layer_names)
+        for a, b in per_layer.items():
+            out[d + b] = rest.pop(s + a)
+        for b, parts in fused.items():
+            for kind in ("weight", "bias"):
+                got = [rest.pop(f"{s}{part}.{kind}", None) for part in parts]
+                if all(g is not None for g in got):
+                    out[f"{d}{b}.{kind}"] = torch.cat(got, dim=0)
+                elif any(g is not None for g in got):
+                    raise ConversionError(f"layer {n}: {kind} present for only some of {parts}")
+    if rest:
+        raise ConversionError(f"{len(rest)} native tensor(s) with no place in the {layout} layout: {sorted(rest)[:5]}")
+    return out
+
+
 def check_shapes(state: dict, model_class, config, where) -> None:
     """The converted tensors have exactly the target model's names and shapes (checked without allocating it)."""
     with torch.device("meta"):
@@ -100,6 +134,14 @@ def read_config(src: Path, what: str) -> dict:
         return json.loads((src / "config.json").read_text())
     except json.JSONDecodeError as e:
         raise ConversionError(f"{src}/config.json: not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def check_model_type(cfg: dict, where: str, original: str, native: str, what: str) -> None:
+    mt = cfg.get("model_type")
+    if mt == native:
+        raise ConversionError(f"{where}: model_type is already '{native}' (a native folder): train it directly")
+    if mt != original:
+        raise ConversionError(f"{where}: model_type '{mt}' is not '{original}'; this converts {what} folders")
 
 
 def source_fingerprint(src: Path) -> str:
@@ -125,7 +167,8 @@ def copy_side_files(src: Path, dst: Path, skip=()) -> None:
     """Every plain file but the weights and their index (config, tokenizer, code: copied as files, never imported)."""
     dst.mkdir(exist_ok=True)
     for f in src.iterdir():
-        if f.is_file() and f.name not in skip and f.suffix not in WEIGHT_SUFFIXES and not f.name.endswith(".index.json"):
+        weights = f.suffix in WEIGHT_SUFFIXES or f.name.endswith(".index.json")
+        if f.is_file() and f.name not in skip and not weights:
             shutil.copy2(f, dst / f.name)
 
 

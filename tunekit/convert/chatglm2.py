@@ -20,18 +20,16 @@ fast tokenizer only if it gives sentencepiece's ids on a mixed Chinese/English c
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
 from ..atomic import atomic_folder
-from ..errors import ArgumentError, ConversionError
-from . import (RECORD, check_shapes, copy_side_files, default_out, is_cached, load_weights,
-               read_config, save_weights, source_fingerprint, write_native)
+from ..errors import ConversionError
+from . import (RECORD, check_model_type, check_shapes, copy_side_files, default_out, is_cached, load_weights,
+               read_config, rename_native, renamed, save_weights, source_fingerprint, write_native)
 
 ORIGINAL_FILES = "chatglm_original"  # subfolder of the converted model: the source's config/tokenizer/code files
 ROPE_THETA = 10000.0
@@ -49,11 +47,7 @@ REQUIRED = {
 # ------------------------------------------------------------------------------------------------------- configs
 def check_config(cfg: dict, where: str) -> None:
     """Raise ConversionError (naming the file and key, saying why and what to do) for anything glm cannot load."""
-    mt = cfg.get("model_type")
-    if mt == "glm":
-        raise ConversionError(f"{where}: model_type is already 'glm' (a native folder): train it directly")
-    if mt != "chatglm":
-        raise ConversionError(f"{where}: model_type '{mt}' is not 'chatglm'; this converts ChatGLM2/ChatGLM3 folders")
+    check_model_type(cfg, where, "chatglm", "glm", "ChatGLM2/ChatGLM3")
     if "position_encoding_2d" in cfg or "inner_hidden_size" in cfg:
         raise ConversionError(f"{where}: this is ChatGLM-6B (v1: 2-D positions, GeLU, LayerNorm), a different "
                               "architecture from ChatGLM2/3 with no native transformers model; it cannot be converted")
@@ -149,6 +143,18 @@ def inv_freq(rotary_dim: int, dtype=torch.float32) -> torch.Tensor:
     return 1.0 / (ROPE_THETA ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim)).to(dtype)
 
 
+# Tensors that are only renamed, native name: original name (per layer: model.layers.N, transformer.encoder.layers.N).
+ORIGINAL_LAYER = "transformer.encoder.layers.{n}."
+TOP = {"model.embed_tokens.weight": "transformer.embedding.word_embeddings.weight",
+       "model.norm.weight": "transformer.encoder.final_layernorm.weight",
+       "lm_head.weight": "transformer.output_layer.weight"}
+LAYER = {"input_layernorm.weight": "input_layernorm.weight",
+         "post_attention_layernorm.weight": "post_attention_layernorm.weight",
+         "self_attn.o_proj.weight": "self_attention.dense.weight",
+         "mlp.gate_up_proj.weight": "mlp.dense_h_to_4h.weight",  # [gate | up], as glm chunks it
+         "mlp.down_proj.weight": "mlp.dense_4h_to_h.weight"}
+
+
 def to_glm(state: dict, cfg: dict, where: str = "checkpoint") -> tuple[dict, torch.Tensor | None]:
     """Original state dict -> (native state dict, the source's inv_freq or None).  Every source key must be used."""
     s = shape(cfg)
@@ -167,16 +173,10 @@ def to_glm(state: dict, cfg: dict, where: str = "checkpoint") -> tuple[dict, tor
             raise ConversionError(f"{where}: missing tensor {key}")
         out[new] = rest.pop(key)
 
-    take("transformer.embedding.word_embeddings.weight", "model.embed_tokens.weight")
-    take("transformer.encoder.final_layernorm.weight", "model.norm.weight")
-    take("transformer.output_layer.weight", "lm_head.weight")
+    for original, native in renamed(TOP, LAYER, cfg["num_layers"], (ORIGINAL_LAYER, "model.layers.{n}.")):
+        take(original, native)
     for n in range(cfg["num_layers"]):
         src, dst = f"transformer.encoder.layers.{n}.", f"model.layers.{n}."
-        take(src + "input_layernorm.weight", dst + "input_layernorm.weight")
-        take(src + "post_attention_layernorm.weight", dst + "post_attention_layernorm.weight")
-        take(src + "self_attention.dense.weight", dst + "self_attn.o_proj.weight")
-        take(src + "mlp.dense_h_to_4h.weight", dst + "mlp.gate_up_proj.weight")  # [gate | up], as glm chunks it
-        take(src + "mlp.dense_4h_to_h.weight", dst + "mlp.down_proj.weight")
         for kind in ("weight", "bias"):
             key = src + f"self_attention.query_key_value.{kind}"
             if key not in rest:
@@ -197,28 +197,12 @@ def to_glm(state: dict, cfg: dict, where: str = "checkpoint") -> tuple[dict, tor
 
 def from_glm(state: dict, cfg: dict, freq: torch.Tensor | None = None) -> dict:
     """Native state dict -> original state dict (the inverse of to_glm; inv_freq recomputed unless given)."""
-    s = shape(cfg)
-    rest = dict(state)
-    out = {"transformer.embedding.word_embeddings.weight": rest.pop("model.embed_tokens.weight")}
+    out = rename_native(
+        state, cfg["num_layers"], ("model.layers.{n}.", ORIGINAL_LAYER), TOP, LAYER,
+        fused={"self_attention.query_key_value": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")},
+        layout="original ChatGLM2")
     dtype = out["transformer.embedding.word_embeddings.weight"].dtype
-    out["transformer.rotary_pos_emb.inv_freq"] = freq if freq is not None else inv_freq(s["rotary_dim"], dtype)
-    for n in range(cfg["num_layers"]):
-        src, dst = f"model.layers.{n}.", f"transformer.encoder.layers.{n}."
-        out[dst + "input_layernorm.weight"] = rest.pop(src + "input_layernorm.weight")
-        for kind in ("weight", "bias"):
-            parts = [rest.pop(src + f"self_attn.{p}_proj.{kind}", None) for p in "qkv"]
-            if all(p is not None for p in parts):
-                out[dst + f"self_attention.query_key_value.{kind}"] = torch.cat(parts, dim=0)
-            elif any(p is not None for p in parts):
-                raise ConversionError(f"layer {n}: q/k/v_proj.{kind} present for only some of q, k, v")
-        out[dst + "self_attention.dense.weight"] = rest.pop(src + "self_attn.o_proj.weight")
-        out[dst + "post_attention_layernorm.weight"] = rest.pop(src + "post_attention_layernorm.weight")
-        out[dst + "mlp.dense_h_to_4h.weight"] = rest.pop(src + "mlp.gate_up_proj.weight")
-        out[dst + "mlp.dense_4h_to_h.weight"] = rest.pop(src + "mlp.down_proj.weight")
-    out["transformer.encoder.final_layernorm.weight"] = rest.pop("model.norm.weight")
-    out["transformer.output_layer.weight"] = rest.pop("lm_head.weight")
-    if rest:
-        raise ConversionError(f"{len(rest)} native tensor(s) with no place in the original layout: {sorted(rest)[:5]}")
+    out["transformer.rotary_pos_emb.inv_freq"] = freq if freq is not None else inv_freq(shape(cfg)["rotary_dim"], dtype)
     return out
 
 
@@ -297,7 +281,7 @@ def reverse(native, out, original=None, max_shard_size: str = "4GB") -> Path:
         files = original / ORIGINAL_FILES if (original / ORIGINAL_FILES).is_dir() else original
         if not (files / "config.json").is_file():
             raise ConversionError(f"--original {original}: no ChatGLM2 config.json (pass the original folder or the "
-                                  "folder convert_chatglm2 made from it)")
+                                  "folder python -m tunekit.convert made from it)")
         template = json.loads((files / "config.json").read_text())
         if rec.is_file() and json.loads(rec.read_text()).get("inv_freq"):
             f = json.loads(rec.read_text())["inv_freq"]
@@ -311,29 +295,3 @@ def reverse(native, out, original=None, max_shard_size: str = "4GB") -> Path:
             copy_side_files(files, tmp, skip=("config.json",))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
     return out
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="ChatGLM2/3 folder (with --reverse: a native glm folder)")
-    p.add_argument("out", nargs="?", help="output folder (default: .cache/converted/<name>-glm-<hash>)")
-    p.add_argument("--reverse", action="store_true", help="native glm -> original ChatGLM2 layout")
-    p.add_argument("--original", help="with --reverse: the original folder or its conversion (config, tokenizer)")
-    p.add_argument("--no_fast_tokenizer", action="store_true", help="weights and config only")
-    p.add_argument("--check_texts", help="a UTF-8 file whose lines the fast tokenizer must also get right")
-    p.add_argument("--max_shard_size", default="4GB")
-    a = p.parse_args(argv)
-    try:
-        if a.reverse:
-            if not a.out:
-                p.error("--reverse needs OUT")
-            print(reverse(a.src, a.out, a.original, a.max_shard_size))
-        else:
-            extra = Path(a.check_texts).read_text(encoding="utf-8").splitlines() if a.check_texts else ()
-            print(convert(a.src, a.out, not a.no_fast_tokenizer, extra, a.max_shard_size))
-    except ArgumentError as e:
-        sys.exit(f"error: {e}")
-
-
-if __name__ == "__main__":
-    main()

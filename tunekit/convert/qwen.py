@@ -18,10 +18,8 @@ only if its ids equal tiktoken's on a mixed Chinese/English check corpus (refuse
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -30,8 +28,9 @@ import torch
 from ..atomic import atomic_folder
 from ..errors import ArgumentError, ConversionError
 from ..families.qwen import CHATML_TEMPLATE
-from . import (check_shapes, check_texts, copy_side_files, default_out, first_difference, is_cached, load_weights,
-               read_config, save_weights, source_fingerprint, write_native)
+from . import (check_model_type, check_shapes, check_texts, copy_side_files, default_out, first_difference,
+               is_cached, load_weights, read_config, rename_native, renamed, save_weights, source_fingerprint,
+               write_native)
 PAT_STR = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>") + tuple(f"<|extra_{i}|>" for i in range(205))
 GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
@@ -39,11 +38,7 @@ GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 
 # ---------------------------------------------------------------------------------------------------------- config
 def check_config(cfg: dict, where: str) -> None:
-    mt = cfg.get("model_type")
-    if mt == "qwen2":
-        raise ConversionError(f"{where}: model_type is already 'qwen2' (a native folder): train it directly")
-    if mt != "qwen":
-        raise ConversionError(f"{where}: model_type '{mt}' is not 'qwen'; this converts Qwen-1 folders")
+    check_model_type(cfg, where, "qwen", "qwen2", "Qwen-1")
     problems = {"rotary_pct": (cfg.get("rotary_pct", 1.0) == 1.0, "partial rotary has no qwen2 equivalent"),
                 "no_bias": (cfg.get("no_bias", True), "biases on c_proj/MLP layers have no qwen2 equivalent"),
                 "scale_attn_weights": (cfg.get("scale_attn_weights", True), "unscaled attention is not qwen2's")}
@@ -100,6 +95,13 @@ def _split_out(t: torch.Tensor, part: str, sizes: list[int], bits: int) -> list[
     return [c.clone() for c in t.split(sizes, dim=0)]
 
 
+# Modules that are only renamed, native name: Qwen-1 name (per layer under model.layers.N / transformer.h.N); the MLP
+# computes c_proj(w1(x) * silu(w2(x))), so w2 is the gate.
+TOP = {"model.embed_tokens": "transformer.wte", "model.norm": "transformer.ln_f", "lm_head": "lm_head"}
+LAYER = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2", "self_attn.o_proj": "attn.c_proj",
+         "mlp.gate_proj": "mlp.w2", "mlp.up_proj": "mlp.w1", "mlp.down_proj": "mlp.c_proj"}
+
+
 def to_qwen2(state: dict, cfg: dict, where: str = "checkpoint") -> dict:
     """Original state dict -> native qwen2 state dict (float or GPTQ); every source tensor must be used."""
     h = cfg["hidden_size"]
@@ -121,17 +123,11 @@ def to_qwen2(state: dict, cfg: dict, where: str = "checkpoint") -> dict:
         if not found:
             raise ConversionError(f"{where}: missing tensors of {src}")
 
-    move("transformer.wte.weight", "model.embed_tokens.weight")
-    move("transformer.ln_f.weight", "model.norm.weight")
-    move("lm_head.weight", "lm_head.weight")
+    layers = cfg["num_hidden_layers"]
+    for original, native in renamed(TOP, LAYER, layers, ("transformer.h.{n}.", "model.layers.{n}.")):
+        module(original, native)
     for n in range(cfg["num_hidden_layers"]):
         s, d = f"transformer.h.{n}.", f"model.layers.{n}."
-        move(s + "ln_1.weight", d + "input_layernorm.weight")
-        move(s + "ln_2.weight", d + "post_attention_layernorm.weight")
-        module(s + "attn.c_proj", d + "self_attn.o_proj")
-        module(s + "mlp.w2", d + "mlp.gate_proj")   # silu(w2(x)): the gate
-        module(s + "mlp.w1", d + "mlp.up_proj")
-        module(s + "mlp.c_proj", d + "mlp.down_proj")
         parts = [p for p in ("weight", "bias") + GPTQ_PARTS if f"{s}attn.c_attn.{p}" in rest]
         if not parts:
             raise ConversionError(f"{where}: missing tensors of {s}attn.c_attn")
@@ -144,27 +140,17 @@ def to_qwen2(state: dict, cfg: dict, where: str = "checkpoint") -> dict:
     return out
 
 
+def _weights(modules: dict) -> dict:
+    return {f"{a}.weight": f"{b}.weight" for a, b in modules.items()}
+
+
 def from_qwen2(state: dict, cfg: dict) -> dict:
     """Native qwen2 state dict (float) -> original Qwen-1 state dict: the inverse of to_qwen2."""
-    rest, out = dict(state), {}
-    if any(k.endswith(GPTQ_PARTS) for k in rest):
+    if any(k.endswith(GPTQ_PARTS) for k in state):
         raise ConversionError("GPTQ tensors: merge the adapter into the unquantized model before writing Qwen-1 layout")
-    out["transformer.wte.weight"] = rest.pop("model.embed_tokens.weight")
-    for n in range(cfg["num_hidden_layers"]):
-        s, d = f"model.layers.{n}.", f"transformer.h.{n}."
-        out[d + "ln_1.weight"] = rest.pop(s + "input_layernorm.weight")
-        for part in ("weight", "bias"):
-            out[d + f"attn.c_attn.{part}"] = torch.cat([rest.pop(s + f"self_attn.{x}_proj.{part}") for x in "qkv"])
-        out[d + "attn.c_proj.weight"] = rest.pop(s + "self_attn.o_proj.weight")
-        out[d + "ln_2.weight"] = rest.pop(s + "post_attention_layernorm.weight")
-        out[d + "mlp.w1.weight"] = rest.pop(s + "mlp.up_proj.weight")
-        out[d + "mlp.w2.weight"] = rest.pop(s + "mlp.gate_proj.weight")
-        out[d + "mlp.c_proj.weight"] = rest.pop(s + "mlp.down_proj.weight")
-    out["transformer.ln_f.weight"] = rest.pop("model.norm.weight")
-    out["lm_head.weight"] = rest.pop("lm_head.weight")
-    if rest:
-        raise ConversionError(f"{len(rest)} native tensor(s) with no place in the Qwen-1 layout: {sorted(rest)[:5]}")
-    return out
+    return rename_native(
+        state, cfg["num_hidden_layers"], ("model.layers.{n}.", "transformer.h.{n}."), _weights(TOP), _weights(LAYER),
+        fused={"attn.c_attn": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")}, layout="Qwen-1")
 
 
 def qwen1_config(native: dict, template: dict) -> dict:
@@ -189,11 +175,14 @@ def qwen1_config(native: dict, template: dict) -> dict:
 def reverse(native, out, original, max_shard_size: str = "4GB") -> Path:
     """Native qwen2 folder (e.g. a merged fine-tune) -> Qwen-1 layout, with the original's config, qwen.tiktoken and
     code files (`original`: the Qwen-1 folder or its conversion)."""
+    if original is None:
+        raise ConversionError("--reverse to the Qwen-1 layout needs --original (the Qwen-1 folder or its conversion: "
+                              "its config.json and qwen.tiktoken are copied)")
     native, out, original = Path(native), Path(out), Path(original)
     files = original / "qwen1_original" if (original / "qwen1_original").is_dir() else original
     if not (files / "config.json").is_file() or not (files / "qwen.tiktoken").is_file():
         raise ConversionError(f"--original {original}: no Qwen-1 config.json + qwen.tiktoken (pass the Qwen-1 folder or "
-                              "the folder convert_qwen made from it)")
+                              "the folder python -m tunekit.convert made from it)")
     ncfg = json.loads((native / "config.json").read_text())
     if ncfg.get("quantization_config"):
         raise ConversionError(f"{native}: quantized; merge the adapter into the unquantized model first")
@@ -348,28 +337,3 @@ def convert(src, out=None, check_texts=(), max_shard_size: str = "4GB") -> Path:
             "source_fingerprint": fp, "direction": "qwen->qwen2", "gptq": bool(cfg.get("quantization_config")),
             "max_exact_length": config.max_position_embeddings}, max_shard_size)
     return out
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="Qwen-1 folder (model_type qwen, qwen.tiktoken; float or GPTQ Int4)")
-    p.add_argument("out", nargs="?", help="output folder (default: .cache/converted/<name>-qwen2-<hash>)")
-    p.add_argument("--reverse", action="store_true", help="native qwen2 -> Qwen-1 layout (needs OUT and --original)")
-    p.add_argument("--original", help="with --reverse: the Qwen-1 folder or its conversion")
-    p.add_argument("--check_texts", help="a UTF-8 file whose lines the converted tokenizer must also get right")
-    p.add_argument("--max_shard_size", default="4GB")
-    a = p.parse_args(argv)
-    try:
-        if a.reverse:
-            if not a.out or not a.original:
-                p.error("--reverse needs OUT and --original")
-            print(reverse(a.src, a.out, a.original, a.max_shard_size))
-            return
-        extra = Path(a.check_texts).read_text(encoding="utf-8").splitlines() if a.check_texts else ()
-        print(convert(a.src, a.out, extra, a.max_shard_size))
-    except ArgumentError as e:
-        sys.exit(f"error: {e}")
-
-
-if __name__ == "__main__":
-    main()

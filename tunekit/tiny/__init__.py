@@ -4,12 +4,11 @@ A tiny random model of a family's real architecture, with a small tokenizer trai
 that carries the family's real special tokens and chat template.  Built once, cached.  chatglm2.py and qwen1.py
 build tiny checkpoints in the ORIGINAL layouts (converted by tunekit/convert/); gptq.py packs GPTQ-Int4 copies.
 
-    python -m tunekit.tiny llama2 [--out DIR]       # prints the folder
+    python -m tunekit.tiny llama2 [--out DIR]       # prints the folder (tunekit/tiny/__main__.py)
     python -m tunekit.tiny qwen --gptq             # and a GPTQ-Int4 copy of it (prints that folder)
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..atomic import atomic_folder
@@ -86,25 +85,3 @@ def default_dir(family_name: str) -> Path:
     for path in sorted(DATA_DIR.glob("*.json*")):
         digest.update(path.name.encode() + path.read_bytes())
     return ROOT / ".cache" / "tiny" / f"{family_name}-{digest.hexdigest()[:8]}"
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("family", choices=sorted(FAMILIES))
-    p.add_argument("--out", default=None, help="default: .cache/tiny/<family>-<hash of data/>")
-    p.add_argument("--gptq", action="store_true", help="also pack a GPTQ-Int4 copy and print its folder")
-    a = p.parse_args(argv)
-    if a.family == "chatglm2":  # built in the original ChatGLM2 layout, then converted to native glm
-        from .chatglm2 import build_default
-
-        print(build_default())
-        return
-    out = build(a.family, Path(a.out) if a.out else default_dir(a.family))
-    if a.gptq:
-        from .gptq import pack_rtn
-
-        gptq_dir = out.with_name(out.name + "-gptq")
-        if not (gptq_dir / "config.json").is_file():
-            pack_rtn(out, gptq_dir)
-        out = gptq_dir
-    print(out)

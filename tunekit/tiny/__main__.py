@@ -1,4 +1,31 @@
-"""python -m tunekit.tiny FAMILY [--gptq]: builds (cached) and prints the embedded default's folder."""
-from . import main
+"""python -m tunekit.tiny FAMILY [--out DIR] [--gptq]: builds (cached) and prints the embedded default's folder."""
+import argparse
+from pathlib import Path
 
-main()
+from . import FAMILIES, __doc__ as doc, build, default_dir
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("family", choices=sorted(FAMILIES))
+    p.add_argument("--out", default=None, help="default: .cache/tiny/<family>-<hash of data/>")
+    p.add_argument("--gptq", action="store_true", help="also pack a GPTQ-Int4 copy and print its folder")
+    a = p.parse_args(argv)
+    if a.family == "chatglm2":  # built in the original ChatGLM2 layout, then converted to native glm
+        from .chatglm2 import build_default
+
+        print(build_default())
+        return
+    out = build(a.family, Path(a.out) if a.out else default_dir(a.family))
+    if a.gptq:
+        from .gptq import pack_rtn
+
+        gptq_dir = out.with_name(out.name + "-gptq")
+        if not (gptq_dir / "config.json").is_file():
+            pack_rtn(out, gptq_dir)
+        out = gptq_dir
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
