@@ -23,9 +23,7 @@ HEADER = (ROOT / "bench" / "benchmarks_header.md").read_text(encoding="utf-8")  
 
 
 def fmt_number(value, digits=0):
-    if value is None:
-        return "–"
-    return f"{value:,.{digits}f}"
+    return "–" if value is None else f"{value:,.{digits}f}"
 
 
 def fmt_ratio(value):
@@ -39,7 +37,7 @@ PEAK_TFLOPS = 989.4
 def matmul_params(shape: str) -> float | None:
     """Weights that multiply every token: the decoder's linear layers and the LM head (embeddings are a lookup)."""
     cfg = shapes.SHAPES.get(shape)
-    if not cfg:
+    if not cfg:  # ChatGLM2: no MFU
         return None
     h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
     kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
@@ -50,9 +48,7 @@ def mfu(tokens_per_s, shape: str) -> str:
     """Model FLOPs utilisation of LoRA training: 4 FLOPs per weight per token (forward 2, input gradient 2; frozen
     weights get no weight gradient; gradient-checkpointing recomputation and attention are not counted)."""
     n = matmul_params(shape)
-    if not tokens_per_s or not n:
-        return "–"
-    return f"{100 * tokens_per_s * 4 * n / (PEAK_TFLOPS * 1e12):.1f}%"
+    return f"{100 * tokens_per_s * 4 * n / (PEAK_TFLOPS * 1e12):.1f}%" if tokens_per_s and n else "–"
 
 
 def section(name: str, result: dict) -> str:
@@ -125,17 +121,13 @@ def section(name: str, result: dict) -> str:
         notes.append(f"- merge with only the GPTQ checkpoint as base: {refusal.get('status')}"
                      + "".join(f"; {c['base']}: {c['status']} (rc {c.get('rc')}: {c.get('message', '')[:160]})"
                                for c in refusal.get("checks", [])))
-    for skipped in result.get("skipped", []):
-        notes.append(f"- skipped: {skipped}")
-    if result.get("comment"):
-        notes.append(f"- {result['comment']}")
-    if notes:
-        lines += ["", "Notes:", *notes]
-    return "\n".join(lines) + "\n"
+    notes += [f"- skipped: {skipped}" for skipped in result.get("skipped", [])]
+    notes += [f"- {result['comment']}"] if result.get("comment") else []
+    return "\n".join(lines + (["", "Notes:", *notes] if notes else [])) + "\n"
 
 
 def qwen_notes(result: dict) -> list[str]:
-    """The qwen suite's GPTQ pack and seed-command runs (absent from other suites' results)."""
+    """The qwen suite's GPTQ pack and (former runner) seed-command attempts; absent from other suites' results."""
     notes = []
     pack = result.get("gptq_pack")
     if pack:
@@ -170,9 +162,8 @@ def qwen_notes(result: dict) -> list[str]:
 
 
 def chatglm2_section(name: str, result: dict) -> str:
-    """bench/chatglm2_6b.py: a ChatGLM2-6B-shaped checkpoint in the original layout, converted, trained through
-    recipes/chatglm2/train.sh in the two settings of the published LLaMA-Factory vs ChatGLM P-Tuning comparison
-    (21.67 samples/s and 5.14 GB on an A100), merged and written back in the original layout."""
+    """The result of the former bench/chatglm2_6b.py (ChatGLM2-6B, the two published settings, merge and reverse
+    conversion); the chatglm2 suite of bench/run.py writes ordinary sections."""
     lora, qlora = result["lora_bf16_r32_bs4_len1024"], result["qlora_nf4_r32_bs1_len1024"]
     base = result.get("baseline", {})
     lines = [f"## {name}: {result.get('gpu', '?')}, ChatGLM2-6B shape (original layout, converted to `glm`)", "",
@@ -190,8 +181,7 @@ def chatglm2_section(name: str, result: dict) -> str:
         lines.append(f"| ours {run_name} (baseline workload, same checkpoint) | – | {fmt_number(row['tokens_per_s'])} "
                      f"| {fmt_number(row['peak_gib'], 2)} |")
     notes = [f"- reverse-converted config: {json.dumps(result.get('reverse_config', {}))}"]
-    if result.get("comment"):
-        notes.append(f"- {result['comment']}")
+    notes += [f"- {result['comment']}"] if result.get("comment") else []
     return "\n".join(lines + ["", "Notes:", *notes]) + "\n"
 
 

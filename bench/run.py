@@ -405,8 +405,6 @@ class Bench:
             if reverse.is_file():
                 merge["reverse_config"] = {k: json.loads(reverse.read_text()).get(k) for k in (
                     "model_type", "num_layers", "multi_query_group_num", "padded_vocab_size", "torch_dtype")}
-            if any(line.startswith(">>> ") for line in done["lines"]):
-                merge["sample"] = "".join(done["lines"]).rsplit(">>> ", 1)[-1][:300]
         for path in (merged, Path(f"{merged}-{family}")):
             shutil.rmtree(path, ignore_errors=True)  # a merged 7B is 13.5 GB of /tmp
         if not suite.gptq:
@@ -489,41 +487,35 @@ class Bench:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--suite", choices=sorted(SUITES), required=True)
-    parser.add_argument("--shape", help="default: the suite's first (real) shape")
-    parser.add_argument("--out", help="folder for <suite>-<shape>.json and run.log (default: out/bench/<suite>-<shape>)")
-    parser.add_argument("--checkpoint", help="checkpoint folder (default: under $TMPDIR; built if missing)")
-    parser.add_argument("--variants", type=lambda text: [name.strip("-") for name in text.split(",") if name],
-                        help="run only these variants (e.g. nf4-r16-packed), and the baseline runs they need")
-    parser.add_argument("--skip", default=[], action="extend", type=lambda text: [n for n in text.split(",") if n],
-                        help="leave out these variants or steps: reference, ours, merge, refusal")
-    parser.add_argument("--skip-reference", dest="skip", action="append_const", const="reference",
-                        help="= --skip reference: do not run the shared reference script")
-    parser.add_argument("--skip-recipe", action="store_true", help="only the checkpoint and the baselines")
-    parser.add_argument("--all-baselines", action="store_true", help="also run the suite's other baseline runs")
-    parser.add_argument("--repeat", type=int, default=1, help="pairs of reference/ours runs, in ABBA order")
-    parser.add_argument("--no-warm-process", action="store_true", help="no short unmeasured GPU run first")
-    parser.add_argument("--merge", action="store_true", help="also merge the first variant's adapter (llama2 suites)")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="on a GPU, keep the checkpoints built here")
-    parser.add_argument("--child-timeout", type=float, help="seconds before a child is killed (default: the suite's)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per run (default: the suite's; on a GPU, variants "
-                                                  "with their own steps keep them)")
-    parser.add_argument("--warmup", type=int, help="steps before the clock starts (default: the suite's)")
-    parser.add_argument("--lengths", type=lambda text: [int(x) for x in text.split(",")],
-                        help="longctx: comma-separated sequence lengths to try, ascending")
-    parser.add_argument("--deadline", type=float, default=0, help="seconds the whole runner may take (0: no limit)")
-    parser.add_argument("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
+    add, names = parser.add_argument, lambda text: [name.strip("-") for name in text.split(",") if name]
+    add("--suite", choices=sorted(SUITES), required=True)
+    add("--shape", help="default: the suite's first (real) shape")
+    add("--out", help="folder for <suite>-<shape>.json and run.log (default: out/bench/<suite>-<shape>)")
+    add("--checkpoint", help="checkpoint folder (default: under $TMPDIR; built if missing)")
+    add("--variants", type=names, help="run only these variants (e.g. nf4-r16-packed) and the baselines they need")
+    add("--skip", default=[], action="extend", type=names, help="variants or steps: reference, ours, merge, refusal")
+    add("--skip-reference", dest="skip", action="append_const", const="reference", help="= --skip reference")
+    add("--skip-recipe", action="store_true", help="only the checkpoint and the baselines")
+    add("--all-baselines", action="store_true", help="also run the suite's other baseline runs")
+    add("--repeat", type=int, default=1, help="pairs of reference/ours runs, in ABBA order")
+    add("--no-warm-process", action="store_true", help="no short unmeasured GPU run first")
+    add("--merge", action="store_true", help="also merge the first variant's adapter (llama2 suites)")
+    add("--keep-checkpoints", action="store_true", help="on a GPU, keep the checkpoints built here")
+    add("--child-timeout", type=float, help="seconds before a child is killed (default: the suite's)")
+    add("--steps", type=int, help="optimizer steps a run (default: the suite's; GPU variants may have their own)")
+    add("--warmup", type=int, help="steps before the clock starts (default: the suite's)")
+    add("--lengths", type=lambda text: [int(x) for x in text.split(",")], help="longctx: lengths to try, ascending")
+    add("--deadline", type=float, default=0, help="seconds the whole runner may take (0: no limit)")
+    add("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
     args = parser.parse_args(argv)
     suite = SUITES[args.suite]
-    args.shape = args.shape or suite.shapes[0]
-    args.child_timeout = args.child_timeout or suite.child_timeout
+    args.shape, args.child_timeout = args.shape or suite.shapes[0], args.child_timeout or suite.child_timeout
     args.steps, args.warmup = args.steps or suite.steps[0], suite.steps[1] if args.warmup is None else args.warmup
     keys = {v.key for v in suite.variants}
-    unknown = {"--variants": set(args.variants or ()) - keys,
-               "--skip": set(args.skip) - keys - {"reference", "ours", "merge", "refusal"}}
-    for flag, names in unknown.items():
-        if names:
-            parser.error(f"{flag}: unknown {sorted(names)}; known: {', '.join(sorted(keys))}")
+    for flag, unknown in (("--variants", set(args.variants or ()) - keys),
+                          ("--skip", set(args.skip) - keys - {"reference", "ours", "merge", "refusal"})):
+        if unknown:
+            parser.error(f"{flag}: unknown {sorted(unknown)}; known: {', '.join(sorted(keys))}")
     if args.shape not in suite.shapes or not 0 <= args.warmup < args.steps or args.repeat < 1:
         parser.error(f"--suite {args.suite} runs on --shape {' or '.join(suite.shapes)}; need 0 <= --warmup < --steps "
                      "and --repeat >= 1")

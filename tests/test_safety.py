@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import finetune
+from tunekit.cli import run_cli
 from conftest import ROOT, cpu_flags
 
 GOOD = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]}
@@ -40,8 +41,8 @@ def remote_code_folder(tmp_path, model_type="evil"):
 def cli(tmp_path, model, *extra):
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps(GOOD) + "\n")
-    return finetune.cli(["--model_name_or_path", str(model), "--data_path", str(data), "--use_lora",
-                         *cpu_flags(tmp_path / "out", max_steps=1), *extra])
+    return run_cli(finetune.main, ["--model_name_or_path", str(model), "--data_path", str(data), "--use_lora",
+                                   *cpu_flags(tmp_path / "out", max_steps=1), *extra])
 
 
 def test_remote_code_is_refused_without_the_flag(tmp_path, capsys):
@@ -125,8 +126,10 @@ def test_nothing_is_pickled_evaluated_or_loaded_unsafely():
 # ---------------------------------------------------------------- launchers and Makefile
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# Records each invocation's argv, one argument per line, then a separator.
+# Records each invocation's argv, one argument per line, then a separator; as `-m tunekit.convert MODEL` it prints
+# MODEL back, as the real one does for a folder that needs no conversion.
 { for a in "$@"; do printf '%s\\n' "$a"; done; echo ---; } >> "$ARGV_LOG"
+if [ "$2" = tunekit.convert ]; then printf '%s\\n' "$3"; fi
 """
 
 
@@ -166,7 +169,8 @@ def test_train_sh_passes_hostile_paths_as_single_arguments(hostile):
     r = subprocess.run(["bash", "recipes/llama2/train.sh", "lora", "--run_name", f"x $(touch {hostile['marker']})"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    (argv,) = invocations(hostile["log"])
+    convert, argv = invocations(hostile["log"])
+    assert convert == ["-m", "tunekit.convert", hostile["model"]]
     i = argv.index("finetune.py")
     assert argv[:3] == ["-m", "tunekit.torchrun", "--nnodes"]
     assert argv[i + 1:] == ["recipes/llama2/lora.json", "--model_name_or_path", hostile["model"], "--output_dir",
@@ -183,7 +187,8 @@ def test_make_passes_hostile_paths_as_single_arguments(hostile):
                                           MASTER_PORT="29550"),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    train, merge, generate = invocations(hostile["log"])
+    convert, train, merge, generate = invocations(hostile["log"])
+    assert convert == ["-m", "tunekit.convert", hostile["model"]]
     i = train.index("finetune.py")
     assert train[i + 1:] == ["recipes/llama2/lora.json", "--model_name_or_path", hostile["model"], "--output_dir",
                              hostile["output"], "--data_path", hostile["data"]]
