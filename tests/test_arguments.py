@@ -158,3 +158,24 @@ def test_packing_in_one_process_over_several_gpus_is_refused(tiny_llama2, guanac
     resolve([*argv, "--use_cpu"])
     monkeypatch.setattr("tunekit.preflight._cuda_count", lambda: 1)
     resolve(argv)
+
+
+def test_help_shows_the_projects_options_first():
+    """--help: usage, examples and the project's groups (model, data, LoRA and quantization, speed, run) come before
+    the Trainer's several hundred lines; the project's own flags begin within the first 60 lines."""
+    import dataclasses
+
+    from tunekit.arguments import DataArguments, LoraArguments, ModelArguments, TrainingArguments, make_parser
+    import transformers
+
+    lines = make_parser().format_help().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.lstrip().startswith("--model_name_or_path"))
+    trainer = next(i for i, line in enumerate(lines) if line.startswith("transformers TrainingArguments"))
+    assert first < 60 and "python finetune.py recipes/llama2/qlora.json" in "\n".join(lines[:first])
+    ours = [f.name for cls in (ModelArguments, DataArguments, LoraArguments) for f in dataclasses.fields(cls)]
+    ours += sorted({f.name for f in dataclasses.fields(TrainingArguments)}
+                   - {f.name for f in dataclasses.fields(transformers.TrainingArguments)})
+    position = {name: next((i for i, line in enumerate(lines) if line.lstrip().startswith(f"--{name} ")
+                            or line.lstrip() == f"--{name}"), None) for name in ours}
+    assert all(i is not None and i < trainer for i in position.values()), position
+    assert len(lines) > trainer + 200  # the Trainer's flags are still all there, after ours

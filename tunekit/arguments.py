@@ -236,13 +236,26 @@ SPEED = ("packing", "token_budget", "gradient_checkpointing_fraction", "offload_
 OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """The snake_case flag names only (the kebab-case aliases still parse), 120 columns."""
+
+    def __init__(self, prog):
+        super().__init__(prog, width=120, max_help_position=36)
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        name = ", ".join(s for s in action.option_strings if "-" not in s[2:])
+        return name if action.nargs == 0 else f"{name} {self._format_args(action, action.dest.upper())}"
+
+
 class _Parser(HfArgumentParser):
     def error(self, message):  # argparse would print usage and exit; we want one clear error
         raise ArgumentError(f"command line: {message}")
 
 
 def make_parser() -> _Parser:
-    parser = _Parser(DATACLASSES, usage=USAGE, add_help=True)
+    parser = _Parser(DATACLASSES, usage=USAGE, formatter_class=_HelpFormatter)
     groups = {g.title: g for g in parser._action_groups}
     trainer = groups["transformers TrainingArguments"]
     speed = parser.add_argument_group("speed and memory")
