@@ -352,7 +352,7 @@ class Bench:
                    data_stats={k: summary[k] for k in ("samples", "truncated", "dropped", "tokens") if k in summary},
                    note="peak over the timed steps; " + ", ".join(f"{k}={v}" for k, v in config.items()
                                                                   if k in NOTE_KEYS))
-        if self.workload.get("rendered_tokens") and "tokens" in summary:  # the engine tokenized what we meant
+        if self.workload.get("rendered_tokens") and "tokens" in summary and not variant.command:  # tokenized as meant
             row["same_lengths_as_workload"] = summary["tokens"] == self.workload["rendered_tokens"]
         if self.workload.get("sample_tokens"):
             row["samples_per_s"] = round(row["tokens_per_s"] / self.workload["sample_tokens"], 3)
