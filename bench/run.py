@@ -294,10 +294,12 @@ class Bench:
                 if implementation == "ours" and "ours" in args.skip:
                     self.add({**row, "status": "skipped: --skip"})
                     continue
-                done = self.child(f"ours {name} #{trial}", [PYTHON, BASELINE, *self.baseline_flags, name, *steps],
-                                  need=60) if implementation == "ours" else self.child(
-                    f"reference #{trial}", [PYTHON, str(REFERENCE), name],
-                    {"BASELINE_CKPT": self.checkpoint, "BASELINE_STEPS": steps[1], "BASELINE_WARM": steps[3]})
+                if implementation == "ours":
+                    done = self.child(f"ours {name} #{trial}", [PYTHON, BASELINE, *self.baseline_flags, name, *steps],
+                                      need=60)
+                else:  # the reference reads its checkpoint and steps from the environment
+                    done = self.child(f"reference #{trial}", [PYTHON, str(REFERENCE), name], {
+                        "BASELINE_CKPT": self.checkpoint, "BASELINE_STEPS": steps[1], "BASELINE_WARM": steps[3]})
                 results = [json.loads(line[7:]) for line in (done or {}).get("lines", []) if line.startswith("RESULT {")]
                 if results and results[-1].get("name") == name:
                     row = {**results[-1], **row, "status": "ok", "wall_s": done["seconds"]}
@@ -425,11 +427,12 @@ class Bench:
             refusal["checks"].append({"base": label, "status": "skipped: out of time"} if not done else {
                 "base": label, "rc": done["rc"], "seconds": done["seconds"],
                 "status": "ok (refused)" if refused_ok else "failed: not refused as expected",
-                "message": (message[-1] if message else "".join(done["lines"]))[-400:]})
+                "message": message[-1][:400] if message else "".join(done["lines"])[-400:]})
             shutil.rmtree(refused, ignore_errors=True)
-        refusal["status"] = ("skipped: --skip" if "refusal" in skip else "ok" if refusal["checks"] and all(
-            c["status"].startswith("ok") for c in refusal["checks"]) else "failed" if refusal["checks"] else
-                             "skipped: needs an adapter and the GPTQ checkpoint")
+        checks = refusal["checks"]
+        refusal["status"] = ("skipped: --skip" if "refusal" in skip else
+                             "skipped: needs an adapter and the GPTQ checkpoint" if not checks else
+                             "ok" if all(c["status"].startswith("ok") for c in checks) else "failed")
 
     def ratios(self) -> None:
         """Ratios to our baseline of the same run (mean over its trials; a variant's: the run it names), and how
