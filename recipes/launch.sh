@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The one recipe launcher: bash recipes/<family>/train.sh [METHOD] [overlay.json ...] [--any_flag value ...]
-# (each train.sh sets FAMILY and its default METHOD and runs this).  Edit the variables below, or set them in the
+# The one recipe launcher: bash recipes/<recipe>/train.sh [METHOD] [overlay.json ...] [--any_flag value ...]
+# (each train.sh sets FAMILY, its default METHOD and, when the folder is not named after the family, RECIPE).  Edit the variables below, or set them in the
 # environment; flags after the method override the recipe JSON.  With MODEL empty it builds the family's embedded
 # tiny model (cached in .cache/tiny/) and adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute.
 METHOD="${1:-$DEFAULT_METHOD}"; shift || true
 MODEL="${MODEL:-}"                  # checkpoint folder (an original ChatGLM2/Qwen-1 folder is converted first); empty: tiny
 DATA="${DATA:-}"                    # empty: the recipe's data_path
 EVAL_DATA="${EVAL_DATA:-}"          # empty: the recipe's eval_data_path
-OUTPUT_DIR="${OUTPUT_DIR:-out/$FAMILY-$METHOD}"
+RECIPE="${RECIPE:-$FAMILY}"
+OUTPUT_DIR="${OUTPUT_DIR:-out/$RECIPE-$METHOD}"
 DS_CONFIG="${DS_CONFIG:-}"          # e.g. ds_configs/zero2.json (multi-GPU); empty: no DeepSpeed
 GPUS_PER_NODE="${GPUS_PER_NODE:-}"  # empty: every visible GPU (1 process on a CPU)
 NNODES="${NNODES:-1}"
@@ -18,8 +19,8 @@ MASTER_PORT="${MASTER_PORT:-}"      # empty: a free port (one node); several nod
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"  # make install makes .venv
-recipe="recipes/$FAMILY/$METHOD.json"
-[ -f "$recipe" ] || { echo "error: no recipe $recipe (methods: $(cd "recipes/$FAMILY" && ls *.json | sed 's/.json//' | tr '\n' ' '))" >&2; exit 2; }
+recipe="recipes/$RECIPE/$METHOD.json"
+[ -f "$recipe" ] || { echo "error: no recipe $recipe (methods: $(cd "recipes/$RECIPE" && ls *.json | sed 's/.json//' | tr '\n' ' '))" >&2; exit 2; }
 args=("$recipe")
 # Overlay JSON files given right after the method (e.g. recipes/lean.json) override the recipe, flags override both.
 while [ $# -gt 0 ] && [[ "$1" == *.json ]]; do
@@ -29,7 +30,7 @@ done
 if [ -z "$MODEL" ]; then
   tiny=("$FAMILY"); [[ "$METHOD" == *gptq* ]] && tiny+=(--gptq)  # a GPTQ-Int4 copy of the tiny model
   MODEL="$("$PYTHON" -m tunekit.tiny "${tiny[@]}" | tail -n 1)"
-  args+=(recipes/cpu-tiny.json)
+  args+=("${CPU_OVERLAY:-recipes/cpu-tiny.json}")  # CPU settings (the encoder recipes keep their learning rate)
   GPUS_PER_NODE=1
 elif [ -f "$MODEL/config.json" ]; then  # an original layout that needs remote code is converted first (cached)
   MODEL="$("$PYTHON" -m tunekit.convert "$MODEL" | tail -n 1)"

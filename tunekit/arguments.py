@@ -48,7 +48,8 @@ class ModelArguments:
         default=None, metadata={"help": "Model family (template, LoRA targets): llama2, qwen, chatglm2. "
                                         "Default: from the checkpoint's config.json model_type."})
     task: str = field(default="causal_lm", metadata={
-        "help": "What the model learns (tunekit/tasks.py): causal_lm (next-token prediction on the assistant turns)."})
+        "help": "What the model learns (tunekit/tasks.py): causal_lm (next-token prediction on the assistant turns), "
+                "seq_cls (one label per text), token_cls (one BIO tag per word)."})
     trainer: Literal["hf", "trl"] = field(default="hf", metadata={"help": "HF Trainer or TRL SFTTrainer."})
     attn_implementation: str = field(default="sdpa", metadata={
         "help": "sdpa, eager, flash_attention_2, ..., or varlen: PyTorch's variable-length flash attention for "
@@ -63,6 +64,8 @@ class DataArguments:
     eval_data_path: str | None = field(default=None, metadata={"help": "Optional evaluation data: .json or .jsonl."})
     lazy_preprocess: bool = field(default=False, metadata={"help": "Tokenize samples when first used, not upfront."})
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
+    labels: list[str] | None = field(default=None, metadata={
+        "help": "seq_cls/token_cls: the label names in id order; default: the training file's, sorted."})
     max_source_length: int | None = field(
         default=None, metadata={"help": "ADGEN content/summary records (chatglm2): cut the prompt, [gMASK] <sop> "
                                         "included, to this many tokens."})

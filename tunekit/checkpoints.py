@@ -225,7 +225,7 @@ def rotate(run_dir: Path, keep: int | None, protect: str | None) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def validate_adapter(folder, expected_keys, trained: bool) -> None:
+def validate_adapter(folder, expected_keys, trained: bool, head: str | None = None) -> None:
     """After every adapter save (pitfall #5): the file exists, holds exactly the adapter's keys, no tensor is empty, and
     once training has stepped, not every lora_B is zero.  Catches the 40-byte adapter of a ZeRO-3 save without gathered
     weights, state_dict monkey-patching, and adapters that never trained."""
@@ -247,6 +247,9 @@ def validate_adapter(folder, expected_keys, trained: bool) -> None:
         lora_b = [k for k in keys if "lora_B" in k and k not in empty]
         if trained and lora_b and all(not f.get_tensor(k).any() for k in lora_b):
             problems.append("every lora_B is zero after training steps: the adapter is a no-op")
+        if head and not any(f"{head}.modules_to_save" in k or f".{head}." in k for k in keys):
+            problems.append(f"the classification head '{head}' is not in the adapter, so every load would draw a new "
+                            "random head and predictions would change (modules_to_save must hold it)")
     if problems:
         raise EmptyAdapterError(f"{path}: {'; '.join(problems)}. Under DeepSpeed ZeRO-3 set "
                                 "stage3_gather_16bit_weights_on_model_save: true")
@@ -256,6 +259,7 @@ class AtomicCheckpointMixin:
     """Trainer mixin: checkpoints staged under a temporary name, marked complete last, renamed into place."""
 
     run_fingerprint: dict | None = None  # the run's (training.RunMixin): recorded in every completion marker
+    run_head: str | None = None  # a classifier's head: it must be in every saved adapter, its config beside it
     _staging: str | None = None
 
     def _get_output_dir(self, trial):
@@ -303,7 +307,12 @@ class AtomicCheckpointMixin:
         if getattr(self.model, "peft_config", None) and (out / "adapter_config.json").is_file():
             from peft import get_peft_model_state_dict
 
-            expected = get_peft_model_state_dict(self.accelerator.unwrap_model(self.model)).keys()
-            validate_adapter(out, expected, trained=self.state.global_step > 0)
+            model = self.accelerator.unwrap_model(self.model)
+            expected = get_peft_model_state_dict(model).keys()
+            validate_adapter(out, expected, trained=self.state.global_step > 0, head=self.run_head)
+            if self.run_head and self.args.should_save:  # the labels (id2label) and pad id the head was trained with
+                config = model.config.to_dict()
+                config.pop("quantization_config", None)  # the base is quantized on load, never stored quantized
+                (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (out / "training_args.bin").unlink(missing_ok=True)
         (out / "training_args.json").write_text(self.args.to_json_string())

@@ -172,7 +172,7 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
 
 def build_dataset(path, tokenizer, family, max_length, lazy=False, max_samples=None, max_source_length=None,
                   max_target_length=None, encode=None):
-    """`encode(sample, tokenizer, family, max_length, **limits)`: the task's example builder (tokenize_sample)."""
+    """`encode(sample, tokenizer, family, max_length, **limits)` builds an example (default: tokenize_sample)."""
     for key, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length)):
         if value is not None and value < 1:
             raise DataError(f"--{key} must be a positive number of tokens, got {value}")
@@ -187,11 +187,10 @@ def build_dataset(path, tokenizer, family, max_length, lazy=False, max_samples=N
     return ds
 
 
-def build_datasets(data_args, task, tokenizer, family, max_length):
-    """(train, eval or None) for a run: the data arguments, through the task's example builder."""
+def build_datasets(data_args, tokenizer, family, max_length):
+    """(train, eval or None) causal-LM datasets for a run's data arguments."""
     data = dict(tokenizer=tokenizer, family=family, max_length=max_length, lazy=data_args.lazy_preprocess,
-                max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
-                encode=task.encode)
+                max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length)
     train = build_dataset(data_args.data_path, max_samples=data_args.max_samples, **data)
     return train, build_dataset(data_args.eval_data_path, **data) if data_args.eval_data_path else None
 

@@ -34,7 +34,7 @@ def load_tokenizer(model_args, family: Family):
         raise ArgumentError(f"--model_name_or_path: {model_args.model_name_or_path}: the tokenizer does not load "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); the folder needs tokenizer.json "
                             "or tokenizer.model with tokenizer_config.json") from None
-    if not tok.chat_template:  # e.g. a base (non-chat) checkpoint: use the family's, and save it with the adapter
+    if not tok.chat_template and family.chat_template:  # e.g. a base (non-chat) checkpoint: use the family's, and save it with the adapter
         tok.chat_template = family.chat_template
     # A base tokenizer may lack the template's special tokens (ChatML's <|im_start|>/<|im_end|>): add them; the
     # model's embeddings are resized and trained fully (build_model), and the end-of-turn token becomes EOS.
@@ -62,7 +62,7 @@ def _local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def bnb_config(lora_args, compute_dtype):
+def bnb_config(lora_args, compute_dtype, skip=None):
     from transformers import BitsAndBytesConfig  # bitsandbytes itself is imported by transformers on load
 
     if lora_args.bnb_4bit_compute_dtype != "auto":
@@ -73,11 +73,13 @@ def bnb_config(lora_args, compute_dtype):
         bnb_4bit_use_double_quant=lora_args.bnb_4bit_use_double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
         bnb_4bit_quant_storage=DTYPES[lora_args.bnb_4bit_quant_storage],
+        llm_int8_skip_modules=skip,
     )
 
 
-def quantization_kwargs(model_args, lora_args, dtype) -> dict:
-    """from_pretrained kwargs for the quantized branches; {} for full fine-tuning and LoRA."""
+def quantization_kwargs(model_args, lora_args, dtype, skip=None) -> dict:
+    """from_pretrained kwargs for the quantized branches; {} for full fine-tuning and LoRA.  skip: modules kept
+    unquantized (a classifier's head, which is trained fully)."""
     existing = read_config(model_args.model_name_or_path).get("quantization_config")
     if existing:
         method = existing.get("quant_method", "?")
@@ -92,15 +94,19 @@ def quantization_kwargs(model_args, lora_args, dtype) -> dict:
             return {}  # pre-quantized bitsandbytes checkpoint: loads as saved
         raise ArgumentError(f"{model_args.model_name_or_path}: quantization method '{method}' is not supported")
     if lora_args.q_lora:
-        return {"quantization_config": bnb_config(lora_args, dtype)}
+        return {"quantization_config": bnb_config(lora_args, dtype, skip)}
     return {}
 
 
-def load_model(model_args, lora_args, train_args, tokenizer, task):
+def load_model(model_args, lora_args, train_args, tokenizer, task, labels=None, head=None):
+    """labels (classification tasks): the head's label names, saved in the config as id2label/label2id."""
     dtype = train_dtype(train_args)
     if not lora_args.use_lora:
         dtype = torch.float32  # full fine-tuning keeps fp32 master weights; bf16/fp16 run under autocast
-    kwargs = quantization_kwargs(model_args, lora_args, dtype)
+    kwargs = quantization_kwargs(model_args, lora_args, dtype, skip=[head] if head else None)
+    if labels:
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)})
     if model_args.attn_implementation == "varlen":
         from .attention import register
 
@@ -111,6 +117,8 @@ def load_model(model_args, lora_args, train_args, tokenizer, task):
         model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation,
         trust_remote_code=model_args.trust_remote_code, **kwargs)
     model.config.use_cache = False  # training never reuses a KV cache
+    if labels and model.config.pad_token_id is None:  # a decoder classifier pools the last token that is not pad
+        model.config.pad_token_id = tokenizer.pad_token_id
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     return model
@@ -145,20 +153,20 @@ def prepare_kbit_model(model, lora_args, train_args):
     return model
 
 
-def linear_module_names(model) -> list[str]:
+def linear_module_names(model, skip=()) -> list[str]:
     """Leaf names of every linear-like layer except the output head (nn.Linear, bnb 4-bit, GPTQ kernels)."""
     head = model.get_output_embeddings()
     names = set()
     for name, module in model.named_modules():
-        if module is head or not name:
+        if module is head or not name or name.split(".")[-1] in skip:
             continue
         if isinstance(module, nn.Linear) or hasattr(module, "qweight"):
             names.add(name.split(".")[-1])
     return sorted(names)
 
 
-def resolve_targets(model, requested, family: Family) -> list[str]:
-    present = linear_module_names(model)
+def resolve_targets(model, requested, family: Family, skip=()) -> list[str]:
+    present = linear_module_names(model, skip)
     if not requested:
         targets = [t for t in family.lora_targets if t in present]
     elif requested == ["all-linear"]:
@@ -183,7 +191,9 @@ def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_sa
         model = prepare_kbit_model(model, lora_args, train_args)
     elif train_args.gradient_checkpointing:
         model.enable_input_require_grads()
-    targets = resolve_targets(model, lora_args.lora_target_modules, family)
+    head = [family.classifier_head] if task.classifier else []
+    targets = resolve_targets(model, lora_args.lora_target_modules, family, skip=head)
+    modules_to_save = head + [m for m in modules_to_save or () if m not in head] or None
     config = LoraConfig(
         r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
         target_modules=targets, bias=lora_args.lora_bias, modules_to_save=modules_to_save,
@@ -248,10 +258,21 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def build_model(model_args, lora_args, train_args, tokenizer, family: Family, task, added_tokens=()):
+def lora_parameter_counts(model) -> dict:
+    """Trainable parameters split into the LoRA matrices and the fully trained modules (a classifier's head)."""
+    counts = {"lora": 0, "head": 0}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            counts["head" if "modules_to_save" in name else "lora"] += p.numel()
+    return counts
+
+
+def build_model(model_args, lora_args, train_args, tokenizer, family: Family, task, added_tokens=(), labels=None):
     """The model to train, with its trainable-parameter report (checked against the LoRA arithmetic).
-    added_tokens: the special tokens load_tokenizer added (their embedding rows must be trained)."""
-    model = load_model(model_args, lora_args, train_args, tokenizer, task)
+    added_tokens: the special tokens load_tokenizer added (their embedding rows must be trained); labels: a
+    classifier's label names."""
+    model = load_model(model_args, lora_args, train_args, tokenizer, task, labels,
+                       head=family.classifier_head if task.classifier else None)
     modules_to_save = lora_args.modules_to_save
     if lora_args.use_lora and added_tokens and not modules_to_save:
         modules_to_save = list(family.embedding_modules)  # new tokens need trained embedding rows
@@ -273,6 +294,8 @@ def build_model(model_args, lora_args, train_args, tokenizer, family: Family, ta
                                f"{layers} adapted layers: some weights are unexpectedly trainable or frozen")
         line += f" || = r × (in + out) over {layers} adapted layers"
         report["adapted_layers"] = layers
+        report.update({f"{k}_params": v for k, v in lora_parameter_counts(model).items()})
+        line += f" (LoRA {report['lora_params']:,}, fully trained modules {report['head_params']:,})"
     if trainable == 0:
         raise RuntimeError("nothing to train: no parameter requires a gradient")
     print(line, flush=True)

@@ -43,6 +43,9 @@ def preflight(a) -> Run:
     check_remote_code(a.model_name_or_path, a.trust_remote_code)  # before anything reads the model folder further
     family = resolve_family(a.model_name_or_path, a.family)
     task = get_task(a.task)
+    if task.classifier and (a.packing or a.trainer == "trl"):
+        raise ArgumentError(f"--task {a.task} trains a classifier with the HF Trainer on padded batches: drop "
+                            f"{'--packing' if a.packing else '--trainer trl'} (both are for causal_lm)")
     model_args, data_args, lora_args, train_args = arguments.build(a, family=family.name, **resolved)
     run_args = arguments.to_jsonable(model_args, data_args, lora_args, train_args)
     run_fingerprint = fingerprint(run_args)

@@ -64,6 +64,8 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
         "final_eval_loss": evals[-1] if evals else None,
+        "eval_metrics": next(({k: v for k, v in h.items() if k.startswith("eval_") and isinstance(v, float)}
+                              for h in reversed(trainer.state.log_history) if "eval_loss" in h), {}),
         "train_loss": train_result.training_loss,
         "step_times": rec.step_times,
         "step_tokens": rec.step_tokens,
@@ -79,6 +81,8 @@ def print_summary(s: dict, output_dir: str) -> None:
         ("steps", s["steps"]),
         ("loss", f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}" if s["final_loss"] is not None else "-"),
         ("eval loss", f"{s['final_eval_loss']:.4f}" if s["final_eval_loss"] is not None else "-"),
+        *[(name.removeprefix("eval_"), f"{value:.4f}") for name, value in s["eval_metrics"].items()
+          if name not in ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")],
         ("real tokens/s", f"{s['tokens_per_s']:,.0f} ({s['real_tokens']:,} tokens in {s['train_runtime_s']:.1f} s)"),
         ("peak GPU memory", f"{s['peak_gib']:.2f} GiB" if s["peak_gib"] is not None else "- (no GPU)"),
     ]
@@ -93,3 +97,29 @@ def write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False))
     tmp.replace(path)
+
+
+def compare(folders, markdown=None) -> str:
+    """One markdown table of finished runs: trainable parameters and the last evaluation's metrics."""
+    runs = [(Path(f).name, json.loads((Path(f) / "run_summary.json").read_text())) for f in folders]
+    skip = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_epoch"}
+    names = [k for k in runs[0][1]["eval_metrics"] if k not in skip]
+    lines = ["| run | trainable params | " + " | ".join(n.removeprefix("eval_") for n in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for name, s in runs:
+        values = " | ".join(f"{s['eval_metrics'].get(n, float('nan')):.4f}" for n in names)
+        lines.append(f"| {name} | {s['trainable_params']:,} | {values} |")
+    table = "\n".join(lines) + "\n"
+    if markdown:
+        Path(markdown).write_text(table)
+    return table
+
+
+if __name__ == "__main__":
+    import argparse
+
+    cli = argparse.ArgumentParser(description="Compare finished runs: python -m tunekit.report RUN... [--markdown F]")
+    cli.add_argument("runs", nargs="+")
+    cli.add_argument("--markdown")
+    a = cli.parse_args()
+    print(compare(a.runs, a.markdown), end="")

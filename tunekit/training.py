@@ -21,8 +21,8 @@ class RunMixin:
     """What every trainer of this project carries: our own arguments (TRL's SFTConfig lacks their fields), the run's
     fingerprint (recorded in each checkpoint), and the recorder of per-step time, real tokens and peak memory."""
 
-    def __init__(self, *args, options, fingerprint=None, **kwargs):
-        self.run_options, self.run_fingerprint, self.real_tokens = options, fingerprint, 0
+    def __init__(self, *args, options, fingerprint=None, head=None, **kwargs):
+        self.run_options, self.run_fingerprint, self.run_head, self.real_tokens = options, fingerprint, head, 0
         super().__init__(*args, **kwargs)
         self.recorder = RunRecorder(self)
         self.add_callback(self.recorder)
@@ -126,7 +126,9 @@ def sft_config_from(train_args, max_length):
     return SFTConfig(**values)
 
 
-def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, collator, trainer_kind="hf", fingerprint=None):
+def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, collator, trainer_kind="hf", fingerprint=None,
+                  head=None, compute_metrics=None):
+    """head: a classifier's head module name (validated in every saved adapter); compute_metrics: the task's."""
     if trainer_kind == "trl":
         from trl import SFTTrainer
 
@@ -138,7 +140,8 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, collator, tra
     mixins = (RunMixin, TokenBudgetMixin, ActivationOffloadMixin, AtomicCheckpointMixin)
     cls = type(f"Tunekit{base.__name__}", (*mixins, base), {})
     trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-                  processing_class=tokenizer, options=train_args, fingerprint=fingerprint)
+                  processing_class=tokenizer, options=train_args, fingerprint=fingerprint, head=head,
+                  compute_metrics=compute_metrics)
     if train_args.gradient_checkpointing and train_args.gradient_checkpointing_fraction < 1:
         trainer.add_callback(SelectiveCheckpointing(train_args.gradient_checkpointing_fraction))
     return trainer

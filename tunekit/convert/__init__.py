@@ -187,15 +187,21 @@ def write_native(tmp: Path, src: Path, state: dict, config, generation_config, t
 
 # ------------------------------------------------------------------------------------------------------ tokenizers
 def corpus(data_dir: Path = DATA_DIR):
-    """Every text of the repository's data/ samples (user and assistant turns, plain texts)."""
-    from ..formats import load_records
+    """Every text of the repository's data/ samples: chat turns, plain texts, classification texts and token lists."""
+    from ..formats import normalise, read_records
 
     for path in sorted(Path(data_dir).glob("*.json*")):
-        for rec in load_records(str(path)):
-            if "text" in rec:
-                yield rec["text"]
+        for i, rec in enumerate(read_records(str(path))):
+            if isinstance(rec, dict) and ("label" in rec or "tokens" in rec):  # classification records
+                yield from [rec[k] for k in ("text", "text_pair") if isinstance(rec.get(k), str)]
+                if isinstance(rec.get("tokens"), list):
+                    yield " ".join(rec["tokens"])
+                continue
+            sample = normalise(rec, f"{path} record {i}")
+            if "text" in sample:
+                yield sample["text"]
             else:
-                yield from (m["content"] for m in rec["messages"])
+                yield from (m["content"] for m in sample["messages"])
 
 
 def check_texts(extra=()):

@@ -10,13 +10,13 @@ import json
 from pathlib import Path
 
 from ..errors import ArgumentError
-from . import chatglm2, llama2, qwen
+from . import bert, chatglm2, llama2, qwen
 from .base import Family
 
 __all__ = ["FAMILIES", "CONVERTERS", "Family", "read_config", "resolve_family"]
 
 
-FAMILIES = {f.name: f for f in (llama2.FAMILY, qwen.FAMILY, chatglm2.FAMILY)}
+FAMILIES = {f.name: f for f in (llama2.FAMILY, qwen.FAMILY, chatglm2.FAMILY, bert.FAMILY)}
 # The one converter table: original model_type -> converter module (tunekit/convert/ dispatches on it).
 CONVERTERS = {f.original_model_type: f.converter for f in FAMILIES.values() if f.converter}
 

@@ -19,3 +19,4 @@ class Family:
     source_template: str | None = None     # ADGEN content/summary records: the prompt around `content` (data.py)
     original_model_type: str | None = None  # model_type of the original (remote-code) layout, converted first
     converter: str | None = None           # the module that converts that layout: python -m tunekit.convert MODEL
+    classifier_head: str = "score"         # the head of its *ForSequenceClassification / *ForTokenClassification

