@@ -74,12 +74,15 @@ chatglm2-merge: install
 .PHONY: bert-cls bert-ner bert-ranks llama-cls
 bert-cls bert-ner: bert-%: install
 	OUTPUT_DIR="$${OUTPUT:-out/bert-$*}" bash recipes/bert/train.sh $*
+	@out="$${OUTPUT:-out/bert-$*}"; data=$$([ $* = ner ] && echo data/ner_eval.jsonl || echo data/sentiment_eval.jsonl); \
+		PREDICT_FILE=$$data bash recipes/bert/merge.sh "$$out" "$$out-merged"
 
 bert-ranks: install
 	bash recipes/bert/ranks.sh ner
 
 llama-cls: install
 	OUTPUT_DIR="$${OUTPUT:-out/llama-cls-qlora}" bash recipes/llama-cls/train.sh qlora
+	@out="$${OUTPUT:-out/llama-cls-qlora}"; bash recipes/llama-cls/merge.sh "$$out" "$$out-merged"
 
 # The speed suites on one GPU (bench/README.md): SUITE=throughput|lean|longctx|qwen|chatglm2|llama2-qlora; on the
 # device machine through `bash bench/gpu.sh SUITE`, which installs the carried wheels first.

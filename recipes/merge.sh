@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The one merge step: bash recipes/<family>/merge.sh [ADAPTER_DIR] [OUTPUT_DIR] (each merge.sh sets FAMILY, PROMPT and,
-# for a family with an original layout to write back, REVERSE).  Merges ADAPTER into its unquantized base, writes
+# The one merge step: bash recipes/<recipe>/merge.sh [ADAPTER_DIR] [OUTPUT_DIR] (each merge.sh sets FAMILY, PROMPT (or,
+# for a classifier, PREDICT_FILE) and, for a family with an original layout to write back, REVERSE).  Merges ADAPTER into its unquantized base, writes
 # OUTPUT, generates a sample with the model's own chat template, and with REVERSE also writes OUTPUT-$FAMILY in the
 # original layout.
-ADAPTER="${1:-${ADAPTER:-out/$FAMILY-$DEFAULT_METHOD}}"
+ADAPTER="${1:-${ADAPTER:-out/${RECIPE:-$FAMILY}-$DEFAULT_METHOD}}"
 OUTPUT="${2:-${OUTPUT:-$ADAPTER-merged}}"
 BASE="${BASE:-}"                 # empty: the base recorded in the adapter (a GPTQ adapter needs the unquantized one)
 DTYPE="${DTYPE:-bfloat16}"
@@ -15,7 +15,11 @@ PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 args=(--adapter "$ADAPTER" --output "$OUTPUT" --dtype "$DTYPE" --overwrite)
 [ -n "$BASE" ] && args+=(--base "$BASE")
 "$PYTHON" -m tunekit.merge "${args[@]}"
-[ -n "${NO_SAMPLE:-}" ] || "$PYTHON" -m tunekit.generate "$OUTPUT" "$PROMPT"
+if [ -n "${PREDICT_FILE:-}" ]; then  # a classifier: predictions on the held-out file instead of a generated sample
+  "$PYTHON" -m tunekit.predict "$OUTPUT" "$PREDICT_FILE" "$OUTPUT/predictions.jsonl"
+elif [ -z "${NO_SAMPLE:-}" ]; then
+  "$PYTHON" -m tunekit.generate "$OUTPUT" "$PROMPT"
+fi
 if [ -n "${REVERSE:-}" ]; then
   ORIGINAL="${ORIGINAL:-${BASE:-$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["base_model_name_or_path"])' "$ADAPTER/adapter_config.json")}}"
   "$PYTHON" -m tunekit.convert --reverse "$OUTPUT" "$OUTPUT-$FAMILY" --original "$ORIGINAL"

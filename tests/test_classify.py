@@ -105,7 +105,7 @@ def test_predict_gives_identical_outputs_on_every_load(tiny_bert, tmp_path):
     for _ in range(2):
         model, tok, task = load_classifier(str(tmp_path / "out"))
         outputs.append(predict(model, tok, task, records))
-    assert outputs[0] == outputs[1] and {o["label"] for o in outputs[0]} <= {"positive", "negative"}
+    assert outputs[0] == outputs[1] and {o["prediction"] for o in outputs[0]} <= {"positive", "negative"}
     assert abs(sum(outputs[0][0]["probabilities"].values()) - 1) < 1e-5
 
 

@@ -165,26 +165,34 @@ class LabelCollator:
 
 def metrics(task_name: str, labels: list[str]):
     """compute_metrics for the Trainer: accuracy and macro-F1 (scikit-learn) per text; entity-level precision, recall
-    and F1 (seqeval, BIO) per token."""
+    and F1 (seqeval, BIO) per token; each with the score of always predicting the most frequent gold label."""
+    def logits(prediction):
+        p = prediction.predictions
+        return p[0] if isinstance(p, tuple) else p  # some models return (logits, ...)
+
     def per_text(prediction):
         from sklearn.metrics import accuracy_score, f1_score
 
-        pred = prediction.predictions.argmax(-1)
-        gold = prediction.label_ids
+        pred, gold = logits(prediction).argmax(-1), prediction.label_ids
+        majority = torch.as_tensor(gold).mode().values.item()
         return {"accuracy": float(accuracy_score(gold, pred)),
-                "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0))}
+                "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0)),
+                "majority_accuracy": float(accuracy_score(gold, [majority] * len(gold)))}
 
     def per_token(prediction):
         from seqeval.metrics import f1_score, precision_score, recall_score
 
-        pred, gold = prediction.predictions.argmax(-1), prediction.label_ids
+        pred, gold = logits(prediction).argmax(-1), prediction.label_ids
         ref, hyp = [], []
         for p_row, g_row in zip(pred, gold):
             keep = g_row != IGNORE_INDEX
             ref.append([labels[g] for g in g_row[keep]])
             hyp.append([labels[p] for p in p_row[keep]])
+        tags = [tag for row in ref for tag in row]
+        common = max(set(tags), key=tags.count)
         return {"precision": float(precision_score(ref, hyp, zero_division=0)),
                 "recall": float(recall_score(ref, hyp, zero_division=0)),
-                "f1": float(f1_score(ref, hyp, zero_division=0))}
+                "f1": float(f1_score(ref, hyp, zero_division=0)),
+                "majority_f1": float(f1_score(ref, [[common] * len(row) for row in ref], zero_division=0))}
 
     return per_text if task_name == "seq_cls" else per_token

@@ -78,14 +78,13 @@ def check_adapter_fits(adapter: str, base: str, trust_remote_code: bool = False)
     on an empty (meta-device) copy of the base, before any weight is read: a Qwen adapter on a Llama base, or a 7B
     adapter on a 13B base, is refused here instead of failing inside PEFT with a size-mismatch trace."""
     from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     weights = Path(adapter) / "adapter_model.safetensors"
     if not weights.is_file():
         raise ArgumentError(f"--adapter: {adapter} has no adapter_model.safetensors")
-    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    model_class, config = base_class_and_config(adapter, base, trust_remote_code)
     with torch.device("meta"):
-        empty = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        empty = model_class.from_config(config, trust_remote_code=trust_remote_code)
     modules = dict(empty.named_modules())
     with safe_open(str(weights), "pt") as f:
         for key in f.keys():
@@ -108,6 +107,25 @@ def check_adapter_fits(adapter: str, base: str, trust_remote_code: bool = False)
     return sum(p.numel() for p in empty.parameters())
 
 
+def base_class_and_config(adapter: str, base: str, trust_remote_code: bool = False):
+    """The auto class of the adapter's task (PEFT's task_type: a causal LM or a classifier) and the base's config;
+    a classifier's labels and pad id come from the config.json saved beside its adapter."""
+    from transformers import AutoConfig
+
+    from .tasks import TASKS
+
+    task_type = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("task_type") or "CAUSAL_LM"
+    task = next((t for t in TASKS.values() if t.peft_task_type == task_type), None)
+    if task is None:
+        raise ArgumentError(f"--adapter {adapter}: task_type {task_type!r} is not one this project trains")
+    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
+    if task.classifier and (Path(adapter) / "config.json").is_file():
+        saved = json.loads((Path(adapter) / "config.json").read_text())
+        config.update({k: saved[k] for k in ("id2label", "label2id", "pad_token_id") if k in saved})
+        config.id2label = {int(k): v for k, v in config.id2label.items()}
+    return task.model_class(), config
+
+
 def probe_batch(tokenizer, n_tokens: int = 32) -> torch.Tensor:
     text = "Fine-tuning check: the merged model must give the same logits as base plus adapter. " * 4
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens]
@@ -117,7 +135,7 @@ def probe_batch(tokenizer, n_tokens: int = 32) -> torch.Tensor:
 @torch.no_grad()
 def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bfloat16",
           max_shard_size: str = "2GB", overwrite: bool = False, trust_remote_code: bool = False) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     adapter_cfg = Path(adapter) / "adapter_config.json"
     if not adapter_cfg.is_file():
@@ -135,8 +153,9 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
     tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code)  # the tokenizer trained with the adapter, template included
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a 7B merge is minutes faster on a GPU
     work_dtype = compute_dtype(n_params, device, torch_dtype)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=work_dtype, device_map={"": device},
-                                                 trust_remote_code=trust_remote_code)
+    model_class, config = base_class_and_config(adapter, base, trust_remote_code)
+    model = model_class.from_pretrained(base, config=config, dtype=work_dtype, device_map={"": device},
+                                        trust_remote_code=trust_remote_code)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # as training did; never drop padded rows
         model.resize_token_embeddings(len(tokenizer))  # before loading: the adapter carries the resized rows
     model = load_adapter(model, adapter).eval()

@@ -3,8 +3,9 @@
     python -m tunekit.predict MODEL INPUT.jsonl OUTPUT.jsonl [--batch_size 32]
 
 MODEL is an adapter folder written by finetune.py (base + adapter, loaded the supported way: the bare base model,
-then PeftModel.from_pretrained) or a merged folder.  seq_cls records {"text": ...[, "text_pair": ...]} get "label"
-and "probabilities" ({label: p}); token_cls records {"tokens": [...]} get "tags" (one per token).  The model runs in
+then PeftModel.from_pretrained) or a merged folder.  seq_cls records {"text": ...[, "text_pair": ...]} get
+"prediction" and "probabilities" ({label: p}); token_cls records {"tokens": [...]} get "predicted_tags" (one per token);
+gold "label"/"tags" fields stay as they are.  The model runs in
 eval mode without dropout, so every load gives the same outputs.
 """
 from __future__ import annotations
@@ -22,8 +23,10 @@ from .formats import read_records
 AUTO = {"SEQ_CLS": "AutoModelForSequenceClassification", "TOKEN_CLS": "AutoModelForTokenClassification"}
 
 
-def load_classifier(folder: str):
-    """(model in eval mode, tokenizer, task name) from an adapter folder or a merged classifier folder."""
+def load_classifier(folder: str, load_in_4bit: bool = False):
+    """(model in eval mode, tokenizer, task name) from an adapter folder or a merged classifier folder.
+    load_in_4bit: quantize the base as NF4 Q-LoRA training did (bf16 compute, the head kept whole), so the logits are
+    those of the model that was trained."""
     import transformers
 
     from .merge import load_adapter
@@ -36,7 +39,14 @@ def load_classifier(folder: str):
         if adapter.get("task_type") not in AUTO:
             raise ArgumentError(f"{adapter_cfg}: task_type {adapter.get('task_type')!r} is not a classifier's")
         cls = getattr(transformers, AUTO[adapter["task_type"]])
-        base = cls.from_pretrained(adapter["base_model_name_or_path"], config=config)
+        extra = {}
+        if load_in_4bit:
+            extra = dict(dtype=torch.bfloat16, device_map={"": 0 if torch.cuda.is_available() else "cpu"},
+                         quantization_config=transformers.BitsAndBytesConfig(
+                             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                             bnb_4bit_compute_dtype=torch.bfloat16,
+                             llm_int8_skip_modules=list(adapter["modules_to_save"] or [])))
+        base = cls.from_pretrained(adapter["base_model_name_or_path"], config=config, **extra)
         model = load_adapter(base, str(folder))
     else:
         arch = (config.architectures or [""])[0]
@@ -62,7 +72,7 @@ def predict(model, tokenizer, task: str, records: list[dict], batch_size: int = 
                             return_tensors="pt")
             probs = model(**enc).logits.float().softmax(-1)
             for r, p in zip(batch, probs):
-                out.append({**r, "label": id2label[int(p.argmax())],
+                out.append({**r, "prediction": id2label[int(p.argmax())],
                             "probabilities": {id2label[i]: round(float(v), 6) for i, v in enumerate(p)}})
         else:
             enc = tokenizer([r["tokens"] for r in batch], is_split_into_words=True, padding=True, truncation=True,
@@ -74,7 +84,7 @@ def predict(model, tokenizer, task: str, records: list[dict], batch_size: int = 
                     if word is not None and word != previous:
                         tags[word] = id2label[int(best[i, pos])]
                     previous = word
-                out.append({**r, "tags": tags})
+                out.append({**r, "predicted_tags": tags})
     return out
 
 
