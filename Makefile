@@ -18,7 +18,7 @@ override ADAPTER := $(value ADAPTER)
 override BASE := $(value BASE)
 export PYTHON MODEL DATA OUTPUT ADAPTER BASE SUITE
 
-.PHONY: install install-gptq test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
+.PHONY: install install-gptq install-gguf test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
         qwen-full qwen-merge bench bench-smoke clean
 
 install: .venv/.installed
@@ -37,7 +37,15 @@ install-gptq: .venv/.installed-gptq
 	$(PYTHON) -m pip install -q -r requirements-gptq.txt
 	touch $@
 
-test: install install-gptq
+# llama.cpp's GGUF converter for `python -m tunekit.export` (its python only, from the llama-cpp-python sdist pinned in
+# recipes/fetch_converter.py; nothing compiled), into .venv/llama.cpp/; installed for the tests, so CI converts to GGUF.
+install-gguf: .venv/.installed-gguf
+
+.venv/.installed-gguf: recipes/fetch_converter.py .venv/.installed
+	$(PYTHON) recipes/fetch_converter.py .venv/llama.cpp
+	touch $@
+
+test: install install-gptq install-gguf
 	$(PYTHON) -m pytest -q tests
 
 llama2-qlora llama2-lora llama2-full: llama2-%: install
@@ -46,6 +54,12 @@ llama2-qlora llama2-lora llama2-full: llama2-%: install
 
 llama2-merge: install
 	@adapter="$${ADAPTER:-out/llama2-qlora}"; bash recipes/llama2/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
+
+# A merged run as model.gguf + an Ollama Modelfile (tunekit/export.py): ADAPTER-merged -> OUTPUT (default ADAPTER-gguf),
+# ADAPTER defaulting to out/llama2-qlora (so out/llama2-qlora-merged -> out/llama2-qlora-gguf).
+.PHONY: llama2-export
+llama2-export: install install-gguf
+	@adapter="$${ADAPTER:-out/llama2-qlora}"; $(PYTHON) -m tunekit.export "$$adapter-merged" "$${OUTPUT:-$$adapter-gguf}" --overwrite
 
 # A GPTQ adapter merges into the unquantized model: BASE=/models/Qwen2.5-7B-Instruct (the tiny default finds its own).
 qwen-qlora-gptq: install-gptq

@@ -20,3 +20,9 @@ class Family:
     original_model_type: str | None = None  # model_type of the original (remote-code) layout, converted first
     converter: str | None = None           # the module that converts that layout: python -m tunekit.convert MODEL
     classifier_head: str = "score"         # the head of its *ForSequenceClassification / *ForTokenClassification
+    # Serving (tunekit/export.py): chat_template in Ollama's Go-template syntax (rendering .System and .Messages as
+    # chat_template renders the messages, less the BOS the runtime adds), its SYSTEM default, and the stop strings
+    # (the end-of-turn token first).  None: the family is not chatted with (bert), so not exported.
+    ollama_template: str | None = None
+    ollama_system: str | None = None
+    stop_tokens: tuple[str, ...] = ()

@@ -12,6 +12,17 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
 )
 
+# The same in Ollama's Go template, which has no arithmetic: the round is the length of a string that grows by one
+# character per user turn; system messages have no place in ChatGLM2's prompt and are left out.  One newline between
+# rounds, as CHAT_TEMPLATE renders (transformers renders with trim_blocks, which drops the first "\n" after `%}`).
+OLLAMA_TEMPLATE = (
+    "[gMASK]<sop>{{- $rounds := \"\" }}{{- range .Messages }}"
+    "{{- if eq .Role \"user\" }}{{ if $rounds }}\n{{ end }}{{ $rounds = print $rounds \"x\" }}"
+    "[Round {{ len $rounds }}]\n\n问：{{ .Content }}\n\n答："
+    "{{- else if eq .Role \"assistant\" }}{{ .Content }}</s>"
+    "{{- end }}{{- end }}"
+)
+
 # ChatGLM3's chat format (build_chat_input): [gMASK] sop, then <|role|> + "\n" + content per message, each part
 # tokenized with its own dummy prefix (the space before the content gives exactly that), <|assistant|> to answer.
 # Each assistant turn ends with </s> (2, one of ChatGLM3's stop ids) so fine-tuning teaches the model to stop.
@@ -33,4 +44,6 @@ FAMILY = Family(
     source_template="[Round 1]\n\n问：{content}\n\n答：",
     original_model_type="chatglm",
     converter="tunekit.convert.chatglm2",
+    ollama_template=OLLAMA_TEMPLATE,
+    stop_tokens=("</s>",),
 )

@@ -17,6 +17,17 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
 )
 
+# The same in Ollama's Go template: the runtime adds the first BOS (add_bos_token), the template the later ones; the
+# system prompt (Ollama passes it as .System and as a "system" message) opens the first user turn, as above.
+OLLAMA_TEMPLATE = (
+    "{{- $first := true }}{{- range .Messages }}"
+    "{{- if eq .Role \"user\" }}{{ if not $first }}<s>{{ end }}[INST] "
+    "{{ if and $first $.System }}<<SYS>>\n{{ $.System }}\n<</SYS>>\n\n{{ end }}{{ .Content }} [/INST]"
+    "{{ $first = false }}"
+    "{{- else if eq .Role \"assistant\" }} {{ .Content }} </s>"
+    "{{- end }}{{- end }}"
+)
+
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 FAMILY = Family(
@@ -27,4 +38,6 @@ FAMILY = Family(
     special_tokens={"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"},
     pad_token="<unk>",  # Llama-2 has no pad token; <unk> is never a target, </s> is
     add_bos_to_text=True,
+    ollama_template=OLLAMA_TEMPLATE,
+    stop_tokens=("</s>",),
 )

@@ -10,6 +10,11 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# The same in Ollama's Go template; Ollama puts SYSTEM first when a chat has no system message, as the default above.
+OLLAMA_TEMPLATE = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+)
+
 FAMILY = Family(
     name="qwen",
     model_types=("qwen2",),
@@ -20,4 +25,7 @@ FAMILY = Family(
     extra_special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
     original_model_type="qwen",
     converter="tunekit.convert.qwen",
+    ollama_template=OLLAMA_TEMPLATE,
+    ollama_system="You are a helpful assistant.",
+    stop_tokens=("<|im_end|>", "<|endoftext|>"),
 )

@@ -1,0 +1,180 @@
+"""Export a merged model for serving: OUT/model.gguf, written by llama.cpp's own converter (llama.cpp, Ollama, LM
+Studio load it), and OUT/Modelfile for Ollama, whose TEMPLATE and `stop` parameters reproduce the chat template and
+end-of-turn token of training.  Both land in a temporary folder renamed into place: a failed conversion leaves nothing.
+
+    python -m tunekit.export out/llama2-qlora-merged out/llama2-qlora-gguf [--outtype f16] [--family llama2]
+    ollama create my-model -f out/llama2-qlora-gguf/Modelfile        # or: llama-server -m .../model.gguf --jinja
+
+The converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/) comes from `make install-gguf`, into
+.venv/llama.cpp/; --converter or $LLAMA_CPP_CONVERTER name another (the script, or a llama.cpp checkout).  An adapter
+folder is refused: merge it first (python -m tunekit.merge), and serve the merged folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .atomic import atomic_folder
+from .errors import ArgumentError, ConversionError
+from .families import Family, resolve_family
+
+DEFAULT_CONVERTER = Path(__file__).resolve().parent.parent / ".venv" / "llama.cpp" / "convert_hf_to_gguf.py"
+OUTTYPES = ("f16", "bf16", "q8_0", "f32")
+CHAT_FORMAT = "chat_format.json"  # the run's prompt format (its kind and family), left beside the adapter, kept by merge
+# A run trained on guanaco text ("### Human: ...### Assistant: ...", data.py's text_segments) is prompted the same way:
+# the next "### Human:" ends a turn, EOS the conversation.
+GUANACO_TEMPLATE = ('{{- range .Messages }}{{- if eq .Role "user" }}### Human: {{ .Content }}'
+                    '{{- else if eq .Role "assistant" }}### Assistant: {{ .Content }}{{- end }}{{- end }}### Assistant:')
+GUANACO_STOP = "### Human:"
+# Conversations on which the folder's chat template must render as the family's (whose TEMPLATE the Modelfile holds).
+PROBES = ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2?"}],
+          [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+
+
+def find_converter(given: str | None = None) -> Path:
+    path = Path(given or os.environ.get("LLAMA_CPP_CONVERTER") or DEFAULT_CONVERTER)
+    path = path / "convert_hf_to_gguf.py" if path.is_dir() else path
+    if not path.is_file():
+        raise ArgumentError(f"llama.cpp's GGUF converter is not at {path}: run `make install-gguf` (or pass --converter "
+                            "/path/to/llama.cpp/convert_hf_to_gguf.py)")
+    return path
+
+
+def full_modules(adapter: Path) -> list[str]:
+    """The modules an adapter carries whole beside its LoRA factors (modules_to_save: embed_tokens, lm_head, heads)."""
+    from safetensors import safe_open
+
+    names = list(json.loads((adapter / "adapter_config.json").read_text()).get("modules_to_save") or [])
+    weights = adapter / "adapter_model.safetensors"
+    if weights.is_file():
+        with safe_open(str(weights), "np") as f:
+            keys = [k for k in f.keys() if "lora_" not in k]
+        for key in keys:
+            name = key.removeprefix("base_model.model.").rsplit(".", 1)[0].replace(".modules_to_save", "")
+            if not any(name == n or name.endswith("." + n) for n in names):
+                names.append(name)
+    return names
+
+
+def saved(folder: Path, name: str) -> dict:
+    return json.loads((folder / name).read_text()) if (folder / name).is_file() else {}
+
+
+def family_of(folder: Path, name: str | None) -> Family:
+    """--family, else the run's (chat_format.json, finetune_args.json), else the one of config.json's model_type."""
+    name = name or saved(folder, CHAT_FORMAT).get("family") or saved(folder, "finetune_args.json").get("family")
+    family = resolve_family(str(folder), name)
+    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
+    if family.ollama_template is None or not any(a.endswith("ForCausalLM") for a in architectures):
+        raise ArgumentError(f"{folder} is not a chat model (family '{family.name}', {architectures or 'no architecture'}"
+                            "): only causal LMs are exported for serving; classifiers are served by tunekit.predict")
+    return family
+
+
+def template_warning(tokenizer, family: Family) -> str | None:
+    own = tokenizer.chat_template
+    own = own.get("default") if isinstance(own, dict) else own
+    if not own:
+        return "the folder's tokenizer has no chat template, so the GGUF carries none (the Modelfile has the family's)"
+
+    def render(template, messages):
+        try:
+            return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
+                                                 add_generation_prompt=True)
+        except Exception as e:  # a template that refuses a role (ChatGLM2 has no system): both must refuse it
+            return f"raises {type(e).__name__}"
+    if any(render(own, p) != render(family.chat_template, p) for p in PROBES):
+        return (f"the folder's chat template renders differently from family {family.name}'s (tunekit/families/"
+                f"{family.name}.py), whose Ollama TEMPLATE the Modelfile holds: check TEMPLATE and SYSTEM by hand")
+    return None
+
+
+def modelfile(family: Family, eos_token: str | None, source: str, kind: str = "chat_template") -> str:
+    """kind: the run's prompt format, the family's chat template or guanaco text (chat_format.json)."""
+    guanaco = kind == "guanaco"
+    stops = dict.fromkeys(((GUANACO_STOP,) if guanaco else family.stop_tokens) + ((eos_token,) if eos_token else ()))
+    what = "guanaco prompt ('### Human: ...### Assistant: ...')" if guanaco else "chat template"
+    lines = [f"# Written by python -m tunekit.export from {source}: the {what} and end-of-turn token it was trained "
+             f"with (family {family.name}, tunekit/families/{family.name}.py).", "FROM ./model.gguf",
+             f'TEMPLATE """{GUANACO_TEMPLATE if guanaco else family.ollama_template}"""']
+    if family.ollama_system and not guanaco:
+        lines.append(f'SYSTEM """{family.ollama_system}"""')
+    return "\n".join(lines + [f'PARAMETER stop "{s}"' for s in stops]) + "\n"
+
+
+def convert(folder: Path, gguf: Path, converter: Path, outtype: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # the converter's own gguf-py, not a pip gguf
+    cmd = [sys.executable, str(converter), str(folder), "--outfile", str(gguf), "--outtype", outtype]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode == 0 and gguf.is_file():
+        return
+    log = done.stderr + done.stdout
+    if "pre-tokenizer was not recognized" in log:
+        raise ConversionError(f"llama.cpp's converter does not recognise the tokenizer of {folder}: it knows BPE "
+                              "pre-tokenizers by a hash of real vocabularies, so a synthetic or retrained vocabulary "
+                              "fails; export a real checkpoint's fine-tune (its tokenizer unchanged)")
+    tail = "\n  ".join(log.strip().splitlines()[-12:])
+    raise ConversionError(f"llama.cpp's converter failed on {folder} (exit {done.returncode}); nothing was written. "
+                          f"Its last lines:\n  {tail}")
+
+
+def export(model_dir: str, out_dir: str, outtype: str = "f16", family: str | None = None,
+           converter: str | None = None, overwrite: bool = False) -> Path:
+    from transformers import AutoTokenizer
+
+    folder, out = Path(model_dir), Path(out_dir)
+    if (folder / "adapter_config.json").is_file():
+        mods = full_modules(folder)
+        if mods:
+            print(f"warning: {folder} carries whole modules beside its LoRA factors ({', '.join(mods[:4])}): vLLM "
+                  "refuses such an adapter as a LoRA; serve the merged folder instead", file=sys.stderr)
+        raise ArgumentError(f"{folder} is a LoRA adapter: merge it first (`python -m tunekit.merge --adapter {folder} "
+                            f"--output {folder}-merged`, or `make <family>-merge ADAPTER={folder}`), then export that")
+    if not (folder / "config.json").is_file():
+        raise ArgumentError(f"{folder} has no config.json: pass a merged model folder (recipes/merge.sh writes one)")
+    fam = family_of(folder, family)
+    script = find_converter(converter)
+    if out.exists() and not overwrite:
+        raise ArgumentError(f"{out} already exists; pass --overwrite to replace it")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    kind = saved(folder, CHAT_FORMAT).get("kind", "chat_template")
+    if kind not in ("chat_template", "guanaco"):
+        raise ArgumentError(f"{folder}/{CHAT_FORMAT}: prompt format {kind!r} has no Ollama template here")
+    warning = template_warning(tokenizer, fam) if kind == "chat_template" else (
+        "the run trained on guanaco text ('### Human: ...### Assistant: ...'), which the Modelfile's TEMPLATE renders; "
+        "the GGUF's tokenizer.chat_template is the tokenizer's own, so llama-server needs the prompt built by hand")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"converting {folder} to GGUF ({outtype}) with {script} ...", flush=True)
+    with atomic_folder(out) as tmp:
+        convert(folder, tmp / "model.gguf", script, outtype)
+        (tmp / "Modelfile").write_text(modelfile(fam, tokenizer.eos_token, str(folder), kind), encoding="utf-8")
+    size = (out / "model.gguf").stat().st_size / 2**20
+    server = f" or `llama-server -m {out}/model.gguf --jinja`" if kind == "chat_template" else ""
+    print(f"wrote {out}/model.gguf ({size:.1f} MiB) and {out}/Modelfile (family {fam.name}, {kind}); serve with "
+          f"`ollama create NAME -f {out}/Modelfile`{server}", flush=True)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model_dir", help="a merged model folder (recipes/merge.sh writes one), not an adapter")
+    p.add_argument("out_dir", help="folder for model.gguf and Modelfile")
+    p.add_argument("--outtype", choices=OUTTYPES, default="f16")
+    p.add_argument("--family", help="default: the run's, else the one of config.json's model_type")
+    p.add_argument("--converter", help="llama.cpp's convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, then "
+                                       ".venv/llama.cpp/ from `make install-gguf`)")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        export(a.model_dir, a.out_dir, a.outtype, a.family, a.converter, a.overwrite)
+    except ArgumentError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()
