@@ -30,7 +30,7 @@ done
 if [ -z "$MODEL" ]; then
   tiny=("$FAMILY"); [[ "$METHOD" == *gptq* ]] && tiny+=(--gptq)  # a GPTQ-Int4 copy of the tiny model
   MODEL="$("$PYTHON" -m tunekit.tiny "${tiny[@]}" | tail -n 1)"
-  args+=("${CPU_OVERLAY:-recipes/cpu-tiny.json}")  # CPU settings (the encoder recipes keep their learning rate)
+  args+=("${CPU_OVERLAY:-recipes/cpu-tiny.json}")  # CPU settings: 8 samples learned by heart (classifiers: their own)
   GPUS_PER_NODE=1
 elif [ -f "$MODEL/config.json" ]; then  # an original layout that needs remote code is converted first (cached)
   MODEL="$("$PYTHON" -m tunekit.convert "$MODEL" | tail -n 1)"

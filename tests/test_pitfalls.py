@@ -207,11 +207,12 @@ def test_22_training_prompt_is_the_inference_prompt_and_bos_is_single(family, ti
 
 
 def test_23_batched_generation_pads_left_and_matches_unbatched(tiny_llama2):
-    from tunekit.generate import generate
+    from tunekit.generate import answer, load
 
-    prompts = ["Hi", "Give me three tips for better sleep, please, in detail."]
-    batched = generate(tiny_llama2, prompts, max_new_tokens=4)
-    assert batched == [generate(tiny_llama2, [p], max_new_tokens=4)[0] for p in prompts]
+    model, tok, fmt = load(tiny_llama2)
+    convs = [[{"role": "user", "content": p}] for p in ("Hi", "Give me three tips for better sleep, please, in detail.")]
+    batched = answer(model, tok, fmt, convs, max_new_tokens=4)
+    assert batched == [answer(model, tok, fmt, [c], max_new_tokens=4)[0] for c in convs]
 
 
 # ---------------------------------------------------------------- #25 gradient accumulation

@@ -64,6 +64,9 @@ class DataArguments:
     eval_data_path: str | None = field(default=None, metadata={"help": "Optional evaluation data: .json or .jsonl."})
     lazy_preprocess: bool = field(default=False, metadata={"help": "Tokenize samples when first used, not upfront."})
     max_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
+    eval_on_train: bool = field(default=False, metadata={
+        "help": "Evaluate on the (first --max_samples) training samples instead of --eval_data_path: a memorisation "
+                "check, as the CPU default does (a tiny model cannot generalise in a minute)."})
     labels: list[str] | None = field(default=None, metadata={
         "help": "seq_cls/token_cls: the label names in id order; default: the training file's, sorted."})
     max_source_length: int | None = field(

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
 
 import torch
 
-from .errors import ArgumentError
+from . import prompts
 from .atomic import atomic_folder
+from .errors import ArgumentError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # The check's tolerance on logits, relative to the largest logit: fp32 agrees to rounding (1.75e-5 measured on the
@@ -176,6 +178,8 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
+        if (Path(adapter) / prompts.FILE).is_file():  # the prompt format trained with, for chat/generate/export
+            shutil.copy2(Path(adapter) / prompts.FILE, Path(tmp) / prompts.FILE)
     report = {"base": base, "adapter": adapter, "output": str(out), "dtype": dtype,
               "merged_in": str(work_dtype).removeprefix("torch."), "probe_max_abs_diff": diff,
               "probe_relative_diff": relative}

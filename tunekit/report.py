@@ -1,5 +1,5 @@
-"""What a run leaves beside its adapter: finetune_args.json (every resolved argument), loss_curve.png, and
-run_summary.json (written last: its presence means the run finished), plus the one-screen summary it prints."""
+"""What a run leaves beside its adapter: finetune_args.json (every resolved argument), chat_format.json, loss_curve.png,
+and run_summary.json (written last: its presence means the run finished), plus the one-screen summary it prints."""
 from __future__ import annotations
 
 import json
@@ -7,12 +7,21 @@ import time
 from pathlib import Path
 
 
-def finish(trainer, run, model_report: dict, data_stats: dict, train_result) -> dict:
-    """The run's summary; on the main process its three files are written and the summary printed."""
+def finish(trainer, run, model_report: dict, data_stats: dict, train_result, evaluation: dict | None = None) -> dict:
+    """The run's summary; on the main process its files are written and the summary printed.  A causal LM's prompt
+    format goes beside it (chat_format.json: what chat, generate and export render)."""
     summary = summarize(trainer, model_report, data_stats, train_result)
+    if evaluation:
+        summary["evaluation"] = evaluation
     if trainer.is_world_process_zero():
         out = Path(run.train_args.output_dir)
         write_json(out / "finetune_args.json", run.arguments)
+        if run.task.name == "causal_lm":
+            from . import prompts
+            from .formats import load_records
+
+            prompts.save(prompts.detect(load_records(run.data_args.data_path, run.data_args.max_samples),
+                                        run.family), out)
         plot_loss(trainer.state.log_history, out / "loss_curve.png")
         write_json(out / "run_summary.json", summary)  # last
         print_summary(summary, str(out))

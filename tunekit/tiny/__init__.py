@@ -16,14 +16,17 @@ from ..convert import DATA_DIR, ROOT, corpus
 from ..families import FAMILIES, Family
 
 VOCAB_SIZE = 2000
+FIXTURE_VERSION = 2  # part of the cache key: raise it when the way fixtures are built changes
 # The embedded default's shape per family (besides the vocabulary); chatglm2's is in chatglm2.py (original layout).
+# initializer_range 0.2, not 0.02: with 64-wide hidden states a 0.02 lm_head caps every logit near 1, so no adapter
+# could make the tiny model confident; at 0.2 the CPU default visibly learns (recipes/cpu-tiny.json).
 SHAPES = {
     "llama2": dict(model_type="llama", hidden_size=64, intermediate_size=172, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5,
-                   tie_word_embeddings=False),
+                   tie_word_embeddings=False, initializer_range=0.2),
     "qwen": dict(model_type="qwen2", hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
-                 tie_word_embeddings=False),
+                 tie_word_embeddings=False, initializer_range=0.2),
 }
 
 
@@ -36,6 +39,9 @@ def train_tokenizer(family: Family, texts, base: bool = False):
         specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
         tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
         tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        # pieces start at a word's "▁" and never span words, as sentencepiece's split_by_whitespace makes them (else
+        # "### Assistant: How" would merge ":▁" and a prompt ending in ":" would tokenize unlike training)
+        tk.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
         tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                         decoders.Strip(" ", 1, 0)])
         trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials, show_progress=False)
@@ -78,10 +84,10 @@ def build(family_name: str, out: Path, seed: int = 0, base: bool = False) -> Pat
 
 
 def default_dir(family_name: str) -> Path:
-    """Cached per family and per content of data/, so editing the samples rebuilds the tokenizer."""
+    """Cached per family, per shape and per content of data/, so editing the samples rebuilds the tokenizer."""
     import hashlib
 
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"{FIXTURE_VERSION} {SHAPES.get(family_name)}".encode())
     for path in sorted(DATA_DIR.glob("*.json*")):
         digest.update(path.name.encode() + path.read_bytes())
     return ROOT / ".cache" / "tiny" / f"{family_name}-{digest.hexdigest()[:8]}"
