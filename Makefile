@@ -82,6 +82,19 @@ chatglm2-lora chatglm2-qlora: chatglm2-%: install
 chatglm2-merge: install
 	@adapter="$${ADAPTER:-out/chatglm2-lora}"; bash recipes/chatglm2/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
 
+# After training: talk to the recipe's last run (the adapter, on its NF4 base for Q-LoRA: the model as trained), or
+# score it on its eval file (DATA=... for another): loss, perplexity, ROUGE-1/2/L, BLEU-4 -> ADAPTER/eval_metrics.json.
+#   make qwen-chat            make chatglm2-eval DATA=data/chatglm2_adgen_eval.jsonl          ADAPTER=out/my-run
+RUN_llama2 := out/llama2-qlora
+RUN_qwen := out/qwen-qlora
+RUN_chatglm2 := out/chatglm2-lora
+.PHONY: llama2-chat qwen-chat chatglm2-chat llama2-eval qwen-eval chatglm2-eval
+llama2-chat qwen-chat chatglm2-chat: %-chat: install
+	$(PYTHON) -m tunekit.chat "$${ADAPTER:-$(RUN_$*)}"
+
+llama2-eval qwen-eval chatglm2-eval: %-eval: install
+	$(PYTHON) -m tunekit.evaluate "$${ADAPTER:-$(RUN_$*)}" --generate $${DATA:+--data "$$DATA"}
+
 # Classification (tunekit/classify.py): an encoder (MODEL empty: the real all-MiniLM-L6-v2 weights) with LoRA on
 # query/value, one label per text (bert-cls) or BIO tags (bert-ner); a decoder classifier with NF4 Q-LoRA (llama-cls);
 # the seed's rank sweep r = 4, 8, 16 and full fine-tuning (bert-ranks: out/bert-ranks-ner/RANKS.md).

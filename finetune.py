@@ -38,7 +38,12 @@ def main(argv=None):
     if eval_ds is not None:
         trainer.evaluate()
     trainer.save_model()  # the adapter (or full weights) as safetensors, with the tokenizer beside it
-    report.finish(trainer, run, model_report, vars(train_ds.stats), result)
+    evaluation = None
+    if t.eval_generation:  # the eval file's prompts answered and scored (ROUGE/BLEU) by the model in memory
+        from tunekit.evaluate import after_training
+
+        evaluation = after_training(trainer, tokenizer, run)
+    report.finish(trainer, run, model_report, vars(train_ds.stats), result, evaluation)
     return trainer
 
 

@@ -132,6 +132,11 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "Let PEFT copy each adapted layer's input to the fp32 dtype of the LoRA weights even under bf16/fp16 "
                 "autocast, where the matmul casts it straight back: the copy changes no number and only costs memory "
                 "(a copy of every adapted input). Off by default: the copy is made only outside autocast."})
+    # After training (tunekit/evaluate.py).
+    eval_generation: bool = field(default=False, metadata={
+        "help": "At the end: answer the eval file's prompts (greedy) and score them against its answers (ROUGE-1/2/L, "
+                "BLEU-4) into eval_metrics.json and eval_predictions.jsonl beside the adapter."})
+    eval_max_new_tokens: int = field(default=256, metadata={"help": "With --eval_generation: tokens per answer."})
     token_budget: int = field(default=0, metadata={
         "help": "Micro-batches of up to this many tokens (sum of lengths with --packing, longest x count without) "
                 "instead of --per_device_train_batch_size samples; 0 = off. Must be >= --model_max_length."})
@@ -239,7 +244,7 @@ SFTTrainer.  JSON files set the arguments (later files win), flags override them
 # --help: the project's own options first, grouped; every transformers.TrainingArguments flag after them.
 SPEED = ("packing", "token_budget", "gradient_checkpointing_fraction", "offload_activations", "lora_upcast_inputs",
          "use_liger_kernel", "gradient_checkpointing")
-OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint")
+OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint", "eval_generation", "eval_max_new_tokens")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -299,7 +304,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         hint = f" (did you mean '--{close[0]}'?)" if close else ""
         raise ArgumentError(f"command line: unknown argument {flags[0]}{hint}; see `python finetune.py --help`")
     check(namespace)
-    if not namespace.eval_data_path and str(namespace.eval_strategy) not in ("no", "IntervalStrategy.NO"):
+    if not namespace.eval_data_path and not namespace.eval_on_train and str(namespace.eval_strategy) not in ("no", "IntervalStrategy.NO"):
         print(f"note: no --eval_data_path, so --eval_strategy {namespace.eval_strategy} is turned off")
         namespace.eval_strategy = "no"
     return namespace
@@ -334,6 +339,9 @@ def check(a) -> None:
         raise ArgumentError("--lora_r and --lora_alpha must be positive")
     if not 0 <= a.lora_dropout < 1:
         raise ArgumentError("--lora_dropout must be in [0, 1)")
+    if a.eval_generation and (a.task != "causal_lm" or not (a.eval_data_path or a.eval_on_train)):
+        raise ArgumentError("--eval_generation scores generated answers: it needs --task causal_lm and an "
+                            "--eval_data_path (or --eval_on_train)")
     if a.model_max_length < 2:
         raise ArgumentError("--model_max_length must be at least 2")
 

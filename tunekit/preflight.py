@@ -89,6 +89,9 @@ def check_machine(a) -> None:
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
+    if a.eval_generation and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ArgumentError("--eval_generation runs on one process; with several, score the saved adapter "
+                            "afterwards: python -m tunekit.evaluate OUTPUT_DIR --generate")
     gpus = 0 if a.use_cpu or is_distributed_launch() else _cuda_count()  # torchrun: one GPU per process
     if a.packing and gpus > 1:
         raise ArgumentError(f"--packing with {gpus} GPUs visible to one process: the Trainer would wrap the "

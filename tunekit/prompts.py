@@ -27,7 +27,12 @@ class ChatFormat:
     def render(self, messages: list[dict], tokenizer) -> str:
         """The conversation so far (ending with a user turn) plus the cue for the assistant's answer."""
         if self.kind == "chat_template":
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            from jinja2 import TemplateError
+
+            try:
+                return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except TemplateError as e:  # e.g. a system turn for a family that has none
+                raise DataError(f"the model's chat template refuses this conversation: {e}") from None
         text = tokenizer.bos_token if self.bos_on_text and tokenizer.bos_token else ""
         for m in messages:
             if m["role"] == "system":

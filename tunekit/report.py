@@ -92,6 +92,8 @@ def print_summary(s: dict, output_dir: str) -> None:
         ("eval loss", f"{s['final_eval_loss']:.4f}" if s["final_eval_loss"] is not None else "-"),
         *[(name.removeprefix("eval_"), f"{value:.4f}") for name, value in s["eval_metrics"].items()
           if name not in ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")],
+        *[(f"generation {k}", f"{v:.2f}") for k, v in (s.get("evaluation") or {}).items()
+          if k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")],
         ("real tokens/s", f"{s['tokens_per_s']:,.0f} ({s['real_tokens']:,} tokens in {s['train_runtime_s']:.1f} s)"),
         ("peak GPU memory", f"{s['peak_gib']:.2f} GiB" if s["peak_gib"] is not None else "- (no GPU)"),
     ]

@@ -5,7 +5,7 @@ from .base import Family
 # The single-round prompt of ChatGLM2 (build_prompt); [gMASK] <sop> come first, the answer and </s> after.
 CHAT_TEMPLATE = (
     "[gMASK]<sop>{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{% if loop.index0 > 0 %}\n\n{% endif %}"
+    "{% if message['role'] == 'user' %}{% if loop.index0 > 0 %}{{ '\n\n' }}{% endif %}"
     "{{ '[Round ' ~ (loop.index0 // 2 + 1) ~ ']\n\n问：' ~ message['content'] ~ '\n\n答：' }}"
     "{% elif message['role'] == 'assistant' %}{{ message['content'] ~ eos_token }}"
     "{% else %}{{ raise_exception('ChatGLM2 has no ' ~ message['role'] ~ ' role: use user/assistant turns') }}"
@@ -13,11 +13,10 @@ CHAT_TEMPLATE = (
 )
 
 # The same in Ollama's Go template, which has no arithmetic: the round is the length of a string that grows by one
-# character per user turn; system messages have no place in ChatGLM2's prompt and are left out.  One newline between
-# rounds, as CHAT_TEMPLATE renders (transformers renders with trim_blocks, which drops the first "\n" after `%}`).
+# character per user turn; system messages have no place in ChatGLM2's prompt and are left out.
 OLLAMA_TEMPLATE = (
     "[gMASK]<sop>{{- $rounds := \"\" }}{{- range .Messages }}"
-    "{{- if eq .Role \"user\" }}{{ if $rounds }}\n{{ end }}{{ $rounds = print $rounds \"x\" }}"
+    "{{- if eq .Role \"user\" }}{{ if $rounds }}\n\n{{ end }}{{ $rounds = print $rounds \"x\" }}"
     "[Round {{ len $rounds }}]\n\n问：{{ .Content }}\n\n答："
     "{{- else if eq .Role \"assistant\" }}{{ .Content }}</s>"
     "{{- end }}{{- end }}"

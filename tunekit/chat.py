@@ -1,0 +1,116 @@
+"""Talk to a trained model, in the prompt format it was trained with, the answer streamed as it is generated.
+
+    python -m tunekit.chat out/qwen-qlora                  # an adapter folder (Q-LoRA: on its NF4 base, as trained)
+    python -m tunekit.chat out/qwen-qlora-merged --system "You are terse." --temperature 0.7
+    make qwen-chat    # the recipe's last output
+
+/reset forgets the conversation, /exit (or end of input) leaves.  The history is rendered whole each turn through
+the same template as training (tunekit/prompts.py), so turn two sees turn one exactly as training data showed it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from transformers.generation.streamers import BaseStreamer
+
+from .errors import ArgumentError, DataError
+
+
+class Streamer(BaseStreamer):
+    """Writes the answer as tokens arrive; text that may be the start of a stop string ("### Human:") is held back
+    until it is clear, so a stop string is never shown."""
+
+    def __init__(self, tokenizer, fmt, out):
+        self.tokenizer, self.fmt, self.out = tokenizer, fmt, out
+        self.ids, self.shown, self.prompt_seen = [], 0, False
+
+    def put(self, value):
+        if not self.prompt_seen:  # generate() first hands over the prompt
+            self.prompt_seen = True
+            return
+        self.ids += value.flatten().tolist()
+        self._write(final=False)
+
+    def end(self):
+        self._write(final=True)
+        self.out.write("\n")
+        self.out.flush()
+
+    def _write(self, final: bool):
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        if final:
+            text = self.fmt.clean(text)
+        else:
+            if text.endswith("\ufffd"):  # half of a multi-byte character
+                return
+            hold = max((k for stop in self.fmt.stop_strings() for k in range(1, len(stop) + 1)
+                        if text.endswith(stop[:k])), default=0)
+            text = text[:len(text) - hold]
+        if len(text) > self.shown:
+            self.out.write(text[self.shown:])
+            self.out.flush()
+            self.shown = len(text)
+
+
+def chat(model, tokenizer, fmt, lines, out=sys.stdout, system: str | None = None, prompt: str = ">>> ",
+         **options) -> list[dict]:
+    """The loop: one user turn per input line; returns the history at the end."""
+    from .generate import answer
+
+    history = [{"role": "system", "content": system}] if system else []
+    start = list(history)
+    for line in lines:
+        line = line.strip()
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            history = list(start)
+            out.write("(history cleared)\n")
+        elif line:
+            history.append({"role": "user", "content": line})
+            reply = answer(model, tokenizer, fmt, [history], Streamer(tokenizer, fmt, out), **options)[0]
+            history.append({"role": "assistant", "content": reply})
+        out.write(prompt)
+        out.flush()
+    return history
+
+
+def input_lines():
+    while True:
+        try:
+            yield input()
+        except EOFError:
+            return
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="an adapter folder, a merged folder or a fully fine-tuned one")
+    p.add_argument("--adapter", help="an adapter to put on MODEL")
+    p.add_argument("--system", help="a system prompt (families whose template has a system turn)")
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
+    p.add_argument("--top_p", type=float, default=0.9)
+    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--repetition_penalty", type=float, default=1.0)
+    p.add_argument("--base_in_4bit", choices=("auto", "yes", "no"), default="auto",
+                   help="the adapter's base in NF4; auto: as it was trained (Q-LoRA adapters)")
+    a = p.parse_args(argv)
+    from .generate import load
+
+    try:
+        model, tokenizer, fmt = load(a.model, a.adapter, {"auto": None, "yes": True, "no": False}[a.base_in_4bit])
+        print(f"chatting with {a.model} ({fmt.kind} format); /reset clears the history, /exit leaves", flush=True)
+        sys.stdout.write(">>> ")
+        sys.stdout.flush()
+        chat(model, tokenizer, fmt, input_lines(), sys.stdout, a.system, max_new_tokens=a.max_new_tokens,
+             temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, repetition_penalty=a.repetition_penalty)
+    except (ArgumentError, DataError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        print()
+
+
+if __name__ == "__main__":
+    main()

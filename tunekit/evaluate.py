@@ -1,0 +1,142 @@
+"""Score a trained model on a file: loss and perplexity, and with --generate its answers against the file's.
+
+    python -m tunekit.evaluate out/chatglm2-lora --data data/chatglm2_adgen_eval.jsonl --generate
+    make chatglm2-eval
+
+Loss is the training pipeline's (the same rendering, labels and truncation as finetune.py), averaged over every
+supervised token of the file; perplexity is exp of it.  --generate answers each record's prompt (greedy, batched,
+tunekit/generate.py) and scores the answers against the references with ROUGE-1/2/L and BLEU-4 (tunekit/scores.py:
+Chinese as ChatGLM2's ADGEN evaluation does).  eval_metrics.json and eval_predictions.jsonl are written into the model
+folder (or --out), and the run's run_summary.json, if there is one, links to them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from .errors import ArgumentError, DataError
+
+METRICS, PREDICTIONS = "eval_metrics.json", "eval_predictions.jsonl"
+
+
+def run_settings(folder) -> dict:
+    path = Path(folder) / "finetune_args.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@torch.no_grad()
+def loss_and_perplexity(model, tokenizer, family, path: str, settings: dict, batch_size: int = 8,
+                        max_samples: int | None = None) -> dict:
+    from .data import IGNORE_INDEX, PaddingCollator, build_dataset
+
+    ds = build_dataset(path, tokenizer, family, settings.get("model_max_length") or 2048, max_samples=max_samples,
+                       max_source_length=settings.get("max_source_length"),
+                       max_target_length=settings.get("max_target_length"))
+    collate = PaddingCollator(tokenizer.pad_token_id)
+    total, tokens = 0.0, 0
+    for lo in range(0, len(ds), batch_size):
+        batch = {k: v.to(model.device) for k, v in collate([ds[i] for i in range(lo, min(lo + batch_size, len(ds)))]).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        total += torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                                   reduction="sum").item()
+        tokens += int((labels != IGNORE_INDEX).sum())
+    loss = total / tokens
+    return {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 700)), 4), "tokens": tokens,
+            "samples": len(ds)}
+
+
+def evaluate(model, tokenizer, fmt, family, data: str, out_dir, settings: dict, generate: bool = False,
+             batch_size: int = 8, max_new_tokens: int = 256, limit: int | None = None, resume: bool = False) -> dict:
+    """Writes out_dir/eval_metrics.json (and eval_predictions.jsonl); returns the metrics."""
+    from .generate import generate_file
+    from .report import write_json
+
+    out = Path(out_dir)
+    model.eval()
+    metrics = {"data": data, **loss_and_perplexity(model, tokenizer, family, data, settings, batch_size, limit)}
+    if generate:
+        from .formats import read_records
+        from .scores import score_generations
+
+        predictions = out / PREDICTIONS
+        if predictions.exists() and not resume:
+            predictions.unlink()  # another model's answers must not be scored as this one's
+        generate_file(model, tokenizer, fmt, data, str(predictions), batch_size, limit, max_new_tokens=max_new_tokens)
+        rows = read_records(str(predictions))
+        metrics.update(score_generations([r["output"] for r in rows], [r["reference"] for r in rows]))
+        metrics["predictions"] = PREDICTIONS
+    write_json(out / METRICS, metrics)
+    summary = out / "run_summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        s["evaluation"] = {"metrics": METRICS, **({"predictions": PREDICTIONS} if generate else {})}
+        write_json(summary, s)
+    return metrics
+
+
+def after_training(trainer, tokenizer, run) -> dict:
+    """--eval_generation: the trained model (still in memory) on the eval file, written beside the adapter."""
+    from . import prompts
+    from .formats import load_records
+
+    d, t = run.data_args, run.train_args
+    fmt = prompts.detect(load_records(d.data_path, d.max_samples), run.family)
+    data, limit = (d.data_path, d.max_samples) if d.eval_on_train else (d.eval_data_path, None)
+    model = trainer.model
+    was_training, use_cache = model.training, model.config.use_cache
+    model.config.use_cache = True  # gradient checkpointing turned the cache off for training
+    try:
+        metrics = evaluate(model, tokenizer, fmt, run.family, data, t.output_dir, run.arguments, generate=True,
+                           batch_size=t.per_device_eval_batch_size, max_new_tokens=t.eval_max_new_tokens, limit=limit)
+        return {"metrics": METRICS, **metrics}
+    finally:
+        model.config.use_cache = use_cache
+        model.train(was_training)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="an adapter folder written by finetune.py, a merged or fully fine-tuned folder")
+    p.add_argument("--data", help="records in any training format; default: the run's eval file")
+    p.add_argument("--adapter", help="an adapter to put on MODEL")
+    p.add_argument("--generate", action="store_true", help="also answer each prompt and score ROUGE/BLEU")
+    p.add_argument("--out", help="where eval_metrics.json goes; default: the adapter (or model) folder")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--resume", action="store_true", help="keep the answers an interrupted --generate wrote")
+    p.add_argument("--family", help="default: the run's, else from config.json")
+    a = p.parse_args(argv)
+    from .families import FAMILIES, resolve_family
+    from .generate import load
+
+    try:
+        folder = Path(a.adapter or a.model)
+        settings = run_settings(folder)
+        data = a.data or (settings.get("data_path") if settings.get("eval_on_train") else settings.get("eval_data_path"))
+        if not data:
+            raise ArgumentError("--data is required (the folder records no eval file)")
+        if not Path(data).is_file():
+            raise ArgumentError(f"--data: {data} not found")
+        model, tokenizer, fmt = load(a.model, a.adapter)
+        name = a.family or settings.get("family") or fmt.family
+        family = FAMILIES[name] if name in FAMILIES else resolve_family(str(Path(model.config._name_or_path)), name)
+        limit = a.limit or (settings.get("max_samples") if not a.data and settings.get("eval_on_train") else None)
+        metrics = evaluate(model, tokenizer, fmt, family, data, a.out or folder, settings, a.generate, a.batch_size,
+                           a.max_new_tokens, limit, a.resume)
+    except (ArgumentError, DataError) as e:
+        sys.exit(f"error: {e}")
+    width = max(len(k) for k in metrics)
+    for k, v in metrics.items():
+        print(f"  {k:<{width}}  {v}")
+    print(f"-> {Path(a.out or folder) / METRICS}")
+
+
+if __name__ == "__main__":
+    main()
