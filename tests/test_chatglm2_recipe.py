@@ -34,6 +34,18 @@ def test_lora_recipe_end_to_end_and_back_to_the_original_layout(tmp_path):
                        env=dict(env, NO_SAMPLE="1"), capture_output=True, text=True, timeout=600)  # sampled below
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
 
+    # make chatglm2-eval: ADGEN-style scores of the adapter's answers on the shipped held-out ADGEN sample
+    r = subprocess.run([sys.executable, "-m", "tunekit.evaluate", str(adapter), "--generate", "--data",
+                        "data/chatglm2_adgen_eval.jsonl", "--limit", "3", "--max_new_tokens", "16"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    metrics = json.loads((adapter / "eval_metrics.json").read_text())
+    assert metrics["samples"] == 3 and "ChatGLM2 ADGEN" in metrics["scoring"]
+    assert {"rouge-1", "rouge-2", "rouge-l", "bleu-4", "perplexity"} <= set(metrics)
+    rows = [json.loads(x) for x in (adapter / "eval_predictions.jsonl").read_text().splitlines()]
+    assert [x["reference"] for x in rows] == [json.loads(x)["summary"] for x in
+                                              (ROOT / "data/chatglm2_adgen_eval.jsonl").read_text().splitlines()[:3]]
+
     tok = AutoTokenizer.from_pretrained(merged)
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
     ids = tok.apply_chat_template([{"role": "user", "content": "类型#裙*颜色#白色"}], add_generation_prompt=True,

@@ -72,6 +72,7 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         "peak_gib": max(rec.step_peak_gib) if rec.step_peak_gib else None,  # during training steps
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
+        "first_eval_loss": evals[0] if evals else None,
         "final_eval_loss": evals[-1] if evals else None,
         "eval_metrics": next(({k: v for k, v in h.items() if k.startswith("eval_") and isinstance(v, float)}
                               for h in reversed(trainer.state.log_history) if "eval_loss" in h), {}),
