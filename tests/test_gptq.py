@@ -122,9 +122,11 @@ def test_packed_logits_match_the_float_model(label, tiny_qwen, tiny_qwen_gptq, t
         cos = torch.nn.functional.cosine_similarity(ref(ids).logits.flatten(), model(ids).logits.flatten(), dim=0)
     print(f"logits cosine, {label} label: {cos:.4f}")
     if label == "gptq":
-        assert cos >= 0.99, cos  # measured 0.9967 (RTN, group 32; q/k/v/o packed)
+        # measured 0.914 (RTN, group 32; q/k/v/o packed) on the tiny model's initializer_range 0.2, whose large
+        # random weights amplify 4-bit rounding (0.9967 at 0.02)
+        assert cos >= 0.85, cos
     else:
-        assert cos < 0.9, cos  # measured 0.77: the check above can fail
+        assert cos < 0.6, cos  # measured 0.34: one step off everywhere, so the check above can fail
 
 
 def train_three_steps(path, backend, generate_first):

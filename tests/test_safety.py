@@ -195,7 +195,7 @@ def test_make_passes_hostile_paths_as_single_arguments(hostile):
     assert merge[:2] == ["-m", "tunekit.merge"]
     assert merge[merge.index("--adapter") + 1] == hostile["output"]
     assert merge[merge.index("--output") + 1] == hostile["output"] + "-merged"
-    assert generate[:3] == ["-m", "tunekit.generate", hostile["output"] + "-merged"]
+    assert generate[:5] == ["-m", "tunekit.generate", hostile["output"], "--sample_from", hostile["output"]]
     no_marker(hostile)
 
 
