@@ -85,6 +85,9 @@ def input_lines():
 
 
 def main(argv=None):
+    from .noise import quiet_libraries
+
+    quiet_libraries()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="an adapter folder, a merged folder or a fully fine-tuned one")
     p.add_argument("--adapter", help="an adapter to put on MODEL")

@@ -2,22 +2,10 @@
 with exit status 2 (no traceback, nothing written by then), and a clean exit under torchrun."""
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import warnings
 
-# Import-time messages of libraries that say nothing about this run: torchao (pulled in by peft when the GPTQ stack
-# is installed) logs every optional kernel it cannot load on a CPU torch, and torch's pytree logs deprecations.
-NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
-
-
-def quiet_libraries() -> None:
-    for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", module="torchao")
-
+from .noise import quiet_libraries
 
 quiet_libraries()  # at import: finetune.py imports this module first, before transformers pulls the libraries in
 

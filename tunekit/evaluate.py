@@ -71,6 +71,7 @@ def evaluate(model, tokenizer, fmt, family, data: str, out_dir, settings: dict, 
         rows = read_records(str(predictions))
         metrics.update(score_generations([r["output"] for r in rows], [r["reference"] for r in rows]))
         metrics["predictions"] = PREDICTIONS
+    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     write_json(out / METRICS, metrics)
     summary = out / "run_summary.json"
     if summary.is_file():
@@ -101,6 +102,9 @@ def after_training(trainer, tokenizer, run) -> dict:
 
 
 def main(argv=None):
+    from .noise import quiet_libraries
+
+    quiet_libraries()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="an adapter folder written by finetune.py, a merged or fully fine-tuned folder")
     p.add_argument("--data", help="records in any training format; default: the run's eval file")

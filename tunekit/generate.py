@@ -157,6 +157,9 @@ def sample_from_run(model, tokenizer, fmt, run_dir: str, **options) -> bool:
 
 
 def main(argv=None):
+    from .noise import quiet_libraries
+
+    quiet_libraries()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("prompts", nargs="*", help="prompts to answer (one user turn each)")

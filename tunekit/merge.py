@@ -189,6 +189,9 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
 
 
 def main(argv=None):
+    from .noise import quiet_libraries
+
+    quiet_libraries()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="folder written by finetune.py with --use_lora")
     p.add_argument("--output", required=True, help="folder for the merged model")

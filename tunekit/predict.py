@@ -89,6 +89,9 @@ def predict(model, tokenizer, task: str, records: list[dict], batch_size: int = 
 
 
 def main(argv=None):
+    from .noise import quiet_libraries
+
+    quiet_libraries()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("input")
