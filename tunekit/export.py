@@ -18,18 +18,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import prompts
 from .atomic import atomic_folder
 from .errors import ArgumentError, ConversionError
 from .families import Family, resolve_family
 
 DEFAULT_CONVERTER = Path(__file__).resolve().parent.parent / ".venv" / "llama.cpp" / "convert_hf_to_gguf.py"
 OUTTYPES = ("f16", "bf16", "q8_0", "f32")
-CHAT_FORMAT = "chat_format.json"  # the run's prompt format (its kind and family), left beside the adapter, kept by merge
+CHAT_FORMAT = prompts.FILE  # the run's prompt format (its kind and family), left beside the adapter, kept by merge
 # A run trained on guanaco text ("### Human: ...### Assistant: ...", data.py's text_segments) is prompted the same way:
 # the next "### Human:" ends a turn, EOS the conversation.
 GUANACO_TEMPLATE = ('{{- range .Messages }}{{- if eq .Role "user" }}### Human: {{ .Content }}'
                     '{{- else if eq .Role "assistant" }}### Assistant: {{ .Content }}{{- end }}{{- end }}### Assistant:')
-GUANACO_STOP = "### Human:"
+GUANACO_STOP = prompts.GUANACO_STOP
 # Conversations on which the folder's chat template must render as the family's (whose TEMPLATE the Modelfile holds).
 PROBES = ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2?"}],
           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
