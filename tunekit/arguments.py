@@ -125,6 +125,15 @@ class TrainingArguments(transformers.TrainingArguments):
     offload_activations: bool = field(default=False, metadata={
         "help": "Keep the tensors saved for backward (with gradient checkpointing: each layer's input) in CPU "
                 "memory instead of on the GPU: long sequences on one GPU, at some speed."})
+    offload_activations_async: bool = field(default=False, metadata={
+        "help": "Offload as --offload_activations does, but through tunekit/offload.py: copies to pinned memory on a "
+                "side CUDA stream, and back ahead of their use in the backward (overlapping the compute); small "
+                "tensors and weights stay on the GPU. Same numbers; its GPU speed and memory are not benchmarked yet."})
+    tiled_mlp_tokens: int = field(default=0, metadata={
+        "help": "Run each decoder layer's MLP over at most this many tokens at a time, in the forward and the "
+                "backward (tunekit/tiling.py): its (tokens x intermediate_size) activations never exist whole, which "
+                "saves most of a layer's peak memory at long sequences; costs one more MLP forward per step (the "
+                "backward recomputes it). Same loss and gradients; not with ZeRO-3. 0 = off."})
     gradient_checkpointing_fraction: float = field(default=1.0, metadata={
         "help": "With --gradient_checkpointing: the fraction of decoder layers (evenly spread) that recompute their "
                 "activations in the backward; the others keep them. Below 1: faster, more memory."})
@@ -243,7 +252,7 @@ SFTTrainer.  JSON files set the arguments (later files win), flags override them
 
 # --help: the project's own options first, grouped; every transformers.TrainingArguments flag after them.
 SPEED = ("packing", "token_budget", "gradient_checkpointing_fraction", "offload_activations", "lora_upcast_inputs",
-         "use_liger_kernel", "gradient_checkpointing")
+         "use_liger_kernel", "gradient_checkpointing", "offload_activations_async", "tiled_mlp_tokens")
 OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint", "eval_generation", "eval_max_new_tokens")
 
 
@@ -323,6 +332,8 @@ def check(a) -> None:
     if not 0 < a.gradient_checkpointing_fraction <= 1:
         raise ArgumentError(f"--gradient_checkpointing_fraction {a.gradient_checkpointing_fraction} must be in (0, 1]; "
                             "for none, use --gradient_checkpointing false")
+    if a.tiled_mlp_tokens < 0:
+        raise ArgumentError(f"--tiled_mlp_tokens {a.tiled_mlp_tokens} must be >= 0 (0 = off)")
     if a.token_budget and a.token_budget < a.model_max_length:
         raise ArgumentError(f"--token_budget {a.token_budget} is smaller than --model_max_length "
                             f"{a.model_max_length}: a full-length sample would not fit; raise it or set 0")

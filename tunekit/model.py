@@ -280,6 +280,12 @@ def build_model(model_args, lora_args, train_args, tokenizer, family: Family, ta
               "are trained fully and saved with the adapter")
     if lora_args.use_lora:
         model = apply_lora(model, lora_args, train_args, family, task, modules_to_save)
+    if train_args.tiled_mlp_tokens:  # after PEFT or not: the patched forward finds the LoRA layers at call time
+        from .tiling import apply_tiled_mlp
+
+        if not apply_tiled_mlp(model, train_args.tiled_mlp_tokens):
+            raise ArgumentError("--tiled_mlp_tokens: this model has no MLP module to tile (a class named *MLP with a "
+                                "down_proj, as Llama, Qwen2 and GLM have); set it to 0")
     if getattr(model.config, "quantization_config", None) and _quant_method(model.config) == "gptq":
         from .gptq import check_trainable_kernels
 

@@ -143,6 +143,9 @@ def check_deepspeed(a) -> dict:
                    "ZeRO-3 shards flat buffers of one dtype)" if a.bnb_4bit_quant_storage != dtype else "")
         raise ArgumentError(f"--deepspeed {a.deepspeed}: ZeRO-3 cannot shard a 4-bit model here{storage}; "
                             "use ds_configs/zero2.json with --q_lora")
+    if stage == 3 and a.tiled_mlp_tokens:  # untested: ZeRO-3 gathers weights per forward, our backward reruns it
+        raise ArgumentError(f"--deepspeed {a.deepspeed}: --tiled_mlp_tokens is not supported with ZeRO-3 yet; use "
+                            "ds_configs/zero2.json or --tiled_mlp_tokens 0")
     if not is_distributed_launch():
         raise ArgumentError("--deepspeed needs a distributed launch: run `torchrun --nproc_per_node N finetune.py ...` "
                             "(N=1 is fine), not plain `python`")

@@ -96,6 +96,11 @@ class ActivationOffloadMixin:
     activations inside a layer exist only during its backward."""
 
     def compute_loss(self, model, inputs, *args, **kwargs):
+        if self.run_options.offload_activations_async:  # tunekit/offload.py: side stream, prefetch
+            from .offload import offload_saved_tensors
+
+            with offload_saved_tensors():
+                return super().compute_loss(model, inputs, *args, **kwargs)
         if not self.run_options.offload_activations:
             return super().compute_loss(model, inputs, *args, **kwargs)
         with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
