@@ -90,14 +90,19 @@ def after_training(trainer, tokenizer, run) -> dict:
     fmt = prompts.detect(load_records(d.data_path, d.max_samples), run.family)
     data, limit = (d.data_path, d.max_samples) if d.eval_on_train else (d.eval_data_path, None)
     model = trainer.model
-    was_training, use_cache = model.training, model.config.use_cache
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    was_training, use_cache, attn = model.training, model.config.use_cache, base.config._attn_implementation
     model.config.use_cache = True  # gradient checkpointing turned the cache off for training
+    if attn == "varlen":  # the packed-batch kernel needs packed rows; generation pads prompts
+        base.set_attn_implementation("sdpa")
     try:
         metrics = evaluate(model, tokenizer, fmt, run.family, data, t.output_dir, run.arguments, generate=True,
                            batch_size=t.per_device_eval_batch_size, max_new_tokens=t.eval_max_new_tokens, limit=limit)
         return {"metrics": METRICS, **metrics}
     finally:
         model.config.use_cache = use_cache
+        if attn == "varlen":
+            base.set_attn_implementation(attn)
         model.train(was_training)
 
 
