@@ -58,6 +58,7 @@ def evaluate(model, tokenizer, fmt, family, data: str, out_dir, settings: dict, 
     from .report import write_json
 
     out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     model.eval()
     metrics = {"data": data, **loss_and_perplexity(model, tokenizer, family, data, settings, batch_size, limit)}
     if generate:
