@@ -64,6 +64,7 @@ NO_LIGER = ("--use_liger_kernel", "false")
 # flex attention (transformers' flex_attention with the packed block mask) ran at 22 s per 16k-token step on an
 # H200 (2026-11-30): dropped for varlen, PyTorch's variable-length flash attention (tunekit/attention.py)
 VARLEN_LIGER = ("--attn_implementation", "varlen", *LIGER)
+ASYNC = ("--offload_activations_async", "true")  # issue 14: pinned buffers, side stream, prefetch
 NO_GC = ("--gradient_checkpointing", "false")
 NO_DROPOUT = ("--lora_dropout", "0")
 # A CPU smoke run: no bitsandbytes, no bf16, and none of the GPU-only speed switches the recipes default to (a variant
@@ -104,7 +105,11 @@ THROUGHPUT = (
     Variant("qlora", "-bf16-r16-packed-varlen-liger-gc-half", FAST_R16 + BF16 + VARLEN_LIGER + budget(16384) + (
         "--gradient_checkpointing_fraction", "0.5"), LORA_R16, cuda=CUDA, steps=BIG, default="extra"),
     Variant("qlora", "-bf16-r16-packed-8k-liger", FAST_R16 + BF16 + SDPA + LIGER + budget(8192), LORA_R16, cuda=CUDA,
-            steps=MID, default="extra"))
+            steps=MID, default="extra"),
+    # issue 14: the 16k default within Unsloth's 16k packed memory (7.03 GiB): async offload (tunekit/offload.py),
+    # 8-bit AdamW, no dropout; not measured yet
+    Variant("qlora", "-nf4-r16-packed-varlen-liger-async-adam8", FAST_R16 + VARLEN_LIGER + budget(16384) + ASYNC
+            + ("--optim", "adamw_bnb_8bit", *NO_DROPOUT), cuda=CUDA, steps=BIG, default="extra"))
 LEAN = (
     Variant("qlora", "-nf4-r16-lean", FAST_R16 + SDPA + NO_LIGER + budget(4096) + ("--offload_activations", "true"),
             steps=LOW, default="cpu"),
@@ -122,7 +127,10 @@ LEAN = (
     Variant("qlora", "-nf4-r16-lean-3.5k-nodrop-varlen-liger-adam8", lean(3584, *NO_DROPOUT), cuda=CUDA, steps=LOW,
             default="extra"),
     Variant("qlora", "-nf4-r16-lean-liger-adam8", lean(4096, attention=SDPA + LIGER), cuda=CUDA, steps=LOW,
-            default="extra"))
+            default="extra"),
+    # issue 14: the lean setting with the async offload instead of save_on_cpu; not measured yet
+    Variant("qlora", "-nf4-r16-lean-async-nodrop-varlen-liger-adam8", lean(4096, *NO_DROPOUT, *ASYNC), cuda=CUDA,
+            steps=LOW, default="extra"))
 # ChatGLM2: the settings of the published LLaMA-Factory vs ChatGLM P-Tuning comparison (21.67 samples/s and 5.14 GB on
 # an A100): r=32, every sample exactly 1024 tokens (ADGEN records cut by max_source_length 512 / max_target_length
 # 511, + EOS), batches of samples (4 or 1, no token budget)
@@ -160,6 +168,12 @@ SUITES = {
     "longctx": Suite("llama2", (), (Variant("qlora", flags=LONG, gpu_flags=LIGER + ("--bf16", "true")),),
                      shapes=("llama3.1-8b", "tiny-long"), steps=(2, 0),
                      lengths={"llama3.1-8b": (131072, 196608, 262144, 327680), "tiny-long": (2048, 4096)}),
+    # issue 14, bar 3: the same with the MLP tiled in 8k-token chunks and the async offload, towards 500,000 tokens
+    # in 80 GiB (not measured yet)
+    "longctx-tiled": Suite("llama2", (), (Variant("qlora", "-tiled-async", flags=LONG + ASYNC + (
+        "--tiled_mlp_tokens", "8192"), gpu_flags=LIGER + ("--bf16", "true")),),
+        shapes=("llama3.1-8b", "tiny-long"), steps=(2, 0),
+        lengths={"llama3.1-8b": (262144, 393216, 500000), "tiny-long": (2048, 4096)}),
     # a Qwen2.5-7B-shaped bf16 checkpoint and its GPTQ-Int4 pack: the lora recipe first, then the baseline, the NF4 and
     # GPTQ recipes, the seed's command line on the GPTQ pack; its adapter merged into the bf16 checkpoint (BASE)
     "qwen": Suite("qwen", (LORA_R16, QLORA_R16), (
