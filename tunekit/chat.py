@@ -88,22 +88,19 @@ def main(argv=None):
     from .noise import quiet_libraries
 
     quiet_libraries()
+    from .generate import add_model_arguments, load_from_args
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="an adapter folder, a merged folder or a fully fine-tuned one")
-    p.add_argument("--adapter", help="an adapter to put on MODEL")
+    add_model_arguments(p)
     p.add_argument("--system", help="a system prompt (families whose template has a system turn)")
     p.add_argument("--max_new_tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
     p.add_argument("--top_p", type=float, default=0.9)
     p.add_argument("--top_k", type=int, default=50)
     p.add_argument("--repetition_penalty", type=float, default=1.0)
-    p.add_argument("--base_in_4bit", choices=("auto", "yes", "no"), default="auto",
-                   help="the adapter's base in NF4; auto: as it was trained (Q-LoRA adapters)")
     a = p.parse_args(argv)
-    from .generate import load
-
     try:
-        model, tokenizer, fmt = load(a.model, a.adapter, {"auto": None, "yes": True, "no": False}[a.base_in_4bit])
+        model, tokenizer, fmt = load_from_args(a)
         print(f"chatting with {a.model} ({fmt.kind} format); /reset clears the history, /exit leaves", flush=True)
         sys.stdout.write(">>> ")
         sys.stdout.flush()

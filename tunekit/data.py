@@ -192,8 +192,8 @@ def build_datasets(data_args, tokenizer, family, max_length):
     data = dict(tokenizer=tokenizer, family=family, max_length=max_length, lazy=data_args.lazy_preprocess,
                 max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length)
     train = build_dataset(data_args.data_path, max_samples=data_args.max_samples, **data)
-    if data_args.eval_on_train:
-        return train, build_dataset(data_args.data_path, max_samples=data_args.max_samples, **data)
+    if data_args.eval_on_train:  # the same examples: tokenized once
+        return train, train
     return train, build_dataset(data_args.eval_data_path, **data) if data_args.eval_data_path else None
 
 

@@ -24,9 +24,12 @@ from .errors import ArgumentError, DataError
 METRICS, PREDICTIONS = "eval_metrics.json", "eval_predictions.jsonl"
 
 
-def run_settings(folder) -> dict:
-    path = Path(folder) / "finetune_args.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def eval_file(settings: dict) -> tuple[str | None, int | None]:
+    """The file (and how many of its records) a run evaluated on: its eval file, or its training slice with
+    --eval_on_train."""
+    if settings.get("eval_on_train"):
+        return settings.get("data_path"), settings.get("max_samples")
+    return settings.get("eval_data_path"), None
 
 
 @torch.no_grad()
@@ -89,7 +92,7 @@ def after_training(trainer, tokenizer, run) -> dict:
 
     d, t = run.data_args, run.train_args
     fmt = prompts.detect(load_records(d.data_path, d.max_samples), run.family)
-    data, limit = (d.data_path, d.max_samples) if d.eval_on_train else (d.eval_data_path, None)
+    data, limit = eval_file(run.arguments)
     model = trainer.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     was_training, use_cache, attn = model.training, model.config.use_cache, base.config._attn_implementation
@@ -111,10 +114,12 @@ def main(argv=None):
     from .noise import quiet_libraries
 
     quiet_libraries()
+    from .families import FAMILIES, resolve_family
+    from .generate import add_model_arguments, load_from_args, run_settings
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="an adapter folder written by finetune.py, a merged or fully fine-tuned folder")
+    add_model_arguments(p)
     p.add_argument("--data", help="records in any training format; default: the run's eval file")
-    p.add_argument("--adapter", help="an adapter to put on MODEL")
     p.add_argument("--generate", action="store_true", help="also answer each prompt and score ROUGE/BLEU")
     p.add_argument("--out", help="where eval_metrics.json goes; default: the adapter (or model) folder")
     p.add_argument("--batch_size", type=int, default=8)
@@ -123,21 +128,18 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true", help="keep the answers an interrupted --generate wrote")
     p.add_argument("--family", help="default: the run's, else from config.json")
     a = p.parse_args(argv)
-    from .families import FAMILIES, resolve_family
-    from .generate import load
-
     try:
         folder = Path(a.adapter or a.model)
         settings = run_settings(folder)
-        data = a.data or (settings.get("data_path") if settings.get("eval_on_train") else settings.get("eval_data_path"))
+        data, limit = (a.data, None) if a.data else eval_file(settings)
         if not data:
             raise ArgumentError("--data is required (the folder records no eval file)")
         if not Path(data).is_file():
             raise ArgumentError(f"--data: {data} not found")
-        model, tokenizer, fmt = load(a.model, a.adapter)
+        model, tokenizer, fmt = load_from_args(a)
         name = a.family or settings.get("family") or fmt.family
         family = FAMILIES[name] if name in FAMILIES else resolve_family(str(Path(model.config._name_or_path)), name)
-        limit = a.limit or (settings.get("max_samples") if not a.data and settings.get("eval_on_train") else None)
+        limit = a.limit or limit
         metrics = evaluate(model, tokenizer, fmt, family, data, a.out or folder, settings, a.generate, a.batch_size,
                            a.max_new_tokens, limit, a.resume)
     except (ArgumentError, DataError) as e:

@@ -26,11 +26,31 @@ from .errors import ArgumentError, DataError
 from .formats import read_records
 
 
+def run_settings(folder) -> dict:
+    """The resolved arguments of the run that wrote `folder` (finetune_args.json), or {} for a folder from elsewhere."""
+    path = Path(folder) / "finetune_args.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def trained_in_4bit(adapter: str | None) -> bool:
     """An adapter trained by Q-LoRA on a bitsandbytes 4-bit base (a GPTQ base is quantized by its own config)."""
-    path = Path(adapter or "") / "finetune_args.json"
-    args = json.loads(path.read_text()) if adapter and path.is_file() else {}
+    args = run_settings(adapter) if adapter else {}
     return bool(args.get("q_lora")) and args.get("bnb_4bit_quant_type") in ("nf4", "fp4")
+
+
+BASE_IN_4BIT = {"auto": None, "yes": True, "no": False}
+
+
+def add_model_arguments(p) -> None:
+    """The model to load, as chat, generate and evaluate take it (see load)."""
+    p.add_argument("model", help="an adapter folder written by finetune.py, a merged or a fully fine-tuned folder")
+    p.add_argument("--adapter", help="an adapter folder to put on MODEL")
+    p.add_argument("--base_in_4bit", choices=tuple(BASE_IN_4BIT), default="auto",
+                   help="the adapter's base in NF4; auto: as it was trained (Q-LoRA adapters)")
+
+
+def load_from_args(a):
+    return load(a.model, a.adapter, BASE_IN_4BIT[a.base_in_4bit])
 
 
 def load(model_dir: str, adapter: str | None = None, load_in_4bit: bool | None = None):
@@ -147,7 +167,7 @@ def generate_file(model, tokenizer, fmt, input_path: str, output_path: str, batc
 
 def sample_from_run(model, tokenizer, fmt, run_dir: str, **options) -> bool:
     """Prints the run's first training record's prompt, the trained answer and the model's; True if they match."""
-    args = json.loads((Path(run_dir) / "finetune_args.json").read_text())
+    args = run_settings(run_dir)
     conv, ref = prompts.split_record(read_records(args["data_path"])[0], f"{args['data_path']} record 0")
     got = answer(model, tokenizer, fmt, [conv], **options)[0]
     same = " ".join(got.split()) == " ".join(ref.split())
@@ -161,9 +181,8 @@ def main(argv=None):
 
     quiet_libraries()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model")
+    add_model_arguments(p)
     p.add_argument("prompts", nargs="*", help="prompts to answer (one user turn each)")
-    p.add_argument("--adapter", help="an adapter folder to put on MODEL")
     p.add_argument("--input", help="records (any training format) to answer")
     p.add_argument("--output", help="with --input: the JSONL to write (resumed if it exists)")
     p.add_argument("--sample_from", metavar="RUN_DIR", help="answer the first training record of this run")
@@ -172,8 +191,6 @@ def main(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--top_p", type=float, default=1.0)
-    p.add_argument("--base_in_4bit", choices=("auto", "yes", "no"), default="auto",
-                   help="the adapter's base in NF4; auto: as it was trained (Q-LoRA adapters)")
     a = p.parse_intermixed_args(argv)
     if bool(a.input) != bool(a.output):
         p.error("--input and --output go together")
@@ -181,7 +198,7 @@ def main(argv=None):
         p.error("give prompts, --input/--output or --sample_from")
     options = dict(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p)
     try:
-        model, tokenizer, fmt = load(a.model, a.adapter, {"auto": None, "yes": True, "no": False}[a.base_in_4bit])
+        model, tokenizer, fmt = load_from_args(a)
         if a.sample_from:
             sample_from_run(model, tokenizer, fmt, a.sample_from, **options)
         if a.prompts:
