@@ -137,6 +137,10 @@ class TrainingArguments(transformers.TrainingArguments):
     gradient_checkpointing_fraction: float = field(default=1.0, metadata={
         "help": "With --gradient_checkpointing: the fraction of decoder layers (evenly spread) that recompute their "
                 "activations in the backward; the others keep them. Below 1: faster, more memory."})
+    fused_lora: bool = field(default=True, metadata={
+        "help": "Run each plain LoRA layer (no dropout, no DoRA, base nn.Linear or NF4) as one autograd function: the "
+                "adapter's output is added into the base output in place and the backward is fused the same way "
+                "(tunekit/fused_lora.py). Same loss and gradients, less memory traffic; off under ZeRO-3."})
     lora_upcast_inputs: bool = field(default=False, metadata={
         "help": "Let PEFT copy each adapted layer's input to the fp32 dtype of the LoRA weights even under bf16/fp16 "
                 "autocast, where the matmul casts it straight back: the copy changes no number and only costs memory "
@@ -252,7 +256,7 @@ SFTTrainer.  JSON files set the arguments (later files win), flags override them
 
 # --help: the project's own options first, grouped; every transformers.TrainingArguments flag after them.
 SPEED = ("packing", "token_budget", "gradient_checkpointing_fraction", "offload_activations", "lora_upcast_inputs",
-         "use_liger_kernel", "gradient_checkpointing", "offload_activations_async", "tiled_mlp_tokens")
+         "use_liger_kernel", "gradient_checkpointing", "offload_activations_async", "tiled_mlp_tokens", "fused_lora")
 OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint", "eval_generation", "eval_max_new_tokens")
 
 

@@ -201,7 +201,16 @@ def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_sa
     model = get_peft_model(model, config)
     if not train_args.lora_upcast_inputs:
         skip_lora_input_upcast(model)
+    if getattr(train_args, "fused_lora", False) and not _zero3(train_args):  # ZeRO-3: weights exist only in hooks
+        from .fused_lora import fuse_lora_layers
+
+        fuse_lora_layers(model)
     return model
+
+
+def _zero3(train_args) -> bool:
+    config = getattr(train_args, "hf_deepspeed_config", None)
+    return bool(config and config.is_zero3())
 
 
 def _upcast_only_outside_autocast(module, args):
