@@ -3,6 +3,8 @@
 #   bash bench/gpu.sh SUITE [bench/run.py flags]               one suite on its real shape, into $OUT
 #   bash bench/gpu.sh --each 'SUITE [flags]' 'SUITE [flags]'   one job per GPU: CUDA_VISIBLE_DEVICES=i, TMPDIR=/tmp/job<i>,
 #                                                              OUT=$OUT/job<i> (with its stdout.log); own baselines
+# SUITE=peers: first a call carrying .whl (e.g. `bash bench/gpu.sh throughput ...`), then, within 30 s, one carrying
+# [".whl-unsloth", "bench/reference"] for `bash bench/gpu.sh peers` (Unsloth's own SFT path beside the recipe).
 # Installs the carried wheels into /tmp/site once per machine (.whl-gptq after .whl, so that its copy of a shared
 # package wins), then runs bench/run.py with a deadline so that all of it ends within BUDGET seconds (default 560, under
 # the device's 600 s a command): what no longer fits is recorded as skipped and the JSON is always written.
@@ -20,8 +22,21 @@ install() {
   fi
   touch /tmp/site/.tunekit-installed
 }
+# The peers suite's Unsloth wheels (46 MiB) do not fit beside .whl in one carry: one call with .whl installs /tmp/site,
+# the next call on the still-warm machine carries .whl-unsloth (and bench/reference) and installs it into
+# /tmp/site-u, which only the Unsloth runs put first on their PYTHONPATH (PEER_SITE).
+install_peer() {
+  [ -f /tmp/site-u/.tunekit-installed ] && return 0
+  ls .whl-unsloth/*.whl >/dev/null 2>&1 || return 0
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-u \
+    .whl-unsloth/*.whl && touch /tmp/site-u/.tunekit-installed
+}
 mkdir -p /tmp/site "$OUT"
-( flock 9; install ) 9>/tmp/site.lock || { echo "installing the carried wheels failed" >&2; exit 1; }
+if ls .whl/*.whl >/dev/null 2>&1 || [ ! -f /tmp/site/.tunekit-installed ]; then
+  ( flock 9; install ) 9>/tmp/site.lock || { echo "installing the carried wheels failed" >&2; exit 1; }
+fi
+install_peer || echo "warning: installing .whl-unsloth failed; the Unsloth runs will be skipped" >&2
+[ -f /tmp/site-u/.tunekit-installed ] && export PEER_SITE=/tmp/site-u
 export PYTHONPATH=/tmp/site HF_HOME=/tmp/hf HF_HUB_OFFLINE=1  # gptqmodel moves HF_HOME otherwise; nothing downloads
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader || true
 df -h /tmp . | tail -n 2

@@ -87,6 +87,18 @@ def section(name: str, result: dict) -> str:
             notes.append(f"- `{row['name']}` ({row['implementation']}): {row['note']}"
                          + ("" if row.get("same_lengths_as_workload") is not False else
                             "; **its tokenized lengths differ from the workload's**"))
+    peered = [r for r in result.get("runs", []) if r.get("tokens_per_s_vs_peer")]
+    if peered:
+        lines += ["", "Against the peer of the same run (its own training path, same checkpoint and lengths):", "",
+                  "| run | peer | tokens/s | peer tokens/s | tokens/s vs peer | peak GiB | peer peak GiB | peak vs peer |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        peers = {r["name"]: r for r in result["runs"]}
+        for row in peered:
+            peer = peers[row["compared_with_peer"]]
+            lines.append(f"| {row['name']} | {peer['name']} | {fmt_number(row['tokens_per_s'])} "
+                         f"| {fmt_number(peer['tokens_per_s'])} | **{fmt_ratio(row['tokens_per_s_vs_peer'])}** "
+                         f"| {fmt_number(row['peak_gib'], 2)} | {fmt_number(peer['peak_gib'], 2)} "
+                         f"| **{fmt_ratio(row['peak_vs_peer'])}** |")
     repro = result.get("reproduction")
     if repro:
         trials = repro.get("trials", 1)

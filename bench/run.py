@@ -42,6 +42,7 @@ from suites import BIG, CPU_FLAGS, SUITES, Variant  # noqa: E402
 
 PYTHON, BASELINE = sys.executable, str(BENCH_DIR / "baseline.py")
 REFERENCE_SOURCE = Path("/work/shared/gpu/baseline_seed_style.py")
+PEER = BENCH_DIR / "reference" / "peer_unsloth_sft.py"
 REFERENCE = BENCH_DIR / "reference" / "baseline_seed_style.py"
 RECIPE_FLAGS = ("--report_to", "none", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
                 "--eval_data_path", "", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10")
@@ -311,6 +312,8 @@ class Bench:
     def recipe(self, variant: Variant, data: str) -> dict:
         """c. One variant; its row has the figures over the timed steps, the recipe's config and the data's stats."""
         args, family, on_gpu = self.args, self.suite.family, self.on_gpu
+        if variant.peer:
+            return self.peer(variant)
         name, output_dir = variant.name(family), self.work_dir / variant.name(family)
         shutil.rmtree(output_dir, ignore_errors=True)
         recipe_file = ROOT / f"recipes/{family}/{variant.method}.json"
@@ -325,7 +328,8 @@ class Bench:
             command = [part.format(python=PYTHON, model=model, data=data, output_dir=output_dir, steps=total)
                        for part in variant.command] + extra
         else:  # train.sh reads MODEL (an original layout is converted), DATA, OUTPUT_DIR and PYTHON
-            command = ["bash", f"recipes/{family}/train.sh", variant.method, "--max_steps", str(total), *RECIPE_FLAGS,
+            command = ["bash", f"recipes/{family}/train.sh", variant.method, *variant.overlays, "--max_steps", str(total),
+                       *RECIPE_FLAGS,
                        *(() if on_gpu else CPU_FLAGS), *extra]
         env = {} if variant.command else {"MODEL": model, "DATA": data, "OUTPUT_DIR": str(output_dir), "PYTHON": PYTHON}
         row = {"name": name, "implementation": "seed" if variant.command else "recipe", "output_dir": str(output_dir),
@@ -362,6 +366,32 @@ class Bench:
         if row["status"] == "ok":
             self.adapters[variant.key] = (output_dir, name)
         return self.add(row)
+
+    def peer(self, variant: Variant) -> dict:
+        """c''. A peer's own training path on the same checkpoint and lengths (bench/reference/peer_unsloth_sft.py
+        MODE); its RESULT line has real tokens/s and peak GiB over its timed steps."""
+        name, site = variant.name(self.suite.family), os.environ.get("PEER_SITE", "")
+        row = {"name": name, "implementation": "unsloth", "command": f"python {PEER.relative_to(ROOT)} {variant.peer}"}
+        reason = ("--skip" if variant.key in self.args.skip or name in self.args.skip else
+                  variant.cuda if not self.on_gpu or not site or not Path(site).is_dir() else
+                  f"{PEER} is missing (copy ../shared/gpu/peer_unsloth_sft.py there)" if not PEER.is_file() else None)
+        done = None if reason else self.child(name, [PYTHON, str(PEER), variant.peer], {
+            "BASELINE_CKPT": self.checkpoint, "PYTHONPATH": f"{site}:{os.environ.get('PYTHONPATH', '')}",
+            "HF_HUB_OFFLINE": "1", "UNSLOTH_DISABLE_STATISTICS": "1"}, need=60)
+        if done is None:
+            return self.add({**row, "status": f"skipped: {reason or 'out of time'}"})
+        results = [json.loads(line[7:]) for line in done["lines"] if line.startswith("RESULT {")]
+        if not results:
+            return self.add({**row, "status": "failed", "error": failure_text(done), "log_tail": log_tail(done),
+                             "wall_s": done["seconds"]})
+        result = results[-1]
+        versions = {pkg: next((d.name[len(pkg) + 1:-len(".dist-info")] for d in Path(site).glob(f"{pkg}-*.dist-info")),
+                              None) for pkg in ("unsloth", "unsloth_zoo", "trl", "datasets")}
+        return self.add({**row, "status": "ok", "tokens_per_s": result["tokens_per_s"], "peak_gib": result["peak_gib"],
+                         "real_tokens": result["real_tokens"], "steps": result["steps"], "seconds": result["seconds"],
+                         "wall_s": done["seconds"], "versions": versions, "note": (
+                             f"Unsloth's SFTTrainer, packing={result.get('packing')}, padding_free="
+                             f"{result.get('padding_free')}; " + ", ".join(f"{k} {v}" for k, v in versions.items()))})
 
     def longctx(self) -> None:
         """c'. One sequence of each length in turn (ascending), two steps, until one fails or time runs out."""
@@ -450,6 +480,14 @@ class Bench:
                            tokens_per_s_vs_ours=round(row["tokens_per_s"] / base["tokens_per_s"], 3))
                 if row.get("peak_gib") and base.get("peak_gib"):
                     row["peak_vs_ours"] = round(row["peak_gib"] / base["peak_gib"], 3)
+        peers = {r["name"]: r for r in runs if r["implementation"] == "unsloth" and r.get("status") == "ok"}
+        for row in runs:
+            v = variants.get(row["name"])
+            peer = peers.get(f"unsloth-sft-{v.vs_peer}") if v and v.vs_peer else None
+            if peer and row.get("status") == "ok":
+                row.update(compared_with_peer=peer["name"],
+                           tokens_per_s_vs_peer=round(row["tokens_per_s"] / peer["tokens_per_s"], 3),
+                           peak_vs_peer=round(row["peak_gib"] / peer["peak_gib"], 3))
         reference, mine = mean_of(runs, main, "reference"), ours.get(main)
         if reference and mine:
             ratio = mine["tokens_per_s"] / reference["tokens_per_s"]

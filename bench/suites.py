@@ -26,12 +26,19 @@ class Variant:
     default: str = "always"
     gptq: bool = False  # trains on the GPTQ-Int4 pack of the checkpoint
     command: tuple[str, ...] = ()  # a command line instead of train.sh (the seed's own), then the flags
+    overlays: tuple[str, ...] = ()  # argument files right after the method (recipes/lean.json)
+    peer: str = ""  # a peer's run instead: bench/reference/peer_unsloth_sft.py MODE (pack16k, pack4k, padfree)
+    vs_peer: str = ""  # the peer run (its MODE) this one's tokens/s and peak are divided by
 
     @property
     def key(self) -> str:
+        if self.peer:
+            return f"unsloth-{self.peer}"
         return self.suffix.strip("-") or self.method
 
     def name(self, family: str) -> str:
+        if self.peer:
+            return f"unsloth-sft-{self.peer}"
         return f"{self.method}-command{self.suffix}" if self.command else f"recipe-{family}-{self.method}{self.suffix}"
 
 
@@ -110,6 +117,13 @@ THROUGHPUT = (
     # 8-bit AdamW, no dropout; not measured yet
     Variant("qlora", "-nf4-r16-packed-varlen-liger-async-adam8", FAST_R16 + VARLEN_LIGER + budget(16384) + ASYNC
             + ("--optim", "adamw_bnb_8bit", *NO_DROPOUT), cuda=CUDA, steps=BIG, default="extra"))
+THROUGHPUT += (
+    # issue 14, bar 2: the bf16 LoRA recipe (recipes/llama2/lora.json) as it ships, and without checkpointing at 8k
+    Variant("lora", "-bf16-r16-defaults", FAST_R16, LORA_R16, cuda=CUDA, steps=BIG, default="extra"),
+    Variant("lora", "-bf16-r16-no-gc-8k", FAST_R16 + NO_GC + budget(8192), LORA_R16, cuda=CUDA, steps=MID,
+            default="extra"),
+    Variant("lora", "-bf16-r16-gc-half", FAST_R16 + ("--gradient_checkpointing_fraction", "0.5"), LORA_R16,
+            cuda=CUDA, steps=BIG, default="extra"))
 LEAN = (
     Variant("qlora", "-nf4-r16-lean", FAST_R16 + SDPA + NO_LIGER + budget(4096) + ("--offload_activations", "true"),
             steps=LOW, default="cpu"),
@@ -154,6 +168,25 @@ SEED = ("{python}", "-m", "torch.distributed.run", "--nproc_per_node", "1", "--m
         "--gradient_checkpointing", "True", "--lazy_preprocess", "True", "--deepspeed", "ds_configs/zero2.json",
         "--use_lora", "--q_lora")
 
+# issue 14, bar 1: Unsloth's own SFT path (FastLanguageModel + its patched TRL SFTTrainer, packing) next to the recipe's
+# NF4 defaults and the lean overlay, on the same checkpoint and lengths (r=16 a=32 all-linear, the baseline's
+# adapters).  The Unsloth runs need its wheels in PEER_SITE (bench/gpu.sh installs a carried .whl-unsloth there) and
+# bench/reference/peer_unsloth_sft.py (a copy of ../shared/gpu/peer_unsloth_sft.py); otherwise they are skipped.
+UNSLOTH = "needs CUDA and the Unsloth wheels (PEER_SITE)"
+PEERS = (
+    Variant("qlora", "-nf4-r16-defaults", FAST_R16, cuda=CUDA, steps=BIG, vs_peer="pack16k"),
+    Variant("qlora", "-nf4-r16-lean", FAST_R16, cuda=CUDA, steps=LOW, overlays=("recipes/lean.json",),
+            vs_peer="pack4k"),
+    Variant("qlora", "-nf4-r16-12k", FAST_R16 + budget(12288), cuda=CUDA, steps=BIG, vs_peer="pack16k",
+            default="extra"),
+    Variant("qlora", "-nf4-r16-lean-5k", FAST_R16 + budget(5120), cuda=CUDA, steps=LOW,
+            overlays=("recipes/lean.json",), vs_peer="pack4k", default="extra"),
+    # the defaults with the layer inputs kept on the GPU (no async offload): what the offload saves and costs
+    Variant("qlora", "-nf4-r16-on-gpu", FAST_R16 + ("--offload_activations_async", "false"), cuda=CUDA, steps=BIG,
+            vs_peer="pack16k", default="extra"),
+    Variant("unsloth", peer="pack16k", cuda=UNSLOTH),
+    Variant("unsloth", peer="pack4k", cuda=UNSLOTH))
+
 SUITES = {
     # the recipe as it is, and with the seed's adapters (q,v r=64, single quantization), against the seed's run
     "llama2-qlora": Suite("llama2", (SEED_QV, QLORA_R16, LORA_R16), (
@@ -162,6 +195,7 @@ SUITES = {
                                                   "--no_bnb_4bit_use_double_quant")))),
     "throughput": Suite("llama2", (QLORA_R16, LORA_R16), THROUGHPUT, baselines_after=len(THROUGHPUT)),
     "lean": Suite("llama2", (QLORA_R16,), LEAN, baselines_after=len(LEAN)),
+    "peers": Suite("llama2", (QLORA_R16,), PEERS, baselines_after=len(PEERS)),
     # how long one sequence can be for NF4 Q-LoRA on one GPU: ascending lengths until one fails or time runs out (a
     # length passes when both losses are finite; published on 80 GB: 28,454 tokens for HF + FlashAttention 2, 342,733
     # for Unsloth)
@@ -172,8 +206,8 @@ SUITES = {
     # in 80 GiB (not measured yet)
     "longctx-tiled": Suite("llama2", (), (Variant("qlora", "-tiled-async", flags=LONG + ASYNC + (
         "--tiled_mlp_tokens", "8192"), gpu_flags=LIGER + ("--bf16", "true")),),
-        shapes=("llama3.1-8b", "tiny-long"), steps=(2, 0),
-        lengths={"llama3.1-8b": (262144, 393216, 500000), "tiny-long": (2048, 4096)}),
+        shapes=("llama3.1-8b", "tiny-long", "llama3.1-8b-4l"), steps=(2, 0),
+        lengths={"llama3.1-8b": (262144, 393216, 500000), "tiny-long": (2048, 4096), "llama3.1-8b-4l": (500000,)}),
     # a Qwen2.5-7B-shaped bf16 checkpoint and its GPTQ-Int4 pack: the lora recipe first, then the baseline, the NF4 and
     # GPTQ recipes, the seed's command line on the GPTQ pack; its adapter merged into the bf16 checkpoint (BASE)
     "qwen": Suite("qwen", (LORA_R16, QLORA_R16), (

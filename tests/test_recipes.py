@@ -60,7 +60,7 @@ def test_overlay_json_after_the_method_overrides_the_recipe(tiny_llama2, monkeyp
     monkeypatch.setattr("tunekit.preflight.check_varlen", lambda *a, **k: None)
     model, _, lora, train = resolve([str(ROOT / "recipes/llama2/qlora.json"), str(ROOT / "recipes/lean.json"),
                                     "--model_name_or_path", tiny_llama2, "--output_dir", "/tmp/unused-lean", "--use_cpu"])
-    assert (lora.lora_r, lora.lora_dropout, train.token_budget, train.offload_activations, train.optim) == (
+    assert (lora.lora_r, lora.lora_dropout, train.token_budget, train.offload_activations_async, train.optim) == (
         16, 0, 4096, True, "adamw_bnb_8bit")
     assert lora.q_lora and train.packing and model.attn_implementation == "varlen"
 
