@@ -15,6 +15,8 @@ NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-localhost}"
 MASTER_PORT="${MASTER_PORT:-}"      # empty: a free port (one node); several nodes: 6001
+LAUNCHER="${LAUNCHER:-torchrun}"    # torchrun (run it on every node with its NODE_RANK) | deepspeed
+HOSTFILE="${HOSTFILE:-}"            # deepspeed only: "host slots=N" lines; started once, on the first host (ssh/pdsh)
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -49,6 +51,20 @@ if [ -z "$MASTER_PORT" ]; then  # two runs on one machine must not fight over on
     MASTER_PORT=6001
   fi
 fi
-cmd=("$PYTHON" -m tunekit.torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE"
-     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" finetune.py "${args[@]}" "$@")
+case "$LAUNCHER" in
+  torchrun)
+    cmd=("$PYTHON" -m tunekit.torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE"
+         --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT") ;;
+  deepspeed)  # with a hostfile it reaches every host itself; without, each node runs it with its NODE_RANK (--no_ssh)
+    cmd=("$PYTHON" -m deepspeed.launcher.runner --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
+    if [ -n "$HOSTFILE" ]; then
+      [ -f "$HOSTFILE" ] || { echo "error: HOSTFILE $HOSTFILE not found" >&2; exit 2; }
+      cmd+=(--hostfile "$HOSTFILE")
+    else
+      cmd+=(--num_nodes "$NNODES" --num_gpus "$GPUS_PER_NODE")
+      [ "$NNODES" = 1 ] || cmd+=(--no_ssh --node_rank "$NODE_RANK")
+    fi ;;
+  *) echo "error: LAUNCHER=$LAUNCHER: use torchrun or deepspeed" >&2; exit 2 ;;
+esac
+cmd+=(finetune.py "${args[@]}" "$@")
 if [ -n "${DRY_RUN:-}" ]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi

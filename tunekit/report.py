@@ -57,7 +57,8 @@ def plot_loss(log_history, path: Path) -> None:
 def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> dict:
     rec = trainer.recorder
     runtime = time.perf_counter() - rec.t_start
-    tokens = sum(rec.step_tokens)
+    step_tokens = _all_ranks(rec.step_tokens, trainer.args)
+    tokens = sum(step_tokens)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     return {
@@ -78,9 +79,23 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
                               for h in reversed(trainer.state.log_history) if "eval_loss" in h), {}),
         "train_loss": train_result.training_loss,
         "step_times": rec.step_times,
-        "step_tokens": rec.step_tokens,
+        "step_tokens": step_tokens,  # summed over every process: tokens/s is the whole job's
+        "tokens_per_s_per_process": round(tokens / runtime / max(1, trainer.args.world_size), 1) if runtime else None,
         "step_peak_gib": rec.step_peak_gib,
     }
+
+
+def _all_ranks(step_tokens: list[int], args) -> list[int]:
+    """Each step's real tokens summed over every process (every rank runs the same number of steps)."""
+    import torch
+    import torch.distributed as dist
+
+    if args.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        return list(step_tokens)
+    device = args.device if "nccl" in str(dist.get_backend()) else torch.device("cpu")
+    counts = torch.tensor(step_tokens, dtype=torch.long, device=device)
+    dist.all_reduce(counts)
+    return counts.tolist()
 
 
 def print_summary(s: dict, output_dir: str) -> None:
