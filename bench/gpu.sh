@@ -32,9 +32,7 @@ install_peer() {
     .whl-unsloth/*.whl && touch /tmp/site-u/.tunekit-installed
 }
 mkdir -p /tmp/site "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1 || [ ! -f /tmp/site/.tunekit-installed ]; then
-  ( flock 9; install ) 9>/tmp/site.lock || { echo "installing the carried wheels failed" >&2; exit 1; }
-fi
+( flock 9; install ) 9>/tmp/site.lock || { echo "installing the carried wheels failed" >&2; exit 1; }
 install_peer || echo "warning: installing .whl-unsloth failed; the Unsloth runs will be skipped" >&2
 [ -f /tmp/site-u/.tunekit-installed ] && export PEER_SITE=/tmp/site-u
 export PYTHONPATH=/tmp/site HF_HOME=/tmp/hf HF_HUB_OFFLINE=1  # gptqmodel moves HF_HOME otherwise; nothing downloads

@@ -96,6 +96,11 @@ def run_child(label: str, command: list[str], log: Log, timeout_s: float, env: d
     return {"rc": process.returncode, "seconds": seconds, "timed_out": timed_out.is_set(), "lines": lines}
 
 
+def results_of(child: dict | None) -> list[dict]:
+    """The JSON of a child's `RESULT {...}` lines (the baselines' and the peer's report), in order."""
+    return [json.loads(line[7:]) for line in (child or {}).get("lines", []) if line.startswith("RESULT {")]
+
+
 def failure_text(child: dict) -> str:
     if child["timed_out"]:
         return f"timed out after {child['seconds']:.0f}s"
@@ -301,7 +306,7 @@ class Bench:
                 else:  # the reference reads its checkpoint and steps from the environment
                     done = self.child(f"reference #{trial}", [PYTHON, str(REFERENCE), name], {
                         "BASELINE_CKPT": self.checkpoint, "BASELINE_STEPS": steps[1], "BASELINE_WARM": steps[3]})
-                results = [json.loads(line[7:]) for line in (done or {}).get("lines", []) if line.startswith("RESULT {")]
+                results = results_of(done)
                 if results and results[-1].get("name") == name:
                     row = {**results[-1], **row, "status": "ok", "wall_s": done["seconds"]}
                 else:
@@ -372,7 +377,7 @@ class Bench:
         MODE); its RESULT line has real tokens/s and peak GiB over its timed steps."""
         name, site = variant.name(self.suite.family), os.environ.get("PEER_SITE", "")
         row = {"name": name, "implementation": "unsloth", "command": f"python {PEER.relative_to(ROOT)} {variant.peer}"}
-        reason = ("--skip" if variant.key in self.args.skip or name in self.args.skip else
+        reason = ("--skip" if variant.key in self.args.skip else
                   variant.cuda if not self.on_gpu or not site or not Path(site).is_dir() else
                   f"{PEER} is missing (copy ../shared/gpu/peer_unsloth_sft.py there)" if not PEER.is_file() else None)
         done = None if reason else self.child(name, [PYTHON, str(PEER), variant.peer], {
@@ -380,7 +385,7 @@ class Bench:
             "HF_HUB_OFFLINE": "1", "UNSLOTH_DISABLE_STATISTICS": "1"}, need=60)
         if done is None:
             return self.add({**row, "status": f"skipped: {reason or 'out of time'}"})
-        results = [json.loads(line[7:]) for line in done["lines"] if line.startswith("RESULT {")]
+        results = results_of(done)
         if not results:
             return self.add({**row, "status": "failed", "error": failure_text(done), "log_tail": log_tail(done),
                              "wall_s": done["seconds"]})

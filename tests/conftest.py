@@ -19,6 +19,20 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT / "data"
 
 
+def assert_same_adapter(a: Path, b: Path, atol=1e-5) -> None:
+    """Two runs' adapter_model.safetensors hold the same tensors (to atol), and the adapters really trained."""
+    import torch
+    from safetensors.torch import load_file
+
+    one, two = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    assert one.keys() == two.keys()
+    moved = 0
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=atol, rtol=0, msg=k)
+        moved += "lora_B" in k and one[k].abs().max() > 1e-3
+    assert moved  # the adapters really trained
+
+
 @pytest.fixture(scope="session")
 def tiny_llama2(tmp_path_factory):
     from tunekit.tiny import build

@@ -8,10 +8,7 @@ import os
 import socket
 import subprocess
 
-import torch
-from safetensors.torch import load_file
-
-from conftest import DATA, ROOT
+from conftest import DATA, ROOT, assert_same_adapter
 
 FLAGS = ["recipes/cpu-tiny.json", "--max_steps", "4", "--max_samples", "0", "--per_device_train_batch_size", "1",
          "--eval_strategy", "no", "--eval_on_start", "false", "--eval_on_train", "false", "--save_strategy", "no",
@@ -41,16 +38,6 @@ def launch(model, out, *flags, nodes=1, per_node=1, ds=True):
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-5000:]
     return json.loads((out / "run_summary.json").read_text())
-
-
-def assert_same_adapter(a, b):
-    one, two = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
-    assert one.keys() == two.keys()
-    moved = 0
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=0, msg=k)
-        moved += "lora_B" in k and one[k].abs().max() > 1e-3
-    assert moved  # the adapters really trained
 
 
 def test_two_nodes_equal_one_node_of_two_processes(tiny_llama2, tmp_path):
