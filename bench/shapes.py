@@ -43,6 +43,7 @@ SHAPES = {
 # issue 14, bar 3: the Llama-3.1-8B shape with 4 of its 32 layers, for lengths whose two full-depth steps do not fit
 # the device's 10-minute call (or whose offloaded layer inputs, 32 x tokens x 8 KiB, not its 128 GiB of host memory)
 SHAPES["llama3.1-8b-4l"] = dict(SHAPES["llama3.1-8b"], num_hidden_layers=4)
+SHAPES["llama3.1-8b-2l"] = dict(SHAPES["llama3.1-8b"], num_hidden_layers=2)  # the memory probe: one layer's peak
 CHATGLM2_SHAPES = ("chatglm2-6b", "tiny-chatglm2")  # tunekit.tiny.chatglm2's CHATGLM2_6B and its default
 QWEN_WORDS_END = {"qwen2.5-7b": 151643, "tiny-qwen": 4093}
 CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # pad, turn start, end of turn (EOS)

@@ -87,6 +87,8 @@ def _cuda_count() -> int:
 def check_machine(a) -> None:
     if a.use_liger_kernel and not _cuda():
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
+    if a.memory_snapshot and not _cuda():
+        raise ArgumentError("--memory_snapshot records CUDA allocations: it needs a CUDA GPU; drop it on CPU")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
     if a.eval_generation and int(os.environ.get("WORLD_SIZE", "1")) > 1:
