@@ -301,3 +301,51 @@ def test_offload_on_cuda_side_stream_same_numbers():
     moved = [p for _, p in spy.packs if isinstance(p, _Packed)]
     assert len(moved) >= shape["num_hidden_layers"] and all(p.cpu.is_pinned() for p in moved)
     assert spy.stream is not None and spy.prefetched > 0
+
+
+def test_tiling_survives_the_trainers_liger_patch(tiny_llama2, guanaco_small, tmp_path, monkeypatch):
+    """--use_liger_kernel: the Trainer rebinds every MLP instance's forward to LigerSwiGLUMLP's after the model is
+    built, which silently dropped the tiling on the GPU (a 500k-token step then held the whole (tokens x
+    intermediate) activations, 40 GiB more).  A stand-in for that patch (Liger's kernels need CUDA) must leave the MLPs
+    tiled around the forward it installed, and training must never see more than the chunk at once."""
+    import transformers.trainer
+
+    import finetune
+    from tunekit.tiling import _tiled_forward
+
+    patched, seen = [], []
+
+    def like_liger(model, config):  # liger_kernel's _apply_liger_kernel_to_instance binds a new forward per MLP
+        for mlp in mlp_modules(model):
+            mlp.forward = types.MethodType(lambda self, x: self.down_proj(
+                torch.nn.functional.silu(self.gate_proj(x)) * self.up_proj(x)), mlp)
+            patched.append(mlp.forward)
+            mlp.gate_proj.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[:-1].numel()))
+
+    monkeypatch.setattr(transformers.trainer, "apply_liger_kernel", like_liger)
+    monkeypatch.setattr("tunekit.preflight._cuda", lambda: True)  # past the pre-flight's "Liger needs CUDA"
+    trainer = finetune.main([
+        "--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora", "--lora_r", "8",
+        "--lora_dropout", "0", *cpu_flags(tmp_path / "out", max_steps=2, packing=True, gradient_checkpointing=True,
+                                          tiled_mlp_tokens=16, use_liger_kernel=True)])
+    mlps = mlp_modules(trainer.model)
+    assert len(patched) == len(mlps) == 2
+    for mlp, liger_forward in zip(mlps, patched):
+        assert mlp.forward.__func__ is _tiled_forward and mlp._untiled_forward is liger_forward
+    assert seen and max(seen) <= 16 and sum(seen) > 2 * 16  # packed rows of >16 tokens, cut into chunks
+
+
+@pytest.mark.parametrize("cap, expected", [(1 << 30, 2), (100, 1)])
+def test_prefetch_beyond_the_first_tensor_stays_under_the_byte_cap(cap, expected, monkeypatch):
+    """At the end of the forward the last saved tensors are fetched back ahead of the backward: two of them, unless
+    the second would pass PREFETCH_BYTES (at 500k tokens each is a 3.8 GiB layer input); same gradients either way."""
+    import tunekit.offload
+
+    monkeypatch.setattr(tunekit.offload, "PREFETCH_BYTES", cap)
+    x = torch.randn(64, 16, requires_grad=True)  # 4 KiB per saved activation
+    spy = Spy(min_bytes=1024)
+    with spy:
+        y = x.sin().sin().sin().sum()
+    assert spy.offloaded == 3 and spy.prefetched == expected
+    y.backward()
+    assert torch.allclose(x.grad, x.detach().cos() * x.detach().sin().cos() * x.detach().sin().sin().cos())

@@ -310,7 +310,8 @@ class AtomicCheckpointMixin:
             from peft import get_peft_model_state_dict
 
             model = self.accelerator.unwrap_model(self.model)
-            expected = get_peft_model_state_dict(model).keys()
+            # from the gathered state dict when the Trainer passes one: under ZeRO-3 the model's own are shards
+            expected = get_peft_model_state_dict(model, state_dict=state_dict).keys()
             validate_adapter(out, expected, trained=self.state.global_step > 0, head=self.run_head)
             if self.run_head and self.args.should_save:  # the labels (id2label) and pad id the head was trained with
                 config = model.config.to_dict()

@@ -113,6 +113,8 @@ def load_model(model_args, lora_args, train_args, tokenizer, task, labels=None, 
         register()
     if kwargs and torch.cuda.is_available() and "device_map" not in kwargs:
         kwargs["device_map"] = {"": _local_rank()}  # one whole model per rank; "auto" would split it (pitfall #18)
+    if _zero3(train_args):
+        _deepspeed_comm()
     model = task.model_class().from_pretrained(
         model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation,
         trust_remote_code=model_args.trust_remote_code, **kwargs)
@@ -211,6 +213,17 @@ def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_sa
 def _zero3(train_args) -> bool:
     config = getattr(train_args, "hf_deepspeed_config", None)
     return bool(config and config.is_zero3())
+
+
+def _deepspeed_comm() -> None:
+    """ZeRO-3 shards the weights while from_pretrained builds them (deepspeed.zero.Init), reading the world size from
+    deepspeed.comm.  With --use_cpu, accelerate starts torch.distributed (gloo) but not deepspeed.comm, and zero.Init
+    would then see one process and stop on its batch-size check: wrap the group that exists."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_initialized() and not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=dist.get_backend())
 
 
 def _upcast_only_outside_autocast(module, args):

@@ -96,13 +96,15 @@ def mlp_modules(model) -> list:
 
 def apply_tiled_mlp(model, chunk_tokens: int) -> int:
     """Patches every MLP's forward in place (before or after PEFT: the LoRA layers are looked up at call time);
-    returns how many.  Applying again only changes the chunk size."""
+    returns how many.  Applying again changes the chunk size, and tiles again a forward replaced in between: the
+    Trainer applies Liger's kernels to the model instance (--use_liger_kernel), which rebinds every MLP's forward to
+    LigerSwiGLUMLP's, so training.TileAgain applies the tiling once more when training begins."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     found = mlp_modules(model)
     for mlp in found:
-        if "_untiled_forward" not in vars(mlp):
-            mlp._untiled_forward = mlp.forward  # the bound original (or whatever wrapped it before us)
+        if getattr(mlp.forward, "__func__", None) is not _tiled_forward:  # not yet, or replaced since (Liger's
+            mlp._untiled_forward = mlp.forward  # instance patch binds its own forward): tile whatever runs now
             mlp.forward = types.MethodType(_tiled_forward, mlp)
         mlp._tiled_mlp_tokens = chunk_tokens
     return len(found)

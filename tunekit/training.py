@@ -104,6 +104,20 @@ class SelectiveCheckpointing(TrainerCallback):
             layer.gradient_checkpointing = layer.gradient_checkpointing and i in chosen
 
 
+class TileAgain(TrainerCallback):
+    """--tiled_mlp_tokens with --use_liger_kernel: Trainer.train applies Liger's kernels to the model instance, which
+    rebinds every MLP's forward to LigerSwiGLUMLP's and so dropped the tiling (tunekit/tiling.py); tile again once
+    training begins, around the forward that runs now."""
+
+    def __init__(self, chunk_tokens: int):
+        self.chunk_tokens = chunk_tokens
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        from .tiling import apply_tiled_mlp
+
+        apply_tiled_mlp(model, self.chunk_tokens)
+
+
 class ActivationOffloadMixin:
     """--offload_activations: what the forward saves for backward lives in (pinned) CPU memory.  With non-reentrant
     gradient checkpointing that is each layer's input, the memory that grows with sequence length; the recomputed
@@ -161,6 +175,8 @@ def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, collator, tra
     trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                   processing_class=tokenizer, options=train_args, fingerprint=fingerprint, head=head,
                   compute_metrics=compute_metrics)
+    if getattr(train_args, "tiled_mlp_tokens", 0):
+        trainer.add_callback(TileAgain(train_args.tiled_mlp_tokens))
     if train_args.gradient_checkpointing and train_args.gradient_checkpointing_fraction < 1:
         trainer.add_callback(SelectiveCheckpointing(train_args.gradient_checkpointing_fraction))
     return trainer
