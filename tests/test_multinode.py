@@ -1,12 +1,19 @@
 """Several processes, as recipes/launch.sh starts them (issue 15), on CPU:
 - two "nodes" of one process each (NNODES=2, their own NODE_RANK, one MASTER_ADDR/MASTER_PORT) train a tiny LoRA under
   DeepSpeed ZeRO-2 to the same adapter (1e-5) as one node with two processes;
+- ZeRO-3 on two processes saves whole weights: the LoRA adapter equals ZeRO-2's, full fine-tuning's checkpoint reloads
+  and equals ZeRO-2's; a two-process run cut after a checkpoint resumes to the uninterrupted run's adapter;
 - packed, token-budget micro-batches on two processes give the same adapter as one process with twice the gradient
   accumulation over the same micro-batches (the sampler deals rank r the micro-batches r, r + 2, ...)."""
 import json
 import os
 import socket
 import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
 
 from conftest import DATA, ROOT, assert_same_adapter
 
@@ -23,16 +30,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(model, out, *flags, nodes=1, per_node=1, ds=True):
-    """bash recipes/llama2/train.sh lora ... with the launch variables; `nodes` launchers started side by side."""
+def launch(model, out, *flags, nodes=1, per_node=1, ds=True, method="lora"):
+    """bash recipes/llama2/train.sh METHOD ... with the launch variables; `nodes` launchers started side by side;
+    ds: True = ZeRO-2, a path = that DeepSpeed config, False = none."""
     port = str(free_port())
     procs = []
     for rank in range(nodes):
         env = dict(os.environ, MODEL=model, DATA=str(DATA / "llama2_guanaco.jsonl"), EVAL_DATA="", OUTPUT_DIR=str(out),
                    GPUS_PER_NODE=str(per_node), NNODES=str(nodes), NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=port, DS_CONFIG="ds_configs/zero2.json" if ds else "", OMP_NUM_THREADS="1",
+                   MASTER_PORT=port, DS_CONFIG="ds_configs/zero2.json" if ds is True else ds or "", OMP_NUM_THREADS="1",
                    TOKENIZERS_PARALLELISM="false", PYTHON=os.environ.get("PYTHON", "python"))
-        procs.append(subprocess.Popen(["bash", "recipes/llama2/train.sh", "lora", *FLAGS, *flags], cwd=ROOT, env=env,
+        procs.append(subprocess.Popen(["bash", "recipes/llama2/train.sh", method, *FLAGS, *flags], cwd=ROOT, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=900)[0] for p in procs]
     for p, log in zip(procs, logs):
@@ -40,20 +48,56 @@ def launch(model, out, *flags, nodes=1, per_node=1, ds=True):
     return json.loads((out / "run_summary.json").read_text())
 
 
-def test_two_nodes_equal_one_node_of_two_processes(tiny_llama2, tmp_path):
-    import sys
-
+@pytest.fixture(scope="module")
+def zero2_two_processes(tiny_llama2, tmp_path_factory):
+    """One node, two processes, ZeRO-2: the reference of the two-node and the ZeRO-3 runs."""
     os.environ.setdefault("PYTHON", sys.executable)
-    single = launch(tiny_llama2, tmp_path / "single", nodes=1, per_node=2)
+    out = tmp_path_factory.mktemp("zero2") / "single"
+    summary = launch(tiny_llama2, out, nodes=1, per_node=2)
+    assert summary["deepspeed"] is True and summary["world_size"] == 2
+    return out
+
+
+def test_two_nodes_equal_one_node_of_two_processes(tiny_llama2, zero2_two_processes, tmp_path):
     multi = launch(tiny_llama2, tmp_path / "multi", nodes=2, per_node=1)
-    for summary in (single, multi):
+    assert multi["deepspeed"] is True and multi["world_size"] == 2
+    assert_same_adapter(zero2_two_processes, tmp_path / "multi")
+
+
+def test_zero3_lora_saves_the_whole_adapter(tiny_llama2, zero2_two_processes, tmp_path):
+    """ZeRO-3 shards every weight, the adapters too: the saved adapter must be gathered (no empty or missing tensor,
+    which tunekit.checkpoints.validate_adapter would also refuse) and equal ZeRO-2's, and reload into the base to
+    the logits of the in-memory merge."""
+    launch(tiny_llama2, tmp_path / "z3", ds="ds_configs/zero3.json", per_node=2)
+    # same initial adapter (drawn from the seed after loading, tunekit.model.apply_lora) and the same steps; the
+    # sharded reductions sum in another order, which Adam at lr 1e-2 turns into ~1e-5 (the adapters move by ~0.1)
+    assert_same_adapter(zero2_two_processes, tmp_path / "z3", atol=5e-5)
+    config = json.loads((tmp_path / "z3" / "adapter_config.json").read_text())
+    shapes = {k: tuple(v.shape) for k, v in load_file(tmp_path / "z3" / "adapter_model.safetensors").items()}
+    assert config["r"] == 8 and shapes and all(8 in shape and 0 not in shape for shape in shapes.values())
+
+
+def test_zero3_full_fine_tuning_saves_a_checkpoint_that_reloads(tiny_llama2, tmp_path):
+    """Full fine-tuning under ZeRO-3 on two processes: the saved model.safetensors holds every weight whole (gathered,
+    stage3_gather_16bit_weights_on_model_save), reloads with from_pretrained, moved from the base, and equals the same
+    run under ZeRO-2 (1e-5)."""
+    from transformers import AutoModelForCausalLM
+
+    full = ["--use_lora", "false", "--learning_rate", "1e-3", "--max_steps", "2", "--bf16", "false"]
+    for name, ds in (("z2", True), ("z3", "ds_configs/zero3.json")):
+        summary = launch(tiny_llama2, tmp_path / name, *full, ds=ds, per_node=2,
+                         method="full")
         assert summary["deepspeed"] is True and summary["world_size"] == 2
-    assert_same_adapter(tmp_path / "single", tmp_path / "multi")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama2, dtype=torch.float32).state_dict()
+    z2 = AutoModelForCausalLM.from_pretrained(tmp_path / "z2", dtype=torch.float32).state_dict()
+    z3 = AutoModelForCausalLM.from_pretrained(tmp_path / "z3", dtype=torch.float32).state_dict()
+    assert z3.keys() == base.keys() and all(z3[k].shape == base[k].shape for k in base)
+    assert any((z3[k] - base[k]).abs().max() > 1e-4 for k in base)  # it trained
+    for k in base:
+        torch.testing.assert_close(z3[k], z2[k], atol=1e-5, rtol=0, msg=k)
 
 
 def test_packed_budget_two_processes_equal_double_accumulation(tiny_llama2, tmp_path):
-    import sys
-
     os.environ.setdefault("PYTHON", sys.executable)
     packed = ["--packing", "true", "--token_budget", "256"]
     one = launch(tiny_llama2, tmp_path / "one", *packed, "--gradient_accumulation_steps", "2", ds=False)
@@ -85,3 +129,23 @@ def test_launch_variables_reach_the_launchers(tmp_path):
     r = subprocess.run(["bash", "recipes/llama2/train.sh", "qlora"], cwd=ROOT, env={**base, "LAUNCHER": "mpirun"},
                        capture_output=True, text=True)
     assert r.returncode == 2 and "LAUNCHER=mpirun" in r.stderr
+
+
+def test_two_process_zero2_run_resumes_exactly(tiny_llama2, tmp_path):
+    """A ZeRO-2 run on two processes, cut after its step-2 checkpoint (every later file removed, as a crash would
+    leave it), started again with the same command: it resumes from checkpoint-2 (each rank's optimizer shard and RNG
+    state) and ends with the uninterrupted run's adapter."""
+    import shutil
+
+    os.environ.setdefault("PYTHON", sys.executable)
+    save = ["--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "3"]
+    launch(tiny_llama2, tmp_path / "straight", *save, per_node=2)
+    assert sorted(p.name for p in (tmp_path / "straight").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    shutil.copytree(tmp_path / "straight" / "checkpoint-2", crashed / "checkpoint-2")
+    shards = sorted(p.name for p in (crashed / "checkpoint-2").rglob("*optim_states.pt"))
+    assert len(shards) == 2 and len(list((crashed / "checkpoint-2").glob("rng_state_*.pth"))) == 2  # one per rank
+    summary = launch(tiny_llama2, crashed, *save, per_node=2)
+    assert summary["world_size"] == 2 and summary["resumed_from"].endswith("checkpoint-2")
+    assert_same_adapter(tmp_path / "straight", crashed, atol=1e-6)

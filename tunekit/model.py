@@ -200,6 +200,9 @@ def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_sa
         r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
         target_modules=targets, bias=lora_args.lora_bias, modules_to_save=modules_to_save,
         use_dora=lora_args.use_dora, use_rslora=lora_args.use_rslora, task_type=task.peft_task_type)
+    # the adapter's initial weights from the run's seed alone: how many draws loading took (ZeRO-3's zero.Init
+    # initializes every base weight before loading it, a plain load none) must not change them
+    torch.manual_seed(train_args.seed)
     model = get_peft_model(model, config)
     if not train_args.lora_upcast_inputs:
         skip_lora_input_upcast(model)

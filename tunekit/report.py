@@ -11,6 +11,7 @@ def finish(trainer, run, model_report: dict, data_stats: dict, train_result, eva
     """The run's summary; on the main process its files are written and the summary printed.  A causal LM's prompt
     format goes beside it (chat_format.json: what chat, generate and export render)."""
     summary = summarize(trainer, model_report, data_stats, train_result)
+    summary["resumed_from"] = str(run.resume_from) if run.resume_from else None
     if evaluation:
         summary["evaluation"] = evaluation
     if trainer.is_world_process_zero():
@@ -66,6 +67,8 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         **data_stats,
         "steps": trainer.state.global_step,
         "world_size": trainer.args.world_size,
+        "effective_batch": effective_batch(trainer.args),
+        "learning_rate": trainer.args.learning_rate,
         "deepspeed": bool(trainer.is_deepspeed_enabled),
         "train_runtime_s": round(runtime, 3),
         "real_tokens": tokens,
@@ -83,6 +86,17 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         "tokens_per_s_per_process": round(tokens / runtime / max(1, trainer.args.world_size), 1) if runtime else None,
         "step_peak_gib": rec.step_peak_gib,
     }
+
+
+def effective_batch(args) -> dict:
+    """What one optimizer step trains on, over every process: the learning rate applies to this batch, so a run moved
+    to more GPUs with the same flags trains on a larger one (scale --gradient_accumulation_steps down to keep it)."""
+    world, accumulation = max(1, args.world_size), args.gradient_accumulation_steps
+    budget = getattr(args, "token_budget", 0)
+    return {"processes": world, "gradient_accumulation_steps": accumulation,
+            "micro_batch": f"{budget} tokens" if budget else f"{args.per_device_train_batch_size} samples",
+            "per_step": f"{budget * accumulation * world} tokens at most" if budget else
+                        f"{args.per_device_train_batch_size * accumulation * world} samples"}
 
 
 def _all_ranks(step_tokens: list[int], args) -> list[int]:
@@ -104,6 +118,8 @@ def print_summary(s: dict, output_dir: str) -> None:
         ("trainable params", f"{s['trainable_params']:,} of {s['all_params']:,}"),
         ("samples", f"{s['samples']} ({s['truncated']} truncated, {s['dropped']} dropped: no supervised token)"),
         ("steps", s["steps"]),
+        ("batch per step", "{per_step} ({processes} processes x accumulation {gradient_accumulation_steps} x "
+                           "{micro_batch}), learning rate {lr:g}".format(**s["effective_batch"], lr=s["learning_rate"])),
         ("loss", f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}" if s["final_loss"] is not None else "-"),
         ("eval loss", f"{s['final_eval_loss']:.4f}" if s["final_eval_loss"] is not None else "-"),
         *[(name.removeprefix("eval_"), f"{value:.4f}") for name, value in s["eval_metrics"].items()
