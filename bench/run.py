@@ -326,7 +326,7 @@ class Bench:
         steps = variant.steps or (BIG if budget >= 16384 and "--token_budget" not in variant.flags else None)
         total, warmup = steps if steps and on_gpu else (args.steps, args.warmup)
         extra = list(variant.flags) + list(variant.gpu_flags if on_gpu else ())
-        extra += [flag.format(name=name) for flag in shlex.split(args.recipe_flags)]  # e.g. --memory_snapshot
+        extra += [flag.format(name=name) for flag in shlex.split(args.recipe_flags)]  # e.g. --logging_steps 1
         if not on_gpu and "--token_budget" in extra:  # CPU smoke: SDPA's packed mask is quadratic in the row length
             extra[extra.index("--token_budget") + 1] = str(min(int(extra[extra.index("--token_budget") + 1]), 2048))
         model = str(self.gptq_dir) if variant.gptq else self.checkpoint
@@ -553,7 +553,7 @@ def parse_args(argv=None):
     add("--warmup", type=int, help="steps before the clock starts (default: the suite's)")
     add("--lengths", type=lambda text: [int(x) for x in text.split(",")], help="longctx: lengths to try, ascending")
     add("--recipe-flags", default="", help="appended to every recipe run, {name} = the run's name (e.g. "
-        "'--memory_snapshot /tmp/mem/{name}.pickle')")
+        "'--logging_steps 1')")
     add("--deadline", type=float, default=0, help="seconds the whole runner may take (0: no limit)")
     add("--save", metavar="NAME", help="also keep the JSON as bench/results/NAME.json")
     args = parser.parse_args(argv)

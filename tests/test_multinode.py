@@ -77,6 +77,18 @@ def test_zero3_lora_saves_the_whole_adapter(tiny_llama2, zero2_two_processes, tm
     assert config["r"] == 8 and shapes and all(8 in shape and 0 not in shape for shape in shapes.values())
 
 
+def test_qlora_under_zero3_with_the_storage_in_the_model_dtype(tiny_llama2, zero2_two_processes, tmp_path):
+    """Q-LoRA across processes under ZeRO-3: the 4-bit weights stored in the model dtype (--bnb_4bit_quant_storage,
+    here float32 on the CPU) are sharded like any weight; the adapter equals the ZeRO-2 run's (5e-5, as above)."""
+    four_bit = ["--q_lora", "true", "--bnb_4bit_quant_storage", "float32", "--max_steps", "3"]
+    runs = {name: launch(tiny_llama2, tmp_path / name, *four_bit, ds=ds, per_node=2)
+            for name, ds in (("z2", True), ("z3", "ds_configs/zero3.json"))}
+    assert runs["z3"]["first_loss"] == pytest.approx(runs["z2"]["first_loss"], abs=1e-6)
+    unquantized = json.loads((zero2_two_processes / "run_summary.json").read_text())["first_loss"]
+    assert abs(runs["z3"]["first_loss"] - unquantized) > 1e-3  # the same batch on the 4-bit base: NF4 rounding shows
+    assert_same_adapter(tmp_path / "z2", tmp_path / "z3", atol=5e-5)
+
+
 def test_zero3_full_fine_tuning_saves_a_checkpoint_that_reloads(tiny_llama2, tmp_path):
     """Full fine-tuning under ZeRO-3 on two processes: the saved model.safetensors holds every weight whole (gathered,
     stage3_gather_16bit_weights_on_model_save), reloads with from_pretrained, moved from the base, and equals the same

@@ -145,11 +145,6 @@ class TrainingArguments(transformers.TrainingArguments):
         "help": "Let PEFT copy each adapted layer's input to the fp32 dtype of the LoRA weights even under bf16/fp16 "
                 "autocast, where the matmul casts it straight back: the copy changes no number and only costs memory "
                 "(a copy of every adapted input). Off by default: the copy is made only outside autocast."})
-    memory_snapshot: str | None = field(default=None, metadata={
-        "help": "CUDA: record every allocation of the first --memory_snapshot_steps steps and write this file (a torch "
-                "memory snapshot; open it at https://pytorch.org/memory_viz) and FILE.peak.txt, what was alive at the "
-                "peak grouped by where it was allocated (tunekit/memory.py). Also written on out-of-memory."})
-    memory_snapshot_steps: int = field(default=2, metadata={"help": "With --memory_snapshot: steps recorded."})
     # After training (tunekit/evaluate.py).
     eval_generation: bool = field(default=False, metadata={
         "help": "At the end: answer the eval file's prompts (greedy) and score them against its answers (ROUGE-1/2/L, "
@@ -261,7 +256,7 @@ SFTTrainer.  JSON files set the arguments (later files win), flags override them
 
 # --help: the project's own options first, grouped; every transformers.TrainingArguments flag after them.
 SPEED = ("packing", "token_budget", "gradient_checkpointing_fraction", "offload_activations", "lora_upcast_inputs",
-         "use_liger_kernel", "gradient_checkpointing", "offload_activations_async", "tiled_mlp_tokens", "fused_lora", "memory_snapshot", "memory_snapshot_steps")
+         "use_liger_kernel", "gradient_checkpointing", "offload_activations_async", "tiled_mlp_tokens", "fused_lora")
 OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint", "eval_generation", "eval_max_new_tokens")
 
 
@@ -341,8 +336,6 @@ def check(a) -> None:
     if not 0 < a.gradient_checkpointing_fraction <= 1:
         raise ArgumentError(f"--gradient_checkpointing_fraction {a.gradient_checkpointing_fraction} must be in (0, 1]; "
                             "for none, use --gradient_checkpointing false")
-    if a.memory_snapshot_steps < 1:
-        raise ArgumentError(f"--memory_snapshot_steps {a.memory_snapshot_steps} must be >= 1")
     if a.tiled_mlp_tokens < 0:
         raise ArgumentError(f"--tiled_mlp_tokens {a.tiled_mlp_tokens} must be >= 0 (0 = off)")
     if a.token_budget and a.token_budget < a.model_max_length:

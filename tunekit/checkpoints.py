@@ -35,8 +35,7 @@ NOT_FINGERPRINTED = {
     "do_eval", "do_predict", "do_train", "prediction_loss_only", "batch_eval_metrics", "include_for_metrics",
     "include_num_input_tokens_seen", "metric_for_best_model", "greater_is_better", "load_best_model_at_end",
     "enable_jit_checkpoint", "torch_empty_cache_steps", "offload_activations",
-    "offload_activations_async", "tiled_mlp_tokens", "fused_lora", "memory_snapshot", "memory_snapshot_steps",
-    # memory/speed knobs and the memory recorder: the same loss and gradients either way
+    "offload_activations_async", "tiled_mlp_tokens", "fused_lora",  # memory/speed knobs: the same loss and gradients either way
 }
 NOT_FINGERPRINTED_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "push_to_hub", "trackio_")
 FINGERPRINTED_ANYWAY = {"logging_nan_inf_filter"}  # decides whether a non-finite loss stops the run

@@ -214,8 +214,9 @@ def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_sa
 
 
 def _zero3(train_args) -> bool:
-    config = getattr(train_args, "hf_deepspeed_config", None)
-    return bool(config and config.is_zero3())
+    from .preflight import zero_stage
+
+    return zero_stage(getattr(train_args, "deepspeed", None)) == 3
 
 
 def _deepspeed_comm() -> None:

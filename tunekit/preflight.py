@@ -87,8 +87,6 @@ def _cuda_count() -> int:
 def check_machine(a) -> None:
     if a.use_liger_kernel and not _cuda():
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
-    if a.memory_snapshot and not _cuda():
-        raise ArgumentError("--memory_snapshot records CUDA allocations: it needs a CUDA GPU; drop it on CPU")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
     if a.eval_generation and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -128,6 +126,15 @@ def checkpointing_kwargs(zero_stage: int, use_lora: bool, kwargs) -> dict:
     return kwargs
 
 
+def zero_stage(deepspeed) -> int:
+    """The ZeRO stage of a DeepSpeed config (a path or a dict; 0 without one): the one reader of it, for the checks
+    here and for the model loading (tunekit/model.py: weights sharded while loading, no fused LoRA)."""
+    if not deepspeed:
+        return 0
+    config = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
+    return int(config.get("zero_optimization", {}).get("stage", 0))
+
+
 def check_deepspeed(a) -> dict:
     """The DeepSpeed config file and what it implies; returns the arguments it resolves (checkpointing kwargs)."""
     if not a.deepspeed:
@@ -135,16 +142,15 @@ def check_deepspeed(a) -> dict:
     if not Path(a.deepspeed).is_file():
         raise ArgumentError(f"--deepspeed: config file not found: {a.deepspeed}")
     try:
-        ds = json.loads(Path(a.deepspeed).read_text())
+        stage = zero_stage(a.deepspeed)
     except json.JSONDecodeError as e:
         raise ArgumentError(f"{a.deepspeed}: not valid JSON (line {e.lineno}: {e.msg})") from None
-    stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage == 3 and a.q_lora:
         dtype = "bfloat16" if a.bf16 else "float16" if a.fp16 else "float32"
-        storage = (f" (and --bnb_4bit_quant_storage {a.bnb_4bit_quant_storage} differs from the model dtype {dtype}: "
-                   "ZeRO-3 shards flat buffers of one dtype)" if a.bnb_4bit_quant_storage != dtype else "")
-        raise ArgumentError(f"--deepspeed {a.deepspeed}: ZeRO-3 cannot shard a 4-bit model here{storage}; "
-                            "use ds_configs/zero2.json with --q_lora")
+        if a.bnb_4bit_quant_storage != dtype:  # ZeRO-3 shards flat buffers of one dtype: the packed 4-bit too
+            raise ArgumentError(f"--deepspeed {a.deepspeed}: ZeRO-3 shards the 4-bit weights only when they are stored "
+                                f"in the model dtype: add --bnb_4bit_quant_storage {dtype} (now "
+                                f"{a.bnb_4bit_quant_storage}), or use ds_configs/zero2.json")
     if stage == 3 and a.tiled_mlp_tokens:  # untested: ZeRO-3 gathers weights per forward, our backward reruns it
         raise ArgumentError(f"--deepspeed {a.deepspeed}: --tiled_mlp_tokens is not supported with ZeRO-3 yet; use "
                             "ds_configs/zero2.json or --tiled_mlp_tokens 0")

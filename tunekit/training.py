@@ -26,26 +26,12 @@ class RunMixin:
         super().__init__(*args, **kwargs)
         self.recorder = RunRecorder(self)
         self.add_callback(self.recorder)
-        self.memory_snapshot = None
-        if getattr(options, "memory_snapshot", None):
-            from .memory import MemorySnapshot
-
-            self.memory_snapshot = MemorySnapshot(options.memory_snapshot, options.memory_snapshot_steps)
-            self.add_callback(self.memory_snapshot)
 
     def training_step(self, model, inputs, *args, **kwargs):
         """Counts real (non-pad) tokens per optimizer step: the honest throughput figure."""
         mask = inputs.get("attention_mask")
         self.real_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         return super().training_step(model, inputs, *args, **kwargs)
-
-    def train(self, *args, **kwargs):
-        try:
-            return super().train(*args, **kwargs)
-        except torch.OutOfMemoryError:
-            if self.memory_snapshot is not None:  # --memory_snapshot: what filled the GPU, written before the error
-                self.memory_snapshot.write()
-            raise
 
 
 class RunRecorder(TrainerCallback):
