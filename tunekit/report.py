@@ -118,8 +118,10 @@ def print_summary(s: dict, output_dir: str) -> None:
         ("trainable params", f"{s['trainable_params']:,} of {s['all_params']:,}"),
         ("samples", f"{s['samples']} ({s['truncated']} truncated, {s['dropped']} dropped: no supervised token)"),
         ("steps", s["steps"]),
-        ("batch per step", "{per_step} ({processes} processes x accumulation {gradient_accumulation_steps} x "
-                           "{micro_batch}), learning rate {lr:g}".format(**s["effective_batch"], lr=s["learning_rate"])),
+        ("batch per step", "{per_step} ({processes} process{es} x accumulation {gradient_accumulation_steps} x "
+                           "{micro_batch}), learning rate {lr:g}".format(
+                               **s["effective_batch"], es="es" if s["effective_batch"]["processes"] > 1 else "",
+                               lr=s["learning_rate"])),
         ("loss", f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}" if s["final_loss"] is not None else "-"),
         ("eval loss", f"{s['final_eval_loss']:.4f}" if s["final_eval_loss"] is not None else "-"),
         *[(name.removeprefix("eval_"), f"{value:.4f}") for name, value in s["eval_metrics"].items()
