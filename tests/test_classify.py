@@ -63,10 +63,12 @@ def run(model, data, out, task="seq_cls", *extra, **flags):
 
 def test_seq_cls_trains_and_saves_the_head_and_labels(tiny_bert, tmp_path):
     trainer = run(tiny_bert, sentiment(tmp_path), tmp_path / "out", "seq_cls",
-                  "--eval_data_path", sentiment(tmp_path, 16, "eval.jsonl"), eval_strategy="steps", eval_steps=36,
-                  max_steps=36)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.1, losses
+                  "--eval_data_path", sentiment(tmp_path, 16, "eval.jsonl"), eval_strategy="steps", eval_steps=96,
+                  max_steps=96)
+    # judged on the held-out file, not on the batch losses (four rows each, with dropout: too noisy to compare);
+    # an untrained head scores about 0.5 at a loss near ln 2
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert evals[-1]["eval_accuracy"] == 1.0 and evals[-1]["eval_loss"] < 0.2, evals
     out = tmp_path / "out"
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "negative", "1": "positive"} and config["label2id"]["positive"] == 1

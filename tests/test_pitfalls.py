@@ -128,7 +128,7 @@ def test_13_adapters_are_fp32_on_an_fp16_base(tiny_llama2):
     family = FAMILIES["llama2"]
     model_args = ModelArguments(model_name_or_path=tiny_llama2, family="llama2")
     train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False, lora_upcast_inputs=False,
-                                       gradient_checkpointing_kwargs={"use_reentrant": False}, tiled_mlp_tokens=0)
+                                       gradient_checkpointing_kwargs={"use_reentrant": False}, tiled_mlp_tokens=0, seed=0)
     model, _ = build_model(model_args, LoraArguments(use_lora=True, lora_r=4), train_args,
                            load_tokenizer(model_args, family)[0], family, TASKS["causal_lm"])
     params = dict(model.named_parameters())
@@ -312,7 +312,7 @@ def test_42_all_linear_on_a_gptq_model_adapts_every_projection(tiny_qwen, tmp_pa
     family = FAMILIES["qwen"]
     model_args = ModelArguments(model_name_or_path=gptq, family="qwen")
     train_args = types.SimpleNamespace(bf16=False, fp16=True, gradient_checkpointing=False, lora_upcast_inputs=False,
-                                       gradient_checkpointing_kwargs={"use_reentrant": False}, tiled_mlp_tokens=0)
+                                       gradient_checkpointing_kwargs={"use_reentrant": False}, tiled_mlp_tokens=0, seed=0)
     lora_args = LoraArguments(use_lora=True, q_lora=True, lora_r=4, lora_target_modules=["all-linear"])
     model, report = build_model(model_args, lora_args, train_args, load_tokenizer(model_args, family)[0], family,
                                 TASKS["causal_lm"])
