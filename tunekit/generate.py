@@ -59,6 +59,7 @@ def load(model_dir: str, adapter: str | None = None, load_in_4bit: bool | None =
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     from .merge import load_adapter
+    from .model import keep_portable_4bit
 
     folder = Path(model_dir)
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
@@ -85,9 +86,7 @@ def load(model_dir: str, adapter: str | None = None, load_in_4bit: bool | None =
             bnb_4bit_compute_dtype=torch.bfloat16 if cuda else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16 if cuda else torch.float32,
                                                  device_map={"": "cuda" if cuda else "cpu"}, **extra)
-    for module in model.modules():  # as model.prepare_kbit_model: no in-place repacking on AVX512-BF16 CPUs
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
+    keep_portable_4bit(model)
     if adapter:
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))  # as training did; the adapter carries the new rows

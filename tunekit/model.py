@@ -77,6 +77,15 @@ def bnb_config(lora_args, compute_dtype, skip=None):
     )
 
 
+def keep_portable_4bit(model) -> None:
+    """On an AVX512-BF16 CPU, bitsandbytes repacks a 4-bit weight in place at its first no-grad forward (an eval step,
+    generation): the packed layout asserts on widths not divisible by 32, and the weight is no longer the one saved or
+    sharded. Every 4-bit load (training, generate, predict) keeps the portable layout."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+
+
 def quantization_kwargs(model_args, lora_args, dtype, skip=None) -> dict:
     """from_pretrained kwargs for the quantized branches; {} for full fine-tuning and LoRA.  skip: modules kept
     unquantized (a classifier's head, which is trained fully)."""
@@ -140,12 +149,7 @@ def prepare_kbit_model(model, lora_args, train_args):
     """Make a 4-bit model trainable.  PEFT's prepare_model_for_kbit_training casts every non-quantized weight
     (embeddings, norms, lm_head) to fp32, so the whole residual stream runs in fp32: half the speed on an H100.
     Here the frozen weights stay in the compute dtype; the LoRA weights are fp32 (PEFT's autocast_adapter_dtype)."""
-    for module in model.modules():
-        # On an AVX512-BF16 CPU, bitsandbytes repacks a 4-bit weight in place at its first no-grad forward (an eval
-        # step): the packed layout asserts on widths not divisible by 32, and the weight is no longer the one saved
-        # or sharded. Keep the portable layout.
-        if getattr(module, "support_avx512bf16_for_cpu", False):
-            module.support_avx512bf16_for_cpu = False
+    keep_portable_4bit(model)
     if lora_args.kbit_upcast:
         from peft import prepare_model_for_kbit_training
 

@@ -1,13 +1,14 @@
 """Import-time messages of libraries that say nothing about this run, kept off the screen: torchao (pulled in by peft
-when the GPTQ stack is installed) logs every optional kernel it cannot load on a CPU torch, and torch's pytree logs
-deprecations.  Called before those libraries load: by tunekit/cli.py at import, by the other commands' main()."""
+when the GPTQ stack is installed) logs every optional kernel it cannot load on a CPU torch, bitsandbytes (imported by
+peft) warns on an AVX512-BF16 CPU that the hub-fetched `kernels` package is absent and uses its own CPU path, and
+torch's pytree logs deprecations.  Called before those libraries load: by tunekit/cli.py at import, by the other commands' main()."""
 from __future__ import annotations
 
 import logging
 import os
 import warnings
 
-NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+NOISY_LOGGERS = ("torchao", "bitsandbytes.backends.cpu.ops", "torch.utils._pytree")
 
 
 def quiet_libraries() -> None:

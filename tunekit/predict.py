@@ -30,6 +30,7 @@ def load_classifier(folder: str, load_in_4bit: bool = False):
     import transformers
 
     from .merge import load_adapter
+    from .model import keep_portable_4bit
 
     folder = Path(folder)
     adapter_cfg = folder / "adapter_config.json"
@@ -47,9 +48,7 @@ def load_classifier(folder: str, load_in_4bit: bool = False):
                              bnb_4bit_compute_dtype=torch.bfloat16,
                              llm_int8_skip_modules=list(adapter["modules_to_save"] or [])))
         base = cls.from_pretrained(adapter["base_model_name_or_path"], config=config, **extra)
-        for module in base.modules():  # as model.prepare_kbit_model: no in-place repacking on AVX512-BF16 CPUs
-            if getattr(module, "support_avx512bf16_for_cpu", False):
-                module.support_avx512bf16_for_cpu = False
+        keep_portable_4bit(base)
         model = load_adapter(base, str(folder))
     else:
         arch = (config.architectures or [""])[0]
