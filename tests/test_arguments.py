@@ -55,6 +55,15 @@ def test_unknown_cli_flag(base):
         resolve([recipe, *req, "--lora_rank", "8"])
 
 
+@pytest.mark.parametrize("where", ["command line", "json"])
+def test_the_removed_trainer_choice_is_an_unknown_key(base, tmp_path, where):
+    """--trainer hf|trl is gone (the HF Trainer is the only one): an old recipe or flag is refused, not ignored."""
+    recipe, req = base
+    extra = ["--trainer", "hf"] if where == "command line" else [write_json(tmp_path / "t.json", {"trainer": "hf"})]
+    with pytest.raises(ArgumentError, match="unknown (argument --|key ')trainer"):
+        resolve([recipe, *extra, *req] if where == "json" else [recipe, *req, *extra])
+
+
 @pytest.mark.parametrize("key,value,expect", [
     ("learning_rate", "fast", "must be"),
     ("num_train_epochs", True, "must be"),

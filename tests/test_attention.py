@@ -4,11 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import cpu_flags
-from test_packing import loss_and_grads, tiny_model_and_samples
+from test_packing import loss_and_grads, packed, padded, tiny_model_and_samples
 
 from tunekit import attention
-from tunekit.data import PaddingCollator
-from tunekit.packing import PackingCollator
 
 
 def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, window_size=(-1, -1), is_causal=False, enable_gqa=False,
@@ -33,12 +31,12 @@ def test_varlen_packed_loss_and_gradients_equal_padded(monkeypatch, signature, f
     attention.register()
     path = tiny_llama2 if family == "llama2" else tiny_qwen
     model, tok, samples = tiny_model_and_samples(path, family, data_file, attn="sdpa")
-    loss_pad, grads_pad = loss_and_grads(model, PaddingCollator(pad_token_id=tok.pad_token_id)(samples))
+    loss_pad, grads_pad = loss_and_grads(model, padded(tok, samples))
     model.set_attn_implementation("varlen")
     calls = []
     monkeypatch.setattr(attention, "_varlen", lambda: (lambda *a, **k: calls.append(1) or reference_varlen(*a, **k),
                                                        set(signature)))
-    loss_var, grads_var = loss_and_grads(model, PackingCollator(varlen=True)(samples))
+    loss_var, grads_var = loss_and_grads(model, packed(samples, varlen=True))
     assert len(calls) == model.config.num_hidden_layers  # every layer went through the varlen function
     assert torch.allclose(loss_var, loss_pad, atol=1e-5, rtol=0), (loss_var, loss_pad)
     assert grads_pad.keys() == grads_var.keys()
@@ -52,14 +50,16 @@ def test_varlen_without_packing_metadata_is_a_clear_error(monkeypatch, tiny_llam
     model, tok, samples = tiny_model_and_samples(tiny_llama2, "llama2", "llama2_guanaco.jsonl")
     model.set_attn_implementation("varlen")
     with pytest.raises(RuntimeError, match="needs packed batches"):
-        model(**PackingCollator()(samples))
+        model(**packed(samples))
 
 
 def test_collator_cumulative_lengths():
-    batch = PackingCollator(varlen=True)([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]},
-                                          {"input_ids": [8, 9], "labels": [8, 9]}])
-    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5] and batch["max_length_q"] == 3
-    assert "cu_seq_lens_q" not in PackingCollator()([{"input_ids": [5], "labels": [5]}])
+    batch = packed([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}],
+                   varlen=True)
+    for key in ("cu_seq_lens_q", "cu_seq_lens_k"):  # the names and dtype tunekit/attention.py reads
+        assert batch[key].tolist() == [0, 3, 5] and batch[key].dtype == torch.int32, key
+    assert batch["max_length_q"] == batch["max_length_k"] == 3 and isinstance(batch["max_length_q"], int)
+    assert "cu_seq_lens_q" not in packed([{"input_ids": [5], "labels": [5]}])
 
 
 def test_varlen_is_refused_without_packing_or_cuda(tiny_llama2, guanaco_small, tmp_path):
@@ -93,9 +93,9 @@ def test_varlen_kernel_matches_padded_sdpa_on_gpu(tiny_llama2, monkeypatch):
     model, tok, samples = tiny_model_and_samples(tiny_llama2, "llama2", "llama2_guanaco.jsonl")
     model = model.to("cuda", torch.bfloat16)
     to_gpu = lambda batch: {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}  # noqa: E731
-    loss_pad, grads_pad = loss_and_grads(model, to_gpu(PaddingCollator(pad_token_id=tok.pad_token_id)(samples)))
+    loss_pad, grads_pad = loss_and_grads(model, to_gpu(padded(tok, samples)))
     model.set_attn_implementation("varlen")
-    loss_var, grads_var = loss_and_grads(model, to_gpu(PackingCollator(varlen=True)(samples)))
+    loss_var, grads_var = loss_and_grads(model, to_gpu(packed(samples, varlen=True)))
     assert len(calls) == model.config.num_hidden_layers  # the real kernel ran in every layer
     print("bf16 losses (padded sdpa, packed varlen):", float(loss_pad), float(loss_var))
     assert abs(float(loss_var) - float(loss_pad)) < 1e-2 * abs(float(loss_pad)), (loss_var, loss_pad)
@@ -108,7 +108,7 @@ def test_varlen_on_converted_chatglm2_equals_padded(monkeypatch, tmp_path):
     """The chatglm2 recipes default to varlen too: the converted glm model (2 KV groups, partial rotary) gives the same
     packed loss and gradients through the varlen path as padded SDPA (reference kernel, fp32, CPU)."""
     from test_chatglm2 import build_original, convert
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setattr(attention, "_varlen", lambda: (reference_varlen, {"window_size", "enable_gqa", "scale"}))
     attention.register()
@@ -120,12 +120,12 @@ def test_varlen_on_converted_chatglm2_equals_padded(monkeypatch, tmp_path):
     g = torch.Generator().manual_seed(0)
     samples = [{"input_ids": ids, "labels": ids} for ids in
                (torch.randint(3, 200, (n,), generator=g).tolist() for n in (9, 17, 5, 12))]
-    loss_pad, grads_pad = loss_and_grads(model, PaddingCollator(pad_token_id=0)(samples))
+    loss_pad, grads_pad = loss_and_grads(model, padded(AutoTokenizer.from_pretrained(native), samples))
     model.set_attn_implementation("varlen")
     calls = []
     monkeypatch.setattr(attention, "_varlen", lambda: (lambda *a, **k: calls.append(1) or reference_varlen(*a, **k),
                                                        {"window_size", "enable_gqa", "scale"}))
-    loss_var, grads_var = loss_and_grads(model, PackingCollator(varlen=True)(samples))
+    loss_var, grads_var = loss_and_grads(model, packed(samples, varlen=True))
     assert len(calls) == model.config.num_hidden_layers
     assert torch.allclose(loss_var, loss_pad, atol=1e-5, rtol=0), (loss_var, loss_pad)
     for name, grad in grads_pad.items():

@@ -150,7 +150,7 @@ def test_perplexity_is_exp_of_the_token_mean_loss_of_a_forward_pass(qwen, tmp_pa
     m = evaluate(model, tok, fmt, FAMILIES["qwen"], data, tmp_path, {"model_max_length": 512})
     total, n = 0.0, 0
     with torch.no_grad():
-        for ex in build_dataset(data, tok, FAMILIES["qwen"], 512).examples:  # one sample at a time, HF's own loss
+        for ex in build_dataset(data, tok, FAMILIES["qwen"], 512):  # one sample at a time, HF's own loss
             labels = torch.tensor([ex["labels"]])
             k = int((labels[:, 1:] != -100).sum())
             total += model(input_ids=torch.tensor([ex["input_ids"]]), labels=labels).loss.item() * k

@@ -111,6 +111,37 @@ def test_predict_gives_identical_outputs_on_every_load(tiny_bert, tmp_path):
     assert abs(sum(outputs[0][0]["probabilities"].values()) - 1) < 1e-5
 
 
+def test_datasets_and_collators_pad_on_the_right_with_labels_masked(tiny_bert, tmp_path):
+    """The examples as `datasets.Dataset`s with their stats, batched by transformers' collators: input_ids padded on
+    the right (attention_mask 0 there), one label per text, per-token labels padded with -100."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from tunekit.classify import build_datasets, collator
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    tok.padding_side = "left"  # padded on the right all the same
+    data = write_json(tmp_path / "d.json", [{"text": "good", "label": "pos"},
+                                            {"text": "the food was bad", "label": "neg"}])
+    args = SimpleNamespace(data_path=data, eval_data_path=None, max_samples=None, labels=None)
+    train, evals, labels = build_datasets("seq_cls", args, tok, 5)
+    assert labels == ["neg", "pos"] and evals is None and list(train) == [
+        {"input_ids": [2, 4, 3], "labels": 1}, {"input_ids": [2, 13, 11, 14, 3], "labels": 0}]
+    assert (train.stats.samples, train.stats.truncated, train.stats.dropped, train.stats.tokens) == (2, 1, 0, 8)
+    batch = collator(tok, "seq_cls")(list(train))
+    assert batch["input_ids"].tolist() == [[2, 4, 3, 0, 0], [2, 13, 11, 14, 3]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [1, 0]
+    tagged = [{"input_ids": [2, 4, 3], "labels": [-100, 1, -100]},
+              {"input_ids": [2, 13, 11, 3], "labels": [-100, 0, 1, -100]}]
+    batch = collator(tok, "token_cls")(tagged)
+    assert batch["input_ids"].tolist() == [[2, 4, 3, 0], [2, 13, 11, 3]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[-100, 1, -100, -100], [-100, 0, 1, -100]]
+    assert tok.padding_side == "left"  # the caller's tokenizer is left as it was
+
+
 def test_bert_base_lora_on_query_value_has_the_seeds_parameter_count():
     """The seed's printout: r=16 on query/value of BERT-base is 589,824 LoRA parameters (12 layers x 2 modules x
     16 x (768 + 768)); the head (768 x labels + labels) is counted separately."""

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import DATA, write_json
-from tunekit.data import (IGNORE_INDEX, DataError, PaddingCollator, build_dataset, load_records, tokenize_sample)
+from tunekit.data import IGNORE_INDEX, DataError, build_dataset, collator, load_records, tokenize_sample
 from tunekit.families import FAMILIES
 
 
@@ -114,13 +114,19 @@ def test_shipped_samples_supervise_exactly_the_answers(tiny_llama2, tiny_qwen):
             assert ex["input_ids"] == tok.apply_chat_template(rec["messages"], tokenize=True)["input_ids"]
 
 
-def test_collator_pads_right_and_keeps_eos_label_even_when_pad_is_eos():
-    eos = 2
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collator_pads_right_and_keeps_eos_label_even_when_pad_is_eos(side):
+    from types import SimpleNamespace
+
+    tok = word_tokenizer("llama2", ["a"])
+    tok.pad_token, tok.padding_side = tok.eos_token, side  # a left-padding tokenizer (generation's) is padded right
+    eos = tok.eos_token_id
     feats = [{"input_ids": [5, 6, eos], "labels": [-100, 6, eos]}, {"input_ids": [7, eos], "labels": [7, eos]}]
-    batch = PaddingCollator(pad_token_id=eos)(feats)
+    batch = collator(tok, SimpleNamespace(packing=False), False)(feats)
     assert batch["input_ids"].tolist() == [[5, 6, eos], [7, eos, eos]]
     assert batch["labels"].tolist() == [[-100, 6, eos], [7, eos, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert tok.padding_side == side  # the caller's tokenizer is left as it was
 
 
 def test_samples_without_labels_are_dropped_and_counted(tiny_llama2, tmp_path):
@@ -135,17 +141,32 @@ def test_samples_without_labels_are_dropped_and_counted(tiny_llama2, tmp_path):
     ])
     ds = build_dataset(path, tok, FAMILIES["llama2"], max_length=64)
     assert (ds.stats.samples, ds.stats.truncated, ds.stats.dropped, len(ds)) == (3, 2, 1, 2)
+    assert ds.stats.tokens == sum(len(ex["input_ids"]) for ex in ds)
+    assert ds.stats.supervised_tokens == sum(x != IGNORE_INDEX for ex in ds for x in ex["labels"]) > 0
 
 
-def test_lazy_preprocess_tokenizes_on_demand(tiny_llama2):
+def test_lazy_preprocess_tokenizes_on_demand(tiny_llama2, tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_llama2)
     path = str(DATA / "llama2_guanaco.jsonl")
     eager = build_dataset(path, tok, FAMILIES["llama2"], 256)
-    lazy = build_dataset(path, tok, FAMILIES["llama2"], 256, lazy=True)
-    assert not lazy.cache
-    assert lazy[3] == eager[3] and len(lazy.cache) == 1
+    encoded = []
+
+    def encode(sample, *args, **kwargs):
+        encoded.append(sample)
+        return tokenize_sample(sample, *args, **kwargs)
+
+    lazy = build_dataset(path, tok, FAMILIES["llama2"], 256, lazy=True, encode=encode)
+    assert not encoded and len(lazy) == len(eager) == lazy.stats.samples
+    assert lazy[3] == eager[3] and lazy[3] == eager[3] and len(encoded) == 1  # encoded on first use, then cached
+    assert lazy.stats.guanaco == eager.stats.guanaco == len(eager)  # the run's prompt format, known up front
+    # a sample that loses every supervised token is kept (it cannot be dropped once training runs) and counted
+    short = write_json(tmp_path / "d.json", [{"instruction": "word " * 300, "input": "", "output": "short"},
+                                             {"instruction": "ok", "input": "", "output": "fine"}])
+    lazy = build_dataset(short, tok, FAMILIES["llama2"], 64, lazy=True)
+    assert [all(x == IGNORE_INDEX for x in lazy[i]["labels"]) for i in range(2)] == [True, False]
+    assert (lazy.stats.samples, lazy.stats.truncated, lazy.stats.dropped) == (2, 1, 1)
 
 
 @pytest.mark.parametrize("content,message", [

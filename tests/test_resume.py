@@ -90,18 +90,17 @@ def stop_after_second_checkpoint(monkeypatch):
     monkeypatch.setattr("tunekit.training.build_trainer", build_and_arm)
 
 
-@pytest.mark.parametrize("fast,trainer", [(False, "hf"), (True, "hf"), (False, "trl")],
-                         ids=["padded", "packed-token-budget", "trl"])
-def test_killed_run_resumes_exactly(fast, trainer, tiny_llama2, guanaco_small, tmp_path, capsys, monkeypatch):
-    reference = main(argv(tiny_llama2, guanaco_small, tmp_path / "straight", fast, trainer=trainer))
+@pytest.mark.parametrize("fast", [False, True], ids=["padded", "packed-token-budget"])
+def test_killed_run_resumes_exactly(fast, tiny_llama2, guanaco_small, tmp_path, capsys, monkeypatch):
+    reference = main(argv(tiny_llama2, guanaco_small, tmp_path / "straight", fast))
     if fast:  # the fast paths really are on: one packed row per micro-batch, batches cut by tokens
         batch = next(iter(reference.get_train_dataloader()))
         assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch
         assert reference.args.token_budget == 256
 
     crashed = tmp_path / "crashed"
-    command = argv(tiny_llama2, guanaco_small, crashed, fast, trainer=trainer)
-    if not fast and trainer == "hf":  # a real process, killed with SIGKILL right after its second checkpoint
+    command = argv(tiny_llama2, guanaco_small, crashed, fast)
+    if not fast:  # a real process, killed with SIGKILL right after its second checkpoint
         r = subprocess.run([sys.executable, "-c", KILLED_RUN, *command], cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
         assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]

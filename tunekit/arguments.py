@@ -50,7 +50,6 @@ class ModelArguments:
     task: str = field(default="causal_lm", metadata={
         "help": "What the model learns (tunekit/tasks.py): causal_lm (next-token prediction on the assistant turns), "
                 "seq_cls (one label per text), token_cls (one BIO tag per word)."})
-    trainer: Literal["hf", "trl"] = field(default="hf", metadata={"help": "HF Trainer or TRL SFTTrainer."})
     attn_implementation: str = field(default="sdpa", metadata={
         "help": "sdpa, eager, flash_attention_2, ..., or varlen: PyTorch's variable-length flash attention for "
                 "--packing on a CUDA GPU (attention only inside each packed sample; tunekit/attention.py)"})
@@ -248,8 +247,8 @@ def _rewrite_cli(argv: list[str]) -> list[str]:
 
 USAGE = """python finetune.py RECIPE.json [MORE.json ...] [--flag value ...]
 
-Fine-tune a causal LM: full, LoRA or Q-LoRA (bitsandbytes NF4, or a GPTQ checkpoint), with the HF Trainer or TRL's
-SFTTrainer.  JSON files set the arguments (later files win), flags override them.
+Fine-tune a causal LM: full, LoRA or Q-LoRA (bitsandbytes NF4, or a GPTQ checkpoint), with the HF Trainer.  JSON
+files set the arguments (later files win), flags override them.
 
   python finetune.py recipes/llama2/qlora.json --model_name_or_path /models/Llama-2-7b-hf --output_dir out/x
   bash recipes/qwen/train.sh qlora --learning_rate 1e-4       # the recipe launcher (torchrun, DeepSpeed)"""

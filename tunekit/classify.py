@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import IGNORE_INDEX, Stats
+from .data import IGNORE_INDEX, right_padding, to_dataset
 from .errors import DataError
 from .formats import read_records
 
@@ -95,24 +95,6 @@ KINDS = {"seq_cls": Kind(read_text_record, "label", encode_text),
          "token_cls": Kind(read_token_record, "tags", encode_tokens)}
 
 
-class LabelledDataset(torch.utils.data.Dataset):
-    def __init__(self, samples, encode):
-        self.stats = Stats()
-        self.examples = []
-        for sample in samples:
-            ex, truncated = encode(sample)
-            self.stats.samples += 1
-            self.stats.truncated += truncated
-            self.stats.tokens += len(ex["input_ids"])
-            self.examples.append(ex)
-
-    def __len__(self):
-        return len(self.examples)
-
-    def __getitem__(self, i):
-        return self.examples[i]
-
-
 def load_samples(path: str, kind: Kind, max_samples=None) -> list[dict]:
     raw = read_records(path)[:max_samples] if max_samples else read_records(path)
     if not raw:
@@ -137,30 +119,20 @@ def build_datasets(task_name: str, data_args, tokenizer, max_length: int):
     def encode(sample):
         return kind.encode(sample, tokenizer, label2id, max_length)
 
-    return LabelledDataset(train, encode), (LabelledDataset(evals, encode) if evals is not None else None), labels
+    return to_dataset(train, encode), (to_dataset(evals, encode) if evals is not None else None), labels
 
 
 # ---------------------------------------------------------------- batches and metrics
 
-@dataclass
-class LabelCollator:
-    """Pads input_ids on the right (attention_mask 0 there); per-token labels are padded with -100."""
-    pad_token_id: int
+def collator(tokenizer, task_name: str):
+    """transformers' padding collators, on the right (attention_mask 0 there): one label per text (seq_cls), or
+    per-token labels padded with -100 (token_cls)."""
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
-    def __call__(self, features):
-        n = max(len(f["input_ids"]) for f in features)
-        input_ids = torch.full((len(features), n), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(features), n), dtype=torch.long)
-        per_token = isinstance(features[0]["labels"], list)
-        labels = torch.full((len(features), n), IGNORE_INDEX, dtype=torch.long) if per_token else \
-            torch.tensor([f["labels"] for f in features], dtype=torch.long)
-        for i, f in enumerate(features):
-            k = len(f["input_ids"])
-            input_ids[i, :k] = torch.as_tensor(f["input_ids"])
-            attention[i, :k] = 1
-            if per_token:
-                labels[i, :k] = torch.as_tensor(f["labels"])
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    tokenizer = right_padding(tokenizer)
+    if task_name == "token_cls":
+        return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX)
+    return DataCollatorWithPadding(tokenizer)
 
 
 def metrics(task_name: str, labels: list[str]):

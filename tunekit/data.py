@@ -1,6 +1,6 @@
 """Causal-LM examples from normalised samples (tunekit/formats.py): render them through the family's chat template,
 tokenize with labels only on what the model must learn to say (assistant turns and their end-of-turn/EOS token);
-datasets (eager or lazy) and the padding collator.
+datasets (a `datasets.Dataset`, or encoded on first use) and the collators (transformers').
 
   text     plain text is learned whole; guanaco-style "### Human: ... ### Assistant: ..." is split into turns
   adgen    for a family with a `source_template` (chatglm2): prefix + template(content) cut to max_source_length,
@@ -9,8 +9,9 @@ datasets (eager or lazy) and the padding collator.
 """
 from __future__ import annotations
 
+import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -72,6 +73,7 @@ class Stats:
     dropped: int = 0
     supervised_tokens: int = 0
     tokens: int = 0
+    guanaco: int = 0  # samples of '### Human: ... ### Assistant: ...' text (the run's prompt format: prompts.py)
 
 
 def adgen_ids(sample: dict, tokenizer, family: Family, max_source_length=None, max_target_length=None):
@@ -118,45 +120,38 @@ def tokenize_sample(sample: dict, tokenizer, family: Family, max_length: int, ma
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}, truncated
 
 
-def has_labels(example: dict) -> bool:
-    return any(x != IGNORE_INDEX for x in example["labels"])
+def to_dataset(records, encode, lazy: bool = False):
+    """The examples with `.stats`; `encode(record) -> (example, truncated)`.  Eager: a `datasets.Dataset` of every
+    record encoded here, in Python (the records' nested formats need no Arrow schema; the examples, all
+    {"input_ids": [...], "labels": ...}, have one); a sample left with no supervised token is dropped and counted."""
+    if lazy:
+        return LazyDataset(records, encode)
+    import datasets
+    from tqdm.auto import tqdm
+
+    stats, examples = Stats(samples=len(records)), []
+    for rec in tqdm(records, desc="tokenizing", disable=len(records) < 5000):
+        ex, truncated = encode(rec)
+        stats.truncated += truncated
+        if not has_labels(ex):
+            stats.dropped += 1
+            continue
+        stats.tokens += len(ex["input_ids"])
+        stats.supervised_tokens += sum(x != IGNORE_INDEX for x in _label_list(ex))
+        examples.append(ex)
+    ds = datasets.Dataset.from_list(examples)
+    ds.stats = stats
+    return ds
 
 
-class SupervisedDataset(torch.utils.data.Dataset):
-    """Tokenized up front; samples left with no supervised token after truncation are dropped (and counted).
-    encode(record) -> (example, truncated) builds one example (the task's: tunekit/tasks.py)."""
-
-    def __init__(self, records, encode):
-        from tqdm.auto import tqdm
-
-        self.stats = Stats()
-        self.examples = []
-        for rec in tqdm(records, desc="tokenizing", disable=len(records) < 5000):
-            ex, truncated = encode(rec)
-            self.stats.samples += 1
-            self.stats.truncated += truncated
-            if not has_labels(ex):
-                self.stats.dropped += 1
-                continue
-            self.stats.tokens += len(ex["input_ids"])
-            self.stats.supervised_tokens += sum(x != IGNORE_INDEX for x in ex["labels"])
-            self.examples.append(ex)
-
-    def __len__(self):
-        return len(self.examples)
-
-    def __getitem__(self, i):
-        return self.examples[i]
-
-
-class LazySupervisedDataset(torch.utils.data.Dataset):
-    """Records are read and checked up front, tokenized on first use (--lazy_preprocess).  A sample left with no
-    supervised token cannot be dropped here; it contributes no loss and is counted in stats."""
+class LazyDataset(torch.utils.data.Dataset):
+    """--lazy_preprocess: each record encoded on first use, then cached; a sample left with no supervised token cannot
+    be dropped then: it contributes no loss and is counted.  Not `datasets`' set_transform: it fingerprints the
+    transform by pickling it, every record included, before the first step (1-2 s per 10 MB of records, a tenth of
+    encoding them), and the Trainer's unused-column filter would drop the index column it would read."""
 
     def __init__(self, records, encode):
-        self.records, self.encode = records, encode
-        self.cache = {}
-        self.stats = Stats(samples=len(records))
+        self.records, self.encode, self.stats, self.cache = records, encode, Stats(samples=len(records)), {}
 
     def __len__(self):
         return len(self.records)
@@ -170,6 +165,15 @@ class LazySupervisedDataset(torch.utils.data.Dataset):
         return self.cache[i]
 
 
+def _label_list(example: dict) -> list:
+    labels = example["labels"]
+    return labels if isinstance(labels, list) else [labels]  # a classifier's one label per text
+
+
+def has_labels(example: dict) -> bool:
+    return any(x != IGNORE_INDEX for x in _label_list(example))
+
+
 def build_dataset(path, tokenizer, family, max_length, lazy=False, max_samples=None, max_source_length=None,
                   max_target_length=None, encode=None):
     """`encode(sample, tokenizer, family, max_length, **limits)` builds an example (default: tokenize_sample)."""
@@ -179,8 +183,8 @@ def build_dataset(path, tokenizer, family, max_length, lazy=False, max_samples=N
     records = load_records(path, max_samples)
     encode = encode or tokenize_sample
     limits = dict(max_source_length=max_source_length, max_target_length=max_target_length)
-    cls = LazySupervisedDataset if lazy else SupervisedDataset
-    ds = cls(records, lambda rec: encode(rec, tokenizer, family, max_length, **limits))
+    ds = to_dataset(records, lambda rec: encode(rec, tokenizer, family, max_length, **limits), lazy)
+    ds.stats.guanaco = sum("text" in r and bool(GUANACO_TURN.search(r["text"])) for r in records)
     if len(ds) == 0:
         raise DataError(f"{path}: every sample lost its supervised tokens to truncation at "
                         f"--model_max_length {max_length}; raise it")
@@ -197,42 +201,23 @@ def build_datasets(data_args, tokenizer, family, max_length):
     return train, build_dataset(data_args.eval_data_path, **data) if data_args.eval_data_path else None
 
 
-def to_hf_dataset(ds):
-    """The same tokenized samples as a `datasets.Dataset` (what TRL's SFTTrainer requires)."""
-    import datasets
+def collator(tokenizer, train_args, varlen: bool):
+    """The causal-LM collator.  --packing: transformers' padding-free DataCollatorWithFlattening (one row per batch,
+    position ids restarting per sample, -100 on each sample's first label; varlen adds the cumulative lengths
+    `cu_seq_lens_q/k` (int32) and `max_length_q/k` that tunekit/attention.py reads).  Otherwise batches padded to their
+    longest sample on the right, padding masked by position (attention_mask 0, label -100), so a pad token equal to
+    EOS can never hide the real EOS label."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-    if isinstance(ds, LazySupervisedDataset):
-        index = datasets.Dataset.from_dict({"index": list(range(len(ds)))})
-        index.set_transform(lambda batch: _lazy_batch(ds, batch["index"]))
-        return index
-    return datasets.Dataset.from_dict({"input_ids": [e["input_ids"] for e in ds.examples],
-                                       "labels": [e["labels"] for e in ds.examples]})
-
-
-def _lazy_batch(ds, indices):
-    exs = [ds[i] for i in indices]
-    return {"input_ids": [e["input_ids"] for e in exs], "labels": [e["labels"] for e in exs]}
+    if train_args.packing:
+        return DataCollatorWithFlattening(return_position_ids=True, return_flash_attn_kwargs=varlen)
+    return DataCollatorForSeq2Seq(right_padding(tokenizer), label_pad_token_id=IGNORE_INDEX, padding=True)
 
 
-@dataclass
-class PaddingCollator:
-    """Pads each batch to its own longest sample, on the right; padding is masked by position (attention_mask 0,
-    label -100), so a pad token equal to EOS could never hide the real EOS label."""
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-    keys: tuple = field(default=("input_ids", "labels"))
-
-    def __call__(self, features):
-        n = max(len(f["input_ids"]) for f in features)
-        if self.pad_to_multiple_of:
-            n = -(-n // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = len(features)
-        input_ids = torch.full((batch, n), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((batch, n), IGNORE_INDEX, dtype=torch.long)
-        attention = torch.zeros((batch, n), dtype=torch.long)
-        for i, f in enumerate(features):
-            k = len(f["input_ids"])
-            input_ids[i, :k] = torch.as_tensor(f["input_ids"])
-            labels[i, :k] = torch.as_tensor(f["labels"])
-            attention[i, :k] = 1
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+def right_padding(tokenizer):
+    """The tokenizer, or a copy of it that pads on the right (positions then count from 0 in every row)."""
+    if tokenizer.padding_side == "right":
+        return tokenizer
+    tokenizer = copy.copy(tokenizer)
+    tokenizer.padding_side = "right"
+    return tokenizer

@@ -1,50 +1,18 @@
-"""Padding-free packing and token-budget batching: the batch holds real tokens only.
+"""Token-budget batching; with padding-free packing (data.collator), the batch holds real tokens only.
 
-PackingCollator concatenates a batch's samples into one row with position ids restarting at 0 for each sample and no
-attention mask; transformers then keeps attention inside each sample (a block-diagonal mask for SDPA/eager/flex, the
-varlen path for flash attention). That only holds when no KV cache is passed (`use_cache=False`, pitfall #40): with a
-cache, transformers skips the packed-sequence detection and every sample attends to the ones before it.
+Packing (transformers' DataCollatorWithFlattening) concatenates a batch's samples into one row with position ids
+restarting at 0 for each sample and no attention mask; transformers then keeps attention inside each sample (a
+block-diagonal mask for SDPA/eager/flex, the varlen path for flash attention). That only holds when no KV cache is
+passed (`use_cache=False`): with a cache, transformers skips the packed-sequence detection and every sample attends to
+the ones before it.
 
 TokenBudgetBatchSampler replaces a fixed batch size with a budget of tokens per micro-batch, so a batch of short
 samples and a batch of long ones cost about the same.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from transformers.trainer_pt_utils import BatchRebalanceSampler
-
-from .data import IGNORE_INDEX
-
-
-@dataclass
-class PackingCollator:
-    """[sample, sample, ...] -> one row: input_ids, labels, position_ids (reset per sample); no padding at all.
-    varlen=True adds the cumulative sample lengths that a variable-length attention kernel reads (tunekit/attention.py)."""
-
-    varlen: bool = False
-
-    def __call__(self, features):
-        input_ids, labels, positions, cu = [], [], [], [0]
-        for f in features:
-            ids, lab = list(f["input_ids"]), list(f["labels"])
-            input_ids += ids
-            # The loss shifts labels by one across the whole row: the first label of a sample must never be the
-            # target of the previous sample's last token.
-            labels += [IGNORE_INDEX] + lab[1:]
-            positions += range(len(ids))
-            cu.append(cu[-1] + len(ids))
-        batch = {"input_ids": _row(input_ids), "labels": _row(labels), "position_ids": _row(positions)}
-        if self.varlen:
-            cu_seq = torch.tensor(cu, dtype=torch.int32)
-            longest = max(b - a for a, b in zip(cu, cu[1:]))
-            batch.update(cu_seq_lens_q=cu_seq, cu_seq_lens_k=cu_seq, max_length_q=longest, max_length_k=longest)
-        return batch
-
-
-def _row(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.long).unsqueeze(0)
 
 
 def budget_batches(lengths, budget: int, packed: bool, seed: int) -> list[list[int]]:

@@ -1,8 +1,7 @@
-"""Training: HF Trainer or TRL SFTTrainer over the same tokenized data and collator, with a NaN guard, real-token
-timing per step, token-budget batches, activation offload and atomic checkpoints (checkpoints.py)."""
+"""Training: the HF Trainer over the task's datasets and collator, with a NaN guard, real-token timing per step,
+token-budget batches, activation offload and atomic checkpoints (checkpoints.py)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 
@@ -10,7 +9,6 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .checkpoints import AtomicCheckpointMixin
-from .data import to_hf_dataset
 from .errors import NonFiniteLossError
 from .packing import TokenBudgetBatchSampler, sample_lengths
 
@@ -18,8 +16,9 @@ __all__ = ["build_trainer", "NonFiniteLossError"]
 
 
 class RunMixin:
-    """What every trainer of this project carries: our own arguments (TRL's SFTConfig lacks their fields), the run's
-    fingerprint (recorded in each checkpoint), and the recorder of per-step time, real tokens and peak memory."""
+    """What every trainer of this project carries: our own arguments (a trainer's own config class may lack their
+    fields), the run's fingerprint (recorded in each checkpoint), and the recorder of per-step time, real tokens and
+    peak memory."""
 
     def __init__(self, *args, options, fingerprint=None, head=None, **kwargs):
         self.run_options, self.run_fingerprint, self.run_head, self.real_tokens = options, fingerprint, head, 0
@@ -134,31 +133,13 @@ class TokenBudgetMixin:
                                        rank=self.args.process_index, world_size=max(1, self.args.world_size))
 
 
-def sft_config_from(train_args, max_length):
-    """Our TrainingArguments as TRL's SFTConfig: the one place the two meet."""
-    from trl import SFTConfig
-
-    values = {f.name: getattr(train_args, f.name) for f in dataclasses.fields(train_args)
-              if f.init and f.name in {g.name for g in dataclasses.fields(SFTConfig)}}
-    values.update(max_length=max_length, packing=False, dataset_kwargs={"skip_prepare_dataset": True},
-                  remove_unused_columns=False, dataset_text_field="text")
-    return SFTConfig(**values)
-
-
-def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, collator, trainer_kind="hf", fingerprint=None,
-                  head=None, compute_metrics=None):
-    """head: a classifier's head module name (validated in every saved adapter); compute_metrics: the task's."""
-    if trainer_kind == "trl":
-        from trl import SFTTrainer
-
-        base, args = SFTTrainer, sft_config_from(train_args, train_args.model_max_length)
-        train_ds = to_hf_dataset(train_ds)
-        eval_ds = to_hf_dataset(eval_ds) if eval_ds is not None else None
-    else:
-        base, args = Trainer, train_args
+def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, collator, fingerprint=None, head=None,
+                  compute_metrics=None, base=Trainer):
+    """base: the task's trainer class (transformers' Trainer), extended with our mixins; head: a classifier's head
+    module name (validated in every saved adapter); compute_metrics: the task's."""
     mixins = (RunMixin, TokenBudgetMixin, ActivationOffloadMixin, AtomicCheckpointMixin)
     cls = type(f"Tunekit{base.__name__}", (*mixins, base), {})
-    trainer = cls(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
+    trainer = cls(model=model, args=train_args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
                   processing_class=tokenizer, options=train_args, fingerprint=fingerprint, head=head,
                   compute_metrics=compute_metrics)
     if getattr(train_args, "tiled_mlp_tokens", 0):
