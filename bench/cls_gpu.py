@@ -29,7 +29,7 @@ def main():
     from shapes import build_once, default_checkpoint
     from transformers import AutoTokenizer
 
-    from tunekit.predict import load_classifier
+    from tunekit import runfolder
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,7 @@ def main():
     del trainer, model
     if device == "cuda":
         torch.cuda.empty_cache()
-    reloaded, _, _ = load_classifier(str(adapter), load_in_4bit=True)
+    reloaded, _ = runfolder.load(runfolder.read(adapter))  # as trained: the NF4 base, the head kept whole
     with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         after = reloaded(**enc).logits.float().cpu()
     steps = summary["step_times"][5:]  # after the warm-up steps

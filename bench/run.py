@@ -41,16 +41,19 @@ import shapes  # noqa: E402
 from suites import BIG, CPU_FLAGS, SUITES, Variant  # noqa: E402
 
 PYTHON, BASELINE = sys.executable, str(BENCH_DIR / "baseline.py")
-REFERENCE_SOURCE = Path("/work/shared/gpu/baseline_seed_style.py")
+# The shared reference baseline, copied into bench/reference/ when missing: $TUNEKIT_REFERENCE_BASELINE, else the
+# checkout's sibling shared/ folder (where the project's shared notes live).
+REFERENCE_SOURCE = Path(os.environ.get("TUNEKIT_REFERENCE_BASELINE",
+                                       BENCH_DIR.parent.parent / "shared/gpu/baseline_seed_style.py"))
 PEER = BENCH_DIR / "reference" / "peer_unsloth_sft.py"
 REFERENCE = BENCH_DIR / "reference" / "baseline_seed_style.py"
 RECIPE_FLAGS = ("--report_to", "none", "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
                 "--eval_data_path", "", "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "10")
 CONFIG_KEYS = ("q_lora", "use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-               "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "kbit_upcast", "optim", "bf16", "trainer",
+               "bnb_4bit_quant_type", "bnb_4bit_use_double_quant", "kbit_upcast", "optim", "bf16",
                "gradient_checkpointing", "per_device_train_batch_size", "gradient_accumulation_steps",
                "model_max_length", "attn_implementation", "packing", "group_by_length")
-NOTE_KEYS = ("lora_r", "lora_alpha", "lora_target_modules", "bnb_4bit_use_double_quant", "kbit_upcast", "trainer")
+NOTE_KEYS = ("lora_r", "lora_alpha", "lora_target_modules", "bnb_4bit_use_double_quant", "kbit_upcast")
 PROBE_LINE = re.compile(r"probe logits: max \|diff\| (\S+) = (\S+) of the largest logit")
 
 

@@ -102,3 +102,12 @@ def cpu_flags(output_dir, **overrides):
         else:
             argv += [f"--{k}", str(v)]
     return argv
+
+
+def load_for_chat(folder, **kw):
+    """(model, tokenizer, prompt format) of a folder, loaded as chat/generate/evaluate load it."""
+    from tunekit import runfolder
+
+    run = runfolder.read(folder)
+    model, tok = runfolder.load(run, **kw)
+    return model, tok, run.fmt

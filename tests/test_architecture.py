@@ -1,5 +1,5 @@
 """The layers stay layers (ARCHITECTURE.md): the core package (tunekit/*.py and tunekit/families/) never imports the
-command line (finetune.py, tunekit/cli.py), the fixtures (tunekit/tiny/), the converters (tunekit/convert/) or the
+command line (finetune.py, tunekit/cli.py, tunekit/__main__.py), the fixtures (tunekit/tiny/), the converters (tunekit/convert/) or the
 benchmarks (bench/); converters never import fixtures, the command line or bench; the import graph of the package
 (every import statement, also inside functions) has no cycle; and every module imports on its own."""
 import ast
@@ -23,7 +23,7 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))} | {"finetun
 
 
 def layer(name: str) -> str:
-    if name in ("finetune", "tunekit.cli"):
+    if name in ("finetune", "tunekit.cli", "tunekit.__main__"):
         return "cli"
     if name.startswith("bench"):
         return "bench"

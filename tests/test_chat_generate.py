@@ -19,9 +19,9 @@ from tunekit.prompts import ChatFormat
 
 @pytest.fixture(scope="module")
 def qwen(tiny_qwen):
-    from tunekit.generate import load
+    from conftest import load_for_chat
 
-    return load(tiny_qwen)
+    return load_for_chat(tiny_qwen)
 
 
 def spy_prompts(model, tok):
@@ -106,12 +106,12 @@ def records_file(tmp_path, n=10):
 
 
 def test_generate_batched_equals_one_by_one(qwen, tmp_path):
-    from tunekit.generate import generate_file
+    from tunekit.generate import generate_file, read_items
 
     model, tok, fmt = qwen
     data = records_file(tmp_path, 6)
-    generate_file(model, tok, fmt, data, str(tmp_path / "b4.jsonl"), batch_size=4, max_new_tokens=12)
-    generate_file(model, tok, fmt, data, str(tmp_path / "b1.jsonl"), batch_size=1, max_new_tokens=12)
+    generate_file(model, tok, fmt, read_items(data), str(tmp_path / "b4.jsonl"), batch_size=4, max_new_tokens=12)
+    generate_file(model, tok, fmt, read_items(data), str(tmp_path / "b1.jsonl"), batch_size=1, max_new_tokens=12)
     a, b = (tmp_path / "b4.jsonl").read_text(), (tmp_path / "b1.jsonl").read_text()
     rows = [json.loads(x) for x in a.splitlines()]
     assert len(rows) == 6 and all(r["reference"] and "output" in r for r in rows)
@@ -163,7 +163,7 @@ def test_perplexity_is_exp_of_the_token_mean_loss_of_a_forward_pass(qwen, tmp_pa
 
 def test_eval_generation_after_training_writes_metrics_and_links_them(tiny_qwen, tmp_path):
     import finetune
-    from tunekit.cli import run_cli
+    from tunekit.errors import run_cli
 
     out = tmp_path / "run"
     data = str(DATA / "qwen_conversations.json")

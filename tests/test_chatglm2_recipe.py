@@ -1,5 +1,5 @@
 """`make chatglm2-lora` end to end on the embedded default: tiny ORIGINAL-layout ChatGLM2 + sentencepiece model,
-converted, LoRA-trained through train.sh, merged and sampled through merge.sh, written back in the original layout.
+converted, LoRA-trained, merged and sampled, written back in the original layout.
 The original-layout result, run through the clean-room reference forward, gives the merged native model's logits."""
 import json
 import os
@@ -16,23 +16,18 @@ from tunekit.convert.chatglm2 import load_weights
 def test_lora_recipe_end_to_end_and_back_to_the_original_layout(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    env = dict(os.environ, PYTHON=sys.executable, MODEL="", OUTPUT_DIR=str(tmp_path / "adapter"),
-               MASTER_PORT="29541", OMP_NUM_THREADS="2")
-    r = subprocess.run(["bash", "recipes/chatglm2/train.sh", "lora", "--max_steps", "4", "--eval_strategy", "no"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    assert "real tokens/s" in r.stdout
+    from test_make_targets import make
+
     adapter = tmp_path / "adapter"
+    r = make("chatglm2-lora", OUTPUT=adapter)  # train.sh, then merge.sh into adapter-merged (and -merged-chatglm2)
+    assert "real tokens/s" in r.stdout and "--- trained answer" in r.stdout
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert sorted(cfg["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"])
     base = cfg["base_model_name_or_path"]
     assert json.loads((ROOT / base / "config.json").read_text())["model_type"] == "glm"
     assert json.loads((ROOT / base / "tunekit_conversion.json").read_text())["direction"] == "chatglm->glm"
 
-    merged = tmp_path / "merged"
-    r = subprocess.run(["bash", "recipes/chatglm2/merge.sh", str(adapter), str(merged)], cwd=ROOT,
-                       env=dict(env, NO_SAMPLE="1"), capture_output=True, text=True, timeout=600)  # sampled below
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    merged = tmp_path / "adapter-merged"
 
     # make chatglm2-eval: ADGEN-style scores of the adapter's answers on the shipped held-out ADGEN sample
     r = subprocess.run([sys.executable, "-m", "tunekit.evaluate", str(adapter), "--generate", "--data",
@@ -56,7 +51,7 @@ def test_lora_recipe_end_to_end_and_back_to_the_original_layout(tmp_path):
         out = model.generate(**ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
 
-    original = tmp_path / "merged-chatglm2"
+    original = tmp_path / "adapter-merged-chatglm2"
     ocfg = json.loads((original / "config.json").read_text())
     assert ocfg["model_type"] == "chatglm" and (original / "tokenizer.model").is_file()
     # the merge keeps the padded vocabulary rows (ChatGLM2-6B: 65024 rows for 64794 tokens)

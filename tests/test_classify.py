@@ -99,13 +99,16 @@ def test_token_cls_labels_the_first_sub_token_and_reports_entity_f1(tiny_bert, t
 
 
 def test_predict_gives_identical_outputs_on_every_load(tiny_bert, tmp_path):
-    from tunekit.predict import load_classifier, predict
+    from tunekit import runfolder
+    from tunekit.predict import predict
 
     run(tiny_bert, sentiment(tmp_path), tmp_path / "out")
     records = [{"text": "the food was really good"}, {"text": "the service was awful"}]
     outputs = []
     for _ in range(2):
-        model, tok, task = load_classifier(str(tmp_path / "out"))
+        trained = runfolder.read(tmp_path / "out")
+        model, tok = runfolder.load(trained)
+        task = trained.task.name
         outputs.append(predict(model, tok, task, records))
     assert outputs[0] == outputs[1] and {o["prediction"] for o in outputs[0]} <= {"positive", "negative"}
     assert abs(sum(outputs[0][0]["probabilities"].values()) - 1) < 1e-5
@@ -165,8 +168,8 @@ sys.path.insert(0, {root!r})
 torch.manual_seed(int(sys.argv[2]))  # every process draws differently: what is saved must not depend on it
 folder = sys.argv[1]
 if json.load(open(folder + "/adapter_config.json"))["task_type"]:  # the supported way
-    from tunekit.predict import load_classifier
-    model, tok, task = load_classifier(folder)
+    from tunekit import runfolder
+    model, tok = runfolder.load(runfolder.read(folder))
 else:  # the seed's way: LoRA weights only, onto a freshly built classifier whose head is drawn at random
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer

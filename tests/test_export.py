@@ -16,6 +16,7 @@ import pytest
 from tunekit.errors import ArgumentError, ConversionError
 from tunekit.export import DEFAULT_CONVERTER, export, main, modelfile
 from tunekit.families import FAMILIES
+from tunekit.prompts import ChatFormat
 
 needs_converter = pytest.mark.skipif(not DEFAULT_CONVERTER.is_file() and not os.environ.get("CI"),
                                      reason="llama.cpp's converter is not installed: make install-gguf")
@@ -162,7 +163,7 @@ def test_ollama_template_renders_as_the_training_template(name, tiny_llama2):
 
     family = FAMILIES[name]
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama2)  # <s>/</s>: the templates' bos_token/eos_token
-    text = modelfile(family, family.special_tokens["eos_token"], "test")
+    text = modelfile(family, ChatFormat(), family.special_tokens["eos_token"], "test")
     conversations = [TWO_TURNS] + ([WITH_SYSTEM] if name != "chatglm2" else [])  # ChatGLM2's template has no system
     for messages in conversations:
         assert ollama_prompt(text, messages) == training_prompt(tokenizer, family, messages)
@@ -181,7 +182,7 @@ def test_a_guanaco_run_gets_the_guanaco_prompt(tiny_llama2):
 
     family = FAMILIES["llama2"]
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama2)
-    text = modelfile(family, "</s>", "test", kind="guanaco")
+    text = modelfile(family, ChatFormat("guanaco"), "</s>", "test")
     record = "### Human: Name a colour.### Assistant: Blue.### Human: And another?### Assistant: Red."
     segments = [seg for seg, _ in text_segments(record, tokenizer, family)]
     last_cue = len(segments) - segments[::-1].index("### Assistant:")  # the prompt of the last answer ends there
@@ -261,14 +262,16 @@ def test_written_modelfile_stops_at_end_of_turn(merged, exported):
 
 
 @needs_converter
-def test_tiny_qwen2_is_one_clear_error_and_nothing_is_written(tiny_qwen, tmp_path):
+def test_tiny_qwen2_is_one_clear_error_and_nothing_is_written(tiny_qwen, tmp_path, capsys):
     out = tmp_path / "qwen-gguf"
     out.mkdir()
     (out / "keep").write_text("an earlier export")
-    with pytest.raises(SystemExit) as e:
-        main([tiny_qwen, str(out), "--overwrite"])
-    assert str(e.value.code).startswith("error: llama.cpp's converter does not recognise the tokenizer")
-    assert "Traceback" not in str(e.value.code)
+    from tunekit.errors import run_cli
+
+    assert run_cli(main, [tiny_qwen, str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: llama.cpp's converter does not recognise the tokenizer")
+    assert "Traceback" not in err
     assert [p.name for p in tmp_path.iterdir()] == ["qwen-gguf"] and (out / "keep").is_file()  # untouched, no temp
 
 

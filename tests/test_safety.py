@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import finetune
-from tunekit.cli import run_cli
+from tunekit.errors import run_cli
 from conftest import ROOT, cpu_flags
 
 GOOD = {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi."}]}
@@ -86,8 +86,11 @@ def test_merge_refuses_a_remote_code_base(tmp_path, capsys):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(folder)}))
-    with pytest.raises(SystemExit, match="--trust_remote_code"):
-        main(["--adapter", str(adapter), "--output", str(tmp_path / "merged")])
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    from tunekit.errors import run_cli
+
+    assert run_cli(main, ["--adapter", str(adapter), "--output", str(tmp_path / "merged")]) == 2
+    assert "--trust_remote_code" in capsys.readouterr().err
     assert not marker.exists() and not (tmp_path / "merged").exists()
 
 
@@ -172,7 +175,7 @@ def test_train_sh_passes_hostile_paths_as_single_arguments(hostile):
     convert, argv = invocations(hostile["log"])
     assert convert == ["-m", "tunekit.convert", hostile["model"]]
     i = argv.index("finetune.py")
-    assert argv[:3] == ["-m", "tunekit.torchrun", "--nnodes"]
+    assert i == 0  # one process on one node: finetune.py run by python itself, no torchrun
     assert argv[i + 1:] == ["recipes/llama2/lora.json", "--model_name_or_path", hostile["model"], "--output_dir",
                             hostile["output"], "--data_path", hostile["data"], "--run_name", f"x $(touch {hostile['marker']})"]
     no_marker(hostile)

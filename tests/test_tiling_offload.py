@@ -257,7 +257,7 @@ def test_finetune_with_tiled_mlp_and_async_offload(tiny_llama2, guanaco_small, t
 
 def test_negative_tiled_mlp_tokens_is_one_error_line(tiny_llama2, guanaco_small, tmp_path, capsys):
     import finetune
-    from tunekit.cli import run_cli
+    from tunekit.errors import run_cli
 
     code = run_cli(finetune.main, ["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small,
                                    *cpu_flags(tmp_path / "out", tiled_mlp_tokens=-1)])

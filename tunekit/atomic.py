@@ -1,10 +1,36 @@
-"""Folders written whole or not at all: build beside the target, then swap it into place."""
+"""Folders and files written whole or not at all: build beside the target, then swap it into place.  What a killed
+process left beside a target (its temporary copy, a 7B merge is 13 GB) is removed by the next write of that target."""
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(out: Path) -> None:
+    """Temporary siblings of `out` whose writer process is gone (named .NAME.tmp-PID-...)."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.removeprefix(f".{out.name}.tmp-").split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _temporary(out: Path) -> str:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
+    return f".{out.name}.tmp-{os.getpid()}-"
 
 
 @contextmanager
@@ -13,17 +39,28 @@ def atomic_folder(out: Path):
     moved aside first and deleted only after the swap); when the block raises, `out` is untouched and the temporary
     folder is deleted."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temporary(out), dir=out.parent))
     try:
         yield tmp
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            old = Path(tempfile.mkdtemp(prefix=_temporary(out), dir=out.parent)) / "old"
             out.rename(old)
             tmp.rename(out)
-            shutil.rmtree(old)
+            shutil.rmtree(old.parent)
         else:
             tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(out):
+    """Yields a text file open next to `out`, renamed onto `out` when the block ends normally."""
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary(out), dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, out)
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -4,7 +4,7 @@
 Why: with `--packing`, SDPA keeps samples apart with a dense [tokens x tokens] mask, so a 16k-token row pays
 attention over all 16k (measured on an H200: 3,791 tokens/s against 5,478 with 8k rows); flex attention recompiled
 and ran at 22 s/step.  The varlen kernel computes attention only inside each sample, from the cumulative sample
-lengths that PackingCollator(varlen=True) adds to the batch (`cu_seq_lens_q/k`, `max_length_q/k`: the names
+lengths that data.collator(..., varlen=True) adds to the batch (`cu_seq_lens_q/k`, `max_length_q/k`: the names
 transformers' own flash-attention path reads).  No mask is built.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Talk to a trained model, in the prompt format it was trained with, the answer streamed as it is generated.
 
-    python -m tunekit.chat out/qwen-qlora                  # an adapter folder (Q-LoRA: on its NF4 base, as trained)
-    python -m tunekit.chat out/qwen-qlora-merged --system "You are terse." --temperature 0.7
+    tunekit chat out/qwen-qlora                  # an adapter folder (Q-LoRA: on its NF4 base, as trained)
+    tunekit chat out/qwen-qlora-merged --system "You are terse." --temperature 0.7
     make qwen-chat    # the recipe's last output
 
 /reset forgets the conversation, /exit (or end of input) leaves.  The history is rendered whole each turn through
@@ -9,12 +9,11 @@ the same template as training (tunekit/prompts.py), so turn two sees turn one ex
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from transformers.generation.streamers import BaseStreamer
 
-from .errors import ArgumentError, DataError
+from .errors import Parser, main_entry
 
 
 class Streamer(BaseStreamer):
@@ -85,12 +84,9 @@ def input_lines():
 
 
 def main(argv=None):
-    from .noise import quiet_libraries
+    from .generate import add_model_arguments, load_from_args, read_from_args
 
-    quiet_libraries()
-    from .generate import add_model_arguments, load_from_args
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_model_arguments(p)
     p.add_argument("--system", help="a system prompt (families whose template has a system turn)")
     p.add_argument("--max_new_tokens", type=int, default=512)
@@ -99,18 +95,13 @@ def main(argv=None):
     p.add_argument("--top_k", type=int, default=50)
     p.add_argument("--repetition_penalty", type=float, default=1.0)
     a = p.parse_args(argv)
-    try:
-        model, tokenizer, fmt = load_from_args(a)
-        print(f"chatting with {a.model} ({fmt.kind} format); /reset clears the history, /exit leaves", flush=True)
-        sys.stdout.write(">>> ")
-        sys.stdout.flush()
-        chat(model, tokenizer, fmt, input_lines(), sys.stdout, a.system, max_new_tokens=a.max_new_tokens,
-             temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, repetition_penalty=a.repetition_penalty)
-    except (ArgumentError, DataError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        print()
+    model, tokenizer, fmt = load_from_args(a, read_from_args(a, "chat"))
+    print(f"chatting with {a.model} ({fmt.kind} format); /reset clears the history, /exit leaves", flush=True)
+    sys.stdout.write(">>> ")
+    sys.stdout.flush()
+    chat(model, tokenizer, fmt, input_lines(), sys.stdout, a.system, max_new_tokens=a.max_new_tokens,
+         temperature=a.temperature, top_p=a.top_p, top_k=a.top_k, repetition_penalty=a.repetition_penalty)
 
 
 if __name__ == "__main__":
-    main()
+    main_entry(main)

@@ -227,7 +227,7 @@ def rotate(run_dir: Path, keep: int | None, protect: str | None) -> None:
 
 
 def validate_adapter(folder, expected_keys, trained: bool, head: str | None = None) -> None:
-    """After every adapter save (pitfall #5): the file exists, holds exactly the adapter's keys, no tensor is empty, and
+    """After every adapter save (ZeRO-3 can save an empty 40-byte adapter): the file exists, holds exactly the adapter's keys, no tensor is empty, and
     once training has stepped, not every lora_B is zero.  Catches the 40-byte adapter of a ZeRO-3 save without gathered
     weights, state_dict monkey-patching, and adapters that never trained."""
     from safetensors import safe_open

@@ -1,41 +1,43 @@
-"""The command line around finetune.main: library noise kept off the first screen, bad input as one `error: ...` line
-with exit status 2 (no traceback, nothing written by then), and a clean exit under torchrun."""
+"""The one command line: `tunekit <command>` (console script) and `python -m tunekit <command>`; finetune.py is
+`tunekit train`.  Every command ends the same way (tunekit/errors.py: library noise off, bad input as one `error:`
+line with exit status 2, a torchrun process group left cleanly)."""
 from __future__ import annotations
 
-import os
+import importlib
 import sys
 
+from .errors import main_entry
 from .noise import quiet_libraries
 
 quiet_libraries()  # at import: finetune.py imports this module first, before transformers pulls the libraries in
 
-
-def run_cli(main, argv=None) -> int:
-    """Runs main(argv); an ArgumentError becomes one `error: ...` line on stderr and exit status 2."""
-    from .errors import ArgumentError
-
-    try:
-        main(argv)
-    except ArgumentError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    return 0
-
-
-def shutdown_distributed() -> None:
-    """Under torchrun, leave the process group together before exit: a rank that exits while the other still runs
-    its communication threads aborts with 'terminate called without an active exception'."""
-    if "torch" not in sys.modules:
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+# command -> (module whose main(argv) runs it, what it does)
+COMMANDS = {
+    "train": ("tunekit.train", "fine-tune from JSON argument files and flags (= python finetune.py)"),
+    "merge": ("tunekit.merge", "merge a LoRA adapter into its unquantized base, checked, as a plain model"),
+    "chat": ("tunekit.chat", "talk to a trained model in the prompt format it was trained with"),
+    "generate": ("tunekit.generate", "answer prompts or a file of records (batched, resumable)"),
+    "evaluate": ("tunekit.evaluate", "loss and perplexity on a file; with --generate ROUGE and BLEU"),
+    "predict": ("tunekit.predict", "labels and probabilities from a trained classifier"),
+    "export": ("tunekit.export", "a merged model as GGUF with an Ollama Modelfile"),
+    "convert": ("tunekit.convert.__main__", "original ChatGLM2/3 and Qwen-1 folders to and from native layouts"),
+    "compare": ("tunekit.report", "one markdown table of finished runs"),
+}
 
 
-def main_entry(main) -> None:
-    """`python finetune.py ...`: run, leave the process group, exit with the status."""
-    code = run_cli(main)
-    shutdown_distributed()
-    sys.exit(code)
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    rows = "\n".join(f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items())
+    return f"usage: tunekit <command> [arguments]   (tunekit <command> --help: its arguments)\n\ncommands:\n{rows}\n"
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage(), end="")
+        sys.exit(0)
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r}; the commands are: {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv[0] = f"tunekit {argv[0]}"  # what each command's usage and errors call it
+    main_entry(importlib.import_module(COMMANDS[argv[0]][0]).main, argv[1:])

@@ -1,5 +1,8 @@
-"""The project's error types.  An ArgumentError (or a subclass) is bad input: the command line prints its message as
-one `error: ...` line and exits 2.  The message says what, where (file, record, key) and how to fix it."""
+"""The project's error types, and the one way every command ends.  An ArgumentError (or a subclass) is bad input: the
+command prints its message as one `error: ...` line and exits 2.  The message says what, where (file, record, key)
+and how to fix it."""
+import argparse
+import sys
 
 
 class ArgumentError(ValueError):
@@ -20,3 +23,50 @@ class NonFiniteLossError(RuntimeError):
 
 class EmptyAdapterError(RuntimeError):
     """A saved adapter that is missing tensors, holds empty ones, or never trained."""
+
+
+# ---------------------------------------------------------------- the one way every command ends
+
+class Parser(argparse.ArgumentParser):
+    """argparse for the commands: a usage mistake is one `error:` line (exit 2) like any other bad input."""
+
+    def __init__(self, doc: str | None = None, **kw):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    def error(self, message):
+        raise ArgumentError(f"{message} (see {self.prog} --help)")
+
+
+def run_cli(main, argv=None) -> int:
+    """Runs main(argv) with library noise off; an ArgumentError becomes one `error: ...` line on stderr, status 2."""
+    from .noise import quiet_libraries
+
+    quiet_libraries()
+    try:
+        main(argv)
+    except ArgumentError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+def shutdown_distributed() -> None:
+    """Under torchrun, leave the process group together before exit: a rank that exits while the other still runs
+    its communication threads aborts with 'terminate called without an active exception'."""
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def main_entry(main, argv=None) -> None:
+    """A command's process (`python -m tunekit.<command>`, finetune.py): run, leave the process group, exit."""
+    code = run_cli(main, argv)
+    shutdown_distributed()
+    sys.exit(code)

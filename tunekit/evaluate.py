@@ -1,6 +1,6 @@
 """Score a trained model on a file: loss and perplexity, and with --generate its answers against the file's.
 
-    python -m tunekit.evaluate out/chatglm2-lora --data data/chatglm2_adgen_eval.jsonl --generate
+    tunekit evaluate out/chatglm2-lora --data data/chatglm2_adgen_eval.jsonl --generate
     make chatglm2-eval
 
 Loss is the training pipeline's (the same rendering, labels and truncation as finetune.py), averaged over every
@@ -11,15 +11,13 @@ folder (or --out), and the run's run_summary.json, if there is one, links to the
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 
-from .errors import ArgumentError, DataError
+from .errors import ArgumentError, Parser, main_entry
 
 METRICS, PREDICTIONS = "eval_metrics.json", "eval_predictions.jsonl"
 
@@ -32,15 +30,19 @@ def eval_file(settings: dict) -> tuple[str | None, int | None]:
     return settings.get("eval_data_path"), None
 
 
+# Not Trainer.evaluate: its eval_loss averages per-batch means, so padding and batch size would move the number; this
+# is the token-mean over the whole file (perplexity = exp of it), whatever the batching.
 @torch.no_grad()
 def loss_and_perplexity(model, tokenizer, family, path: str, settings: dict, batch_size: int = 8,
                         max_samples: int | None = None) -> dict:
-    from .data import IGNORE_INDEX, PaddingCollator, build_dataset
+    from types import SimpleNamespace
+
+    from .data import IGNORE_INDEX, build_dataset, collator
 
     ds = build_dataset(path, tokenizer, family, settings.get("model_max_length") or 2048, max_samples=max_samples,
                        max_source_length=settings.get("max_source_length"),
                        max_target_length=settings.get("max_target_length"))
-    collate = PaddingCollator(tokenizer.pad_token_id)
+    collate = collator(tokenizer, SimpleNamespace(packing=False), False)
     total, tokens = 0.0, 0
     for lo in range(0, len(ds), batch_size):
         batch = {k: v.to(model.device) for k, v in collate([ds[i] for i in range(lo, min(lo + batch_size, len(ds)))]).items()}
@@ -57,7 +59,7 @@ def loss_and_perplexity(model, tokenizer, family, path: str, settings: dict, bat
 def evaluate(model, tokenizer, fmt, family, data: str, out_dir, settings: dict, generate: bool = False,
              batch_size: int = 8, max_new_tokens: int = 256, limit: int | None = None, resume: bool = False) -> dict:
     """Writes out_dir/eval_metrics.json (and eval_predictions.jsonl); returns the metrics."""
-    from .generate import generate_file
+    from .generate import generate_file, read_items
     from .report import write_json
 
     out = Path(out_dir)
@@ -71,7 +73,8 @@ def evaluate(model, tokenizer, fmt, family, data: str, out_dir, settings: dict, 
         predictions = out / PREDICTIONS
         if predictions.exists() and not resume:
             predictions.unlink()  # another model's answers must not be scored as this one's
-        generate_file(model, tokenizer, fmt, data, str(predictions), batch_size, limit, max_new_tokens=max_new_tokens)
+        generate_file(model, tokenizer, fmt, read_items(data, limit), str(predictions), batch_size,
+                      max_new_tokens=max_new_tokens)
         rows = read_records(str(predictions))
         metrics.update(score_generations([r["output"] for r in rows], [r["reference"] for r in rows]))
         metrics["predictions"] = PREDICTIONS
@@ -85,13 +88,12 @@ def evaluate(model, tokenizer, fmt, family, data: str, out_dir, settings: dict, 
     return metrics
 
 
-def after_training(trainer, tokenizer, run) -> dict:
+def after_training(trainer, tokenizer, run, train_ds) -> dict:
     """--eval_generation: the trained model (still in memory) on the eval file, written beside the adapter."""
     from . import prompts
-    from .formats import load_records
 
-    d, t = run.data_args, run.train_args
-    fmt = prompts.detect(load_records(d.data_path, d.max_samples), run.family)
+    t = run.train_args
+    fmt = prompts.from_stats(train_ds.stats, run.family)
     data, limit = eval_file(run.arguments)
     model = trainer.model
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -111,44 +113,42 @@ def after_training(trainer, tokenizer, run) -> dict:
 
 
 def main(argv=None):
-    from .noise import quiet_libraries
+    from .generate import add_model_arguments, load_from_args, positive, read_from_args
 
-    quiet_libraries()
-    from .families import FAMILIES, resolve_family
-    from .generate import add_model_arguments, load_from_args, run_settings
-
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_model_arguments(p)
     p.add_argument("--data", help="records in any training format; default: the run's eval file")
     p.add_argument("--generate", action="store_true", help="also answer each prompt and score ROUGE/BLEU")
     p.add_argument("--out", help="where eval_metrics.json goes; default: the adapter (or model) folder")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--max_new_tokens", type=int, default=256)
-    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument("--batch_size", type=positive, default=8)
+    p.add_argument("--max_new_tokens", type=positive, default=256)
+    p.add_argument("--limit", type=positive, help="only the first N records")
     p.add_argument("--resume", action="store_true", help="keep the answers an interrupted --generate wrote")
     p.add_argument("--family", help="default: the run's, else from config.json")
     a = p.parse_args(argv)
-    try:
-        folder = Path(a.adapter or a.model)
-        settings = run_settings(folder)
-        data, limit = (a.data, None) if a.data else eval_file(settings)
-        if not data:
-            raise ArgumentError("--data is required (the folder records no eval file)")
-        if not Path(data).is_file():
-            raise ArgumentError(f"--data: {data} not found")
-        model, tokenizer, fmt = load_from_args(a)
-        name = a.family or settings.get("family") or fmt.family
-        family = FAMILIES[name] if name in FAMILIES else resolve_family(str(Path(model.config._name_or_path)), name)
-        limit = a.limit or limit
-        metrics = evaluate(model, tokenizer, fmt, family, data, a.out or folder, settings, a.generate, a.batch_size,
-                           a.max_new_tokens, limit, a.resume)
-    except (ArgumentError, DataError) as e:
-        sys.exit(f"error: {e}")
+    run = read_from_args(a, "evaluate")
+    data, limit = (a.data, None) if a.data else eval_file(run.args)
+    if not data:
+        raise ArgumentError(f"--data is required ({run.path} records no eval file)")
+    if not Path(data).is_file():
+        raise ArgumentError(f"--data: {data} {'is a directory' if Path(data).is_dir() else 'not found'}; pass a "
+                            ".json or .jsonl file of records")
+    out = Path(a.out or run.path)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"--out: {out} is a file; pass a folder for eval_metrics.json")
+    family = run.family(a.family)
+    if a.generate:
+        from .generate import read_items
+
+        read_items(data, a.limit or limit)  # every record has a prompt to answer, checked before the model loads
+    model, tokenizer, fmt = load_from_args(a, run)
+    metrics = evaluate(model, tokenizer, fmt, family, data, out, run.args, a.generate, a.batch_size,
+                       a.max_new_tokens, a.limit or limit, a.resume)
     width = max(len(k) for k in metrics)
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v}")
-    print(f"-> {Path(a.out or folder) / METRICS}")
+    print(f"-> {out / METRICS}")
 
 
 if __name__ == "__main__":
-    main()
+    main_entry(main)

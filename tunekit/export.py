@@ -2,35 +2,28 @@
 Studio load it), and OUT/Modelfile for Ollama, whose TEMPLATE and `stop` parameters reproduce the chat template and
 end-of-turn token of training.  Both land in a temporary folder renamed into place: a failed conversion leaves nothing.
 
-    python -m tunekit.export out/llama2-qlora-merged out/llama2-qlora-gguf [--outtype f16] [--family llama2]
+    tunekit export out/llama2-qlora-merged out/llama2-qlora-gguf [--outtype f16] [--family llama2]
     ollama create my-model -f out/llama2-qlora-gguf/Modelfile        # or: llama-server -m .../model.gguf --jinja
 
 The converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/) comes from `make install-gguf`, into
 .venv/llama.cpp/; --converter or $LLAMA_CPP_CONVERTER name another (the script, or a llama.cpp checkout).  An adapter
-folder is refused: merge it first (python -m tunekit.merge), and serve the merged folder.
+folder is refused: merge it first (tunekit merge), and serve the merged folder.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from . import prompts
+from . import prompts, runfolder
 from .atomic import atomic_folder
-from .errors import ArgumentError, ConversionError
-from .families import Family, resolve_family
+from .errors import ArgumentError, ConversionError, Parser, main_entry
+from .families import Family
 
-DEFAULT_CONVERTER = Path(__file__).resolve().parent.parent / ".venv" / "llama.cpp" / "convert_hf_to_gguf.py"
+# `make install-gguf` puts the converter into the environment that runs this (.venv/llama.cpp/ for the project's).
+DEFAULT_CONVERTER = Path(sys.prefix) / "llama.cpp" / "convert_hf_to_gguf.py"
 OUTTYPES = ("f16", "bf16", "q8_0", "f32")
-CHAT_FORMAT = prompts.FILE  # the run's prompt format (its kind and family), left beside the adapter, kept by merge
-# A run trained on guanaco text ("### Human: ...### Assistant: ...", data.py's text_segments) is prompted the same way:
-# the next "### Human:" ends a turn, EOS the conversation.
-GUANACO_TEMPLATE = ('{{- range .Messages }}{{- if eq .Role "user" }}### Human: {{ .Content }}'
-                    '{{- else if eq .Role "assistant" }}### Assistant: {{ .Content }}{{- end }}{{- end }}### Assistant:')
-GUANACO_STOP = prompts.GUANACO_STOP
 # Conversations on which the folder's chat template must render as the family's (whose TEMPLATE the Modelfile holds).
 PROBES = ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2?"}],
           [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
@@ -45,35 +38,18 @@ def find_converter(given: str | None = None) -> Path:
     return path
 
 
-def full_modules(adapter: Path) -> list[str]:
+def full_modules(run) -> list[str]:
     """The modules an adapter carries whole beside its LoRA factors (modules_to_save: embed_tokens, lm_head, heads)."""
     from safetensors import safe_open
 
-    names = list(json.loads((adapter / "adapter_config.json").read_text()).get("modules_to_save") or [])
-    weights = adapter / "adapter_model.safetensors"
-    if weights.is_file():
-        with safe_open(str(weights), "np") as f:
-            keys = [k for k in f.keys() if "lora_" not in k]
-        for key in keys:
-            name = key.removeprefix("base_model.model.").rsplit(".", 1)[0].replace(".modules_to_save", "")
-            if not any(name == n or name.endswith("." + n) for n in names):
-                names.append(name)
+    names = list(run.adapter.get("modules_to_save") or [])
+    with safe_open(str(run.path / "adapter_model.safetensors"), "np") as f:
+        keys = [k for k in f.keys() if "lora_" not in k]
+    for key in keys:
+        name = key.removeprefix("base_model.model.").rsplit(".", 1)[0].replace(".modules_to_save", "")
+        if not any(name == n or name.endswith("." + n) for n in names):
+            names.append(name)
     return names
-
-
-def saved(folder: Path, name: str) -> dict:
-    return json.loads((folder / name).read_text()) if (folder / name).is_file() else {}
-
-
-def family_of(folder: Path, name: str | None) -> Family:
-    """--family, else the run's (chat_format.json, finetune_args.json), else the one of config.json's model_type."""
-    name = name or saved(folder, CHAT_FORMAT).get("family") or saved(folder, "finetune_args.json").get("family")
-    family = resolve_family(str(folder), name)
-    architectures = json.loads((folder / "config.json").read_text()).get("architectures") or []
-    if family.ollama_template is None or not any(a.endswith("ForCausalLM") for a in architectures):
-        raise ArgumentError(f"{folder} is not a chat model (family '{family.name}', {architectures or 'no architecture'}"
-                            "): only causal LMs are exported for serving; classifiers are served by tunekit.predict")
-    return family
 
 
 def template_warning(tokenizer, family: Family) -> str | None:
@@ -94,16 +70,16 @@ def template_warning(tokenizer, family: Family) -> str | None:
     return None
 
 
-def modelfile(family: Family, eos_token: str | None, source: str, kind: str = "chat_template") -> str:
-    """kind: the run's prompt format, the family's chat template or guanaco text (chat_format.json)."""
-    guanaco = kind == "guanaco"
-    stops = dict.fromkeys(((GUANACO_STOP,) if guanaco else family.stop_tokens) + ((eos_token,) if eos_token else ()))
-    what = "guanaco prompt ('### Human: ...### Assistant: ...')" if guanaco else "chat template"
-    lines = [f"# Written by python -m tunekit.export from {source}: the {what} and end-of-turn token it was trained "
+def modelfile(family: Family, fmt: prompts.ChatFormat, eos_token: str | None, source: str) -> str:
+    """The Ollama Modelfile of the run's prompt format (chat_format.json): its TEMPLATE, SYSTEM and stops."""
+    template, system, stops = fmt.ollama(family)
+    stops = dict.fromkeys(stops + ((eos_token,) if eos_token else ()))
+    what = "guanaco prompt ('### Human: ...### Assistant: ...')" if fmt.kind == "guanaco" else "chat template"
+    lines = [f"# Written by tunekit export from {source}: the {what} and end-of-turn token it was trained "
              f"with (family {family.name}, tunekit/families/{family.name}.py).", "FROM ./model.gguf",
-             f'TEMPLATE """{GUANACO_TEMPLATE if guanaco else family.ollama_template}"""']
-    if family.ollama_system and not guanaco:
-        lines.append(f'SYSTEM """{family.ollama_system}"""')
+             f'TEMPLATE """{template}"""']
+    if system:
+        lines.append(f'SYSTEM """{system}"""')
     return "\n".join(lines + [f'PARAMETER stop "{s}"' for s in stops]) + "\n"
 
 
@@ -127,24 +103,27 @@ def export(model_dir: str, out_dir: str, outtype: str = "f16", family: str | Non
            converter: str | None = None, overwrite: bool = False) -> Path:
     from transformers import AutoTokenizer
 
-    folder, out = Path(model_dir), Path(out_dir)
-    if (folder / "adapter_config.json").is_file():
-        mods = full_modules(folder)
+    run, out = runfolder.read(model_dir), Path(out_dir)
+    folder = run.path
+    if run.adapter is not None:
+        mods = full_modules(run)
         if mods:
             print(f"warning: {folder} carries whole modules beside its LoRA factors ({', '.join(mods[:4])}): vLLM "
                   "refuses such an adapter as a LoRA; serve the merged folder instead", file=sys.stderr)
-        raise ArgumentError(f"{folder} is a LoRA adapter: merge it first (`python -m tunekit.merge --adapter {folder} "
+        raise ArgumentError(f"{folder} is a LoRA adapter: merge it first (`tunekit merge --adapter {folder} "
                             f"--output {folder}-merged`, or `make <family>-merge ADAPTER={folder}`), then export that")
-    if not (folder / "config.json").is_file():
-        raise ArgumentError(f"{folder} has no config.json: pass a merged model folder (recipes/merge.sh writes one)")
-    fam = family_of(folder, family)
+    run.task.require("export", folder)
+    fam = run.family(family)
+    if fam.ollama_template is None:
+        raise ArgumentError(f"{folder} is not a chat model (family '{fam.name}'): only causal LMs are exported for "
+                            "serving; classifiers are served by tunekit predict")
     script = find_converter(converter)
     if out.exists() and not overwrite:
         raise ArgumentError(f"{out} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"{out} is a file; pass a folder for model.gguf and Modelfile")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    kind = saved(folder, CHAT_FORMAT).get("kind", "chat_template")
-    if kind not in ("chat_template", "guanaco"):
-        raise ArgumentError(f"{folder}/{CHAT_FORMAT}: prompt format {kind!r} has no Ollama template here")
+    kind = run.fmt.kind
     warning = template_warning(tokenizer, fam) if kind == "chat_template" else (
         "the run trained on guanaco text ('### Human: ...### Assistant: ...'), which the Modelfile's TEMPLATE renders; "
         "the GGUF's tokenizer.chat_template is the tokenizer's own, so llama-server needs the prompt built by hand")
@@ -153,7 +132,7 @@ def export(model_dir: str, out_dir: str, outtype: str = "f16", family: str | Non
     print(f"converting {folder} to GGUF ({outtype}) with {script} ...", flush=True)
     with atomic_folder(out) as tmp:
         convert(folder, tmp / "model.gguf", script, outtype)
-        (tmp / "Modelfile").write_text(modelfile(fam, tokenizer.eos_token, str(folder), kind), encoding="utf-8")
+        (tmp / "Modelfile").write_text(modelfile(fam, run.fmt, tokenizer.eos_token, str(folder)), encoding="utf-8")
     size = (out / "model.gguf").stat().st_size / 2**20
     server = f" or `llama-server -m {out}/model.gguf --jinja`" if kind == "chat_template" else ""
     print(f"wrote {out}/model.gguf ({size:.1f} MiB) and {out}/Modelfile (family {fam.name}, {kind}); serve with "
@@ -162,20 +141,17 @@ def export(model_dir: str, out_dir: str, outtype: str = "f16", family: str | Non
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     p.add_argument("model_dir", help="a merged model folder (recipes/merge.sh writes one), not an adapter")
     p.add_argument("out_dir", help="folder for model.gguf and Modelfile")
     p.add_argument("--outtype", choices=OUTTYPES, default="f16")
     p.add_argument("--family", help="default: the run's, else the one of config.json's model_type")
     p.add_argument("--converter", help="llama.cpp's convert_hf_to_gguf.py (default: $LLAMA_CPP_CONVERTER, then "
-                                       ".venv/llama.cpp/ from `make install-gguf`)")
+                                       "llama.cpp/ in this Python's environment, where `make install-gguf` puts it)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    try:
-        export(a.model_dir, a.out_dir, a.outtype, a.family, a.converter, a.overwrite)
-    except ArgumentError as e:
-        sys.exit(f"error: {e}")
+    export(a.model_dir, a.out_dir, a.outtype, a.family, a.converter, a.overwrite)
 
 
 if __name__ == "__main__":
-    main()
+    main_entry(main)

@@ -2,8 +2,8 @@
 
 The loader (tunekit/model.py) takes `gptq_load_kwargs` when config.json says `quant_method: gptq`.  The kernel must
 have a backward pass: `gptq_torch` on CPU (never `auto`/`auto_trainable` there: TorchAtenLinear stops training after an
-eval-first forward, pitfalls #41), `auto_trainable` on GPU (never `auto`: MarlinLinear cannot train).
-`check_trainable_kernels` verifies what was actually loaded (pitfalls #19).
+eval-first forward), `auto_trainable` on GPU (never `auto`: MarlinLinear cannot train).
+`check_trainable_kernels` verifies what was actually loaded: a kernel without a backward trains nothing, silently.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .errors import ArgumentError
 
 QUANT_BUFFERS = ("qweight", "qzeros", "scales", "g_idx")
 # Kernels that must not be used to train: no backward (Marlin, exllama), or a mode fixed on the first forward that
-# turns training off after an eval/no-grad forward (TorchAtenLinear, pitfalls #41).
+# turns training off after an eval/no-grad forward (TorchAtenLinear).
 UNTRAINABLE_KERNELS = ("TorchAtenLinear",)
 INSTALL_HINT = "pip install -r requirements-gptq.txt"
 
@@ -75,7 +75,7 @@ def check_trainable_kernels(model) -> set[str]:
                  if k in UNTRAINABLE_KERNELS or not getattr(type(m), "SUPPORTS_TRAINING", False))
     if bad:
         raise RuntimeError(f"GPTQ kernel(s) {bad} cannot train LoRA (no backward pass, or inference-only after an "
-                           f"eval forward, pitfalls #41): load with backend='{gptq_backend(False)}' on CPU or "
+                           f"eval forward): load with backend='{gptq_backend(False)}' on CPU or "
                            f"'{gptq_backend(True)}' on GPU (gptq_load_kwargs)")
     trainable = [f"{n}.{p}" for n, m in layers.items() for p, t in m.named_parameters(recurse=False)
                  if t.requires_grad]

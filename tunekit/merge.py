@@ -1,22 +1,18 @@
 """Merge a LoRA adapter into its unquantized base and save a plain transformers model (sharded safetensors +
 tokenizer), checked against the adapter model on a probe batch, written to a temporary folder renamed into place.
 
-    python -m tunekit.merge --adapter out/llama2-qlora --output out/llama2-qlora-merged [--base /models/Llama-2-7b-hf]
+    tunekit merge --adapter out/llama2-qlora --output out/llama2-qlora-merged [--base /models/Llama-2-7b-hf]
 """
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
-import sys
-import warnings
 from pathlib import Path
 
 import torch
 
-from . import prompts
+from . import prompts, runfolder
 from .atomic import atomic_folder
-from .errors import ArgumentError
+from .errors import ArgumentError, Parser, main_entry
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # The check's tolerance on logits, relative to the largest logit: fp32 agrees to rounding (1.75e-5 measured on the
@@ -42,49 +38,25 @@ def compute_dtype(n_params: int, device: str, save_dtype: torch.dtype) -> torch.
     return torch.float32 if available_bytes(device) >= n_params * 4 * 1.25 else save_dtype
 
 
-def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
-    """PeftModel.from_pretrained on a bare base model.  On a model already wrapped by get_peft_model the adapter
-    would load as nothing, silently (pitfall #1), so that is refused."""
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    if isinstance(base_model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in base_model.modules()):
-        raise ArgumentError("the base model already carries LoRA layers (get_peft_model was called on it): load the "
-                            "adapter onto a freshly loaded base model instead")
-    with warnings.catch_warnings(record=True) as caught:  # PEFT only warns when adapter weights do not load
-        warnings.simplefilter("always")
-        model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
-    for w in caught:
-        if "missing adapter keys" in str(w.message):
-            raise ArgumentError(f"{adapter_dir}: some adapter weights were not loaded, so the model would silently "
-                                f"behave more like its base: {str(w.message)[:300]}")
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return model
-
-
 def check_base(base: str, trust_remote_code: bool = False) -> None:
     from .preflight import check_remote_code
 
-    cfg = Path(base) / "config.json"
-    if not cfg.is_file():
-        raise ArgumentError(f"--base: {base} has no config.json; pass the original (unquantized) model folder")
+    config = runfolder.base_config(base, "--base")
     check_remote_code(base, trust_remote_code)
-    quant = json.loads(cfg.read_text()).get("quantization_config")
+    quant = config.get("quantization_config")
     if quant:
         raise ArgumentError(f"--base: {base} is quantized ({quant.get('quant_method', '?')}); a LoRA adapter cannot "
                             "be merged into 4-bit or GPTQ weights. Pass the original unquantized model with --base")
 
 
-def check_adapter_fits(adapter: str, base: str, trust_remote_code: bool = False) -> int:
+def check_adapter_fits(run, base: str, trust_remote_code: bool = False) -> int:
     """Every module the adapter adapts exists in the base, with the in/out sizes the adapter was trained on.  Checked
     on an empty (meta-device) copy of the base, before any weight is read: a Qwen adapter on a Llama base, or a 7B
     adapter on a 13B base, is refused here instead of failing inside PEFT with a size-mismatch trace."""
     from safetensors import safe_open
 
-    weights = Path(adapter) / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ArgumentError(f"--adapter: {adapter} has no adapter_model.safetensors")
-    model_class, config = base_class_and_config(adapter, base, trust_remote_code)
+    adapter, weights = run.path, run.path / "adapter_model.safetensors"
+    model_class, config = runfolder.model_class_and_config(run, base, trust_remote_code)
     with torch.device("meta"):
         empty = model_class.from_config(config, trust_remote_code=trust_remote_code)
     modules = dict(empty.named_modules())
@@ -109,25 +81,6 @@ def check_adapter_fits(adapter: str, base: str, trust_remote_code: bool = False)
     return sum(p.numel() for p in empty.parameters())
 
 
-def base_class_and_config(adapter: str, base: str, trust_remote_code: bool = False):
-    """The auto class of the adapter's task (PEFT's task_type: a causal LM or a classifier) and the base's config;
-    a classifier's labels and pad id come from the config.json saved beside its adapter."""
-    from transformers import AutoConfig
-
-    from .tasks import TASKS
-
-    task_type = json.loads((Path(adapter) / "adapter_config.json").read_text()).get("task_type") or "CAUSAL_LM"
-    task = next((t for t in TASKS.values() if t.peft_task_type == task_type), None)
-    if task is None:
-        raise ArgumentError(f"--adapter {adapter}: task_type {task_type!r} is not one this project trains")
-    config = AutoConfig.from_pretrained(base, trust_remote_code=trust_remote_code)
-    if task.classifier and (Path(adapter) / "config.json").is_file():
-        saved = json.loads((Path(adapter) / "config.json").read_text())
-        config.update({k: saved[k] for k in ("id2label", "label2id", "pad_token_id") if k in saved})
-        config.id2label = {int(k): v for k, v in config.id2label.items()}
-    return task.model_class(), config
-
-
 def probe_batch(tokenizer, n_tokens: int = 32) -> torch.Tensor:
     text = "Fine-tuning check: the merged model must give the same logits as base plus adapter. " * 4
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:n_tokens]
@@ -137,30 +90,26 @@ def probe_batch(tokenizer, n_tokens: int = 32) -> torch.Tensor:
 @torch.no_grad()
 def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bfloat16",
           max_shard_size: str = "2GB", overwrite: bool = False, trust_remote_code: bool = False) -> dict:
-    from transformers import AutoTokenizer
-
-    adapter_cfg = Path(adapter) / "adapter_config.json"
-    if not adapter_cfg.is_file():
-        raise ArgumentError(f"--adapter: {adapter} has no adapter_config.json (is it a LoRA output folder?)")
-    base = base or json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+    run = runfolder.read(adapter, "--adapter")
+    if run.adapter is None:
+        raise ArgumentError(f"--adapter: {adapter} has no adapter_config.json: it is a full model already (a LoRA "
+                            "run's output_dir is merged)")
+    base = base or run.base
     if not base:
         raise ArgumentError("--base is required: the adapter does not record its base model")
     check_base(base, trust_remote_code)
     out = Path(output)
     if out.exists() and not overwrite:
         raise ArgumentError(f"--output: {out} already exists; pass --overwrite to replace it")
-    n_params = check_adapter_fits(adapter, base, trust_remote_code)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"--output: {out} is a file; pass a folder for the merged model")
+    n_params = check_adapter_fits(run, base, trust_remote_code)
 
     torch_dtype = DTYPES[dtype]
-    tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code)  # the tokenizer trained with the adapter, template included
     device = "cuda" if torch.cuda.is_available() else "cpu"  # a 7B merge is minutes faster on a GPU
     work_dtype = compute_dtype(n_params, device, torch_dtype)
-    model_class, config = base_class_and_config(adapter, base, trust_remote_code)
-    model = model_class.from_pretrained(base, config=config, dtype=work_dtype, device_map={"": device},
-                                        trust_remote_code=trust_remote_code)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # as training did; never drop padded rows
-        model.resize_token_embeddings(len(tokenizer))  # before loading: the adapter carries the resized rows
-    model = load_adapter(model, adapter).eval()
+    model, tokenizer = runfolder.load(run, base, quantized=False, dtype=work_dtype, device=device,
+                                      trust_remote_code=trust_remote_code)
     probe = probe_batch(tokenizer).to(device)
     expected = model(input_ids=probe).logits.float()
     model = model.merge_and_unload(safe_merge=True)
@@ -178,8 +127,8 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
-        if (Path(adapter) / prompts.FILE).is_file():  # the prompt format trained with, for chat/generate/export
-            shutil.copy2(Path(adapter) / prompts.FILE, Path(tmp) / prompts.FILE)
+        if (run.path / prompts.FILE).is_file():  # the prompt format trained with, for chat/generate/export
+            shutil.copy2(run.path / prompts.FILE, Path(tmp) / prompts.FILE)
     report = {"base": base, "adapter": adapter, "output": str(out), "dtype": dtype,
               "merged_in": str(work_dtype).removeprefix("torch."), "probe_max_abs_diff": diff,
               "probe_relative_diff": relative}
@@ -189,11 +138,8 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
 
 
 def main(argv=None):
-    from .noise import quiet_libraries
-
-    quiet_libraries()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--adapter", required=True, help="folder written by finetune.py with --use_lora")
+    p = Parser(__doc__)
+    p.add_argument("--adapter", required=True, help="folder written by training with --use_lora")
     p.add_argument("--output", required=True, help="folder for the merged model")
     p.add_argument("--base", help="the unquantized base model (default: the one recorded in the adapter)")
     p.add_argument("--dtype", choices=list(DTYPES), default="bfloat16")
@@ -201,11 +147,8 @@ def main(argv=None):
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--trust_remote_code", action="store_true", help="run code shipped in the base model folder")
     a = p.parse_args(argv)
-    try:
-        merge(a.adapter, a.output, a.base, a.dtype, a.max_shard_size, a.overwrite, a.trust_remote_code)
-    except ArgumentError as e:
-        sys.exit(f"error: {e}")
+    merge(a.adapter, a.output, a.base, a.dtype, a.max_shard_size, a.overwrite, a.trust_remote_code)
 
 
 if __name__ == "__main__":
-    main()
+    main_entry(main)

@@ -47,7 +47,7 @@ def load_tokenizer(model_args, family: Family):
     if tok.pad_token is None:
         vocab = tok.get_vocab()
         stand_in = family.pad_token if family.pad_token in vocab else tok.unk_token
-        if stand_in is None:  # EOS is no pad: generation would learn to stop nowhere (pitfall #20)
+        if stand_in is None:  # EOS is no pad: generation would learn to stop nowhere (the pad is masked out of the labels)
             raise ArgumentError(
                 f"{model_args.model_name_or_path}/tokenizer_config.json: the tokenizer has no pad token, and neither "
                 f"the {family.name} family's pad {family.pad_token!r} nor an unk token exists to stand in for it; set "
@@ -95,7 +95,7 @@ def quantization_kwargs(model_args, lora_args, dtype, skip=None) -> dict:
         if not lora_args.q_lora:
             raise ArgumentError(f"{model_args.model_name_or_path} is already quantized ({method}): "
                                 "train it with --use_lora --q_lora")
-        if method == "gptq":  # trained as it is, with a kernel that has a backward pass (pitfalls #19, #41)
+        if method == "gptq":  # trained as it is, with a kernel that has a backward pass
             from .gptq import gptq_load_kwargs
 
             return gptq_load_kwargs(existing, on_gpu=torch.cuda.is_available())
@@ -121,7 +121,7 @@ def load_model(model_args, lora_args, train_args, tokenizer, task, labels=None, 
 
         register()
     if kwargs and torch.cuda.is_available() and "device_map" not in kwargs:
-        kwargs["device_map"] = {"": _local_rank()}  # one whole model per rank; "auto" would split it (pitfall #18)
+        kwargs["device_map"] = {"": _local_rank()}  # one whole model per rank; "auto" would split it across GPUs
     if _zero3(train_args):
         _deepspeed_comm()
     model = task.model_class().from_pretrained(
@@ -130,9 +130,14 @@ def load_model(model_args, lora_args, train_args, tokenizer, task, labels=None, 
     model.config.use_cache = False  # training never reuses a KV cache
     if labels and model.config.pad_token_id is None:  # a decoder classifier pools the last token that is not pad
         model.config.pad_token_id = tokenizer.pad_token_id
+    resize_embeddings(model, tokenizer)
+    return model
+
+
+def resize_embeddings(model, tokenizer) -> None:
+    """Room for the tokens the tokenizer gained (never fewer rows: a checkpoint's padded rows stay)."""
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
-    return model
 
 
 def _quant_method(config) -> str:
@@ -160,7 +165,7 @@ def prepare_kbit_model(model, lora_args, train_args):
         p.requires_grad_(False)
     if train_args.gradient_checkpointing:
         # Only needed by reentrant checkpointing, harmless otherwise: gives the checkpointed blocks an input that
-        # requires grad so LoRA weights inside them get gradients (pitfall #9).
+        # requires grad, or reentrant checkpointing gives the LoRA weights inside them no gradient.
         model.enable_input_require_grads()
     return model
 
@@ -203,7 +208,7 @@ def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_sa
         model = prepare_kbit_model(model, lora_args, train_args)
     elif train_args.gradient_checkpointing:
         model.enable_input_require_grads()
-    head = [family.classifier_head] if task.classifier else []
+    head = [task.head(family)] if task.head(family) else []
     targets = resolve_targets(model, lora_args.lora_target_modules, family, skip=head)
     modules_to_save = head + [m for m in modules_to_save or () if m not in head] or None
     config = LoraConfig(
@@ -307,8 +312,7 @@ def build_model(model_args, lora_args, train_args, tokenizer, family: Family, ta
     """The model to train, with its trainable-parameter report (checked against the LoRA arithmetic).
     added_tokens: the special tokens load_tokenizer added (their embedding rows must be trained); labels: a
     classifier's label names."""
-    model = load_model(model_args, lora_args, train_args, tokenizer, task, labels,
-                       head=family.classifier_head if task.classifier else None)
+    model = load_model(model_args, lora_args, train_args, tokenizer, task, labels, head=task.head(family))
     modules_to_save = lora_args.modules_to_save
     if lora_args.use_lora and added_tokens and not modules_to_save:
         modules_to_save = list(family.embedding_modules)  # new tokens need trained embedding rows

@@ -43,9 +43,7 @@ def preflight(a) -> Run:
     check_remote_code(a.model_name_or_path, a.trust_remote_code)  # before anything reads the model folder further
     family = resolve_family(a.model_name_or_path, a.family)
     task = get_task(a.task)
-    if task.classifier and (a.packing or a.trainer == "trl"):
-        raise ArgumentError(f"--task {a.task} trains a classifier with the HF Trainer on padded batches: drop "
-                            f"{'--packing' if a.packing else '--trainer trl'} (both are for causal_lm)")
+    task.check(a)
     model_args, data_args, lora_args, train_args = arguments.build(a, family=family.name, **resolved)
     run_args = arguments.to_jsonable(model_args, data_args, lora_args, train_args)
     run_fingerprint = fingerprint(run_args)
@@ -117,9 +115,9 @@ def check_varlen(packing: bool) -> None:
 
 
 def checkpointing_kwargs(zero_stage: int, use_lora: bool, kwargs) -> dict:
-    """Non-reentrant activation checkpointing everywhere (pitfalls #9, #10), except ZeRO-3 with PEFT: ZeRO-3
-    re-partitions frozen weights before the recompute, which non-reentrant checkpointing rejects ('Recomputed values
-    ... have different metadata', pitfall #11); reentrant works there because LoRA calls enable_input_require_grads."""
+    """Non-reentrant activation checkpointing everywhere (reentrant gives LoRA no gradient through frozen inputs, and
+    breaks DDP), except ZeRO-3 with PEFT: ZeRO-3 re-partitions frozen weights before the recompute, which
+    non-reentrant checkpointing rejects ('Recomputed values ... have different metadata'); reentrant works there because LoRA calls enable_input_require_grads."""
     kwargs = json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs or {})
     if zero_stage == 3 and use_lora:
         return {**kwargs, "use_reentrant": True}
@@ -236,10 +234,10 @@ def check_quantization_backend(model_path: str, q_lora: bool) -> None:
                             "(or train without --q_lora)") from None
 
 
-# Oldest versions whose behaviour the project relies on (pitfalls.md §10.1); requirements.txt pins newer ones.
+# Oldest versions whose behaviour the project relies on; requirements.txt pins newer ones.
 VERSION_FLOORS = {
-    "transformers": ("5.0.0", "ZeRO-3 saves of PEFT adapters gather only the adapter (pitfall #5), GA loss fixes (#25)"),
-    "peft": ("0.15.1", "missing-adapter-key and second-wrap warnings (#1), modules_to_save under ZeRO-3 (#5d)"),
+    "transformers": ("5.0.0", "ZeRO-3 saves of PEFT adapters gather only the adapter, the gradient-accumulation loss fix"),
+    "peft": ("0.15.1", "missing-adapter-key and second-wrap warnings, modules_to_save under ZeRO-3"),
 }
 
 

@@ -15,7 +15,8 @@ from .errors import DataError
 from .formats import normalise
 
 FILE = "chat_format.json"
-GUANACO_STOP = "### Human:"
+HUMAN, ASSISTANT = "### Human:", "### Assistant:"  # the guanaco markers: training splits text on them (data.py)
+GUANACO_STOP = HUMAN
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class ChatFormat:
         for m in messages:
             if m["role"] == "system":
                 raise DataError("a guanaco-trained model has no system turn (its records are '### Human: ...')")
-            text += f"### Human: {m['content']}" if m["role"] == "user" else f"### Assistant: {m['content']}"
-        return text + "### Assistant:"
+            text += f"{HUMAN} {m['content']}" if m["role"] == "user" else f"{ASSISTANT} {m['content']}"
+        return text + ASSISTANT
 
     def stop_strings(self) -> list[str]:
         return [GUANACO_STOP] if self.kind == "guanaco" else []
@@ -51,12 +52,20 @@ class ChatFormat:
         return answer.strip()
 
 
-def detect(samples: list[dict], family) -> ChatFormat:
-    """A run's format from its normalised training samples (the majority kind)."""
-    from .data import GUANACO_TURN
+    def ollama(self, family) -> tuple[str, str | None, tuple[str, ...]]:
+        """(TEMPLATE, SYSTEM, stops) of an Ollama Modelfile rendering this format as render() does: the family's
+        template for a chat template, the same markers as above for guanaco text (the next turn ends an answer)."""
+        if self.kind == "chat_template":
+            return family.ollama_template, family.ollama_system, family.stop_tokens
+        template = (f'{{{{- range .Messages }}}}{{{{- if eq .Role "user" }}}}{HUMAN} {{{{ .Content }}}}'
+                    f'{{{{- else if eq .Role "assistant" }}}}{ASSISTANT} {{{{ .Content }}}}{{{{- end }}}}{{{{- end }}}}'
+                    f'{ASSISTANT}')
+        return template, None, tuple(self.stop_strings())
 
-    guanaco = sum("text" in s and bool(GUANACO_TURN.search(s["text"])) for s in samples)
-    kind = "guanaco" if guanaco * 2 > len(samples) else "chat_template"
+
+def from_stats(stats, family) -> ChatFormat:
+    """A run's format, decided once from its training samples as they were rendered (the majority kind)."""
+    kind = "guanaco" if stats.guanaco * 2 > stats.samples else "chat_template"
     return ChatFormat(kind, family.name, bool(family.add_bos_to_text))
 
 

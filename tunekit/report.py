@@ -1,5 +1,6 @@
-"""What a run leaves beside its adapter: finetune_args.json (every resolved argument), chat_format.json, loss_curve.png,
-and run_summary.json (written last: its presence means the run finished), plus the one-screen summary it prints."""
+"""What a run leaves beside its adapter: finetune_args.json (every resolved argument), loss_curve.png and
+run_summary.json (written last: its presence means the run finished), plus the one-screen summary it prints; the
+task's own files (a causal LM's chat_format.json) come from its row (tunekit/tasks.py), read by tunekit/runfolder.py."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,7 @@ from pathlib import Path
 
 
 def finish(trainer, run, model_report: dict, data_stats: dict, train_result, evaluation: dict | None = None) -> dict:
-    """The run's summary; on the main process its files are written and the summary printed.  A causal LM's prompt
-    format goes beside it (chat_format.json: what chat, generate and export render)."""
+    """The run's summary; on the main process its files are written and the summary printed."""
     summary = summarize(trainer, model_report, data_stats, train_result)
     summary["resumed_from"] = str(run.resume_from) if run.resume_from else None
     if evaluation:
@@ -17,12 +17,6 @@ def finish(trainer, run, model_report: dict, data_stats: dict, train_result, eva
     if trainer.is_world_process_zero():
         out = Path(run.train_args.output_dir)
         write_json(out / "finetune_args.json", run.arguments)
-        if run.task.name == "causal_lm":
-            from . import prompts
-            from .formats import load_records
-
-            prompts.save(prompts.detect(load_records(run.data_args.data_path, run.data_args.max_samples),
-                                        run.family), out)
         plot_loss(trainer.state.log_history, out / "loss_curve.png")
         write_json(out / "run_summary.json", summary)  # last
         print_summary(summary, str(out))
@@ -160,11 +154,20 @@ def compare(folders, markdown=None) -> str:
     return table
 
 
-if __name__ == "__main__":
-    import argparse
+def main(argv=None):
+    from .errors import ArgumentError, Parser
 
-    cli = argparse.ArgumentParser(description="Compare finished runs: python -m tunekit.report RUN... [--markdown F]")
-    cli.add_argument("runs", nargs="+")
-    cli.add_argument("--markdown")
-    a = cli.parse_args()
+    p = Parser("Compare finished runs: tunekit compare RUN... [--markdown F]")
+    p.add_argument("runs", nargs="+", help="output folders of finished runs (each with run_summary.json)")
+    p.add_argument("--markdown", help="also write the table to this file")
+    a = p.parse_args(argv)
+    for run in a.runs:
+        if not (Path(run) / "run_summary.json").is_file():
+            raise ArgumentError(f"{run}: no run_summary.json (not a finished run's output_dir)")
     print(compare(a.runs, a.markdown), end="")
+
+
+if __name__ == "__main__":
+    from .errors import main_entry
+
+    main_entry(main)

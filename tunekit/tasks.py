@@ -1,8 +1,9 @@
-"""Tasks: what the model learns.  One row per task says which transformers auto class loads the model, how the
-datasets (inputs and labels) are built, which collator batches them, PEFT's task type, and the evaluation metrics.
+"""Tasks: what the model learns.  A task is one row that owns its behaviour: the auto class that loads the model,
+its datasets, collator, metrics and trainer, what is trained fully beside the adapter (a classifier's head), what it
+checks in the arguments, what it leaves beside the adapter, and which command serves it after training.
 
-  causal_lm   next-token prediction on the assistant turns (tunekit/data.py)
-  seq_cls     one label per text; token_cls: one BIO tag per word (tunekit/classify.py)
+  causal_lm   next-token prediction on the assistant turns (tunekit/data.py); chat, generate, evaluate, export
+  seq_cls     one label per text; token_cls: one BIO tag per word (tunekit/classify.py); predict
 """
 from __future__ import annotations
 
@@ -11,46 +12,78 @@ from typing import Callable
 
 from . import classify, data
 from .errors import ArgumentError
-from .packing import PackingCollator
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
-    auto_model: str         # the transformers class whose from_pretrained loads the model
-    peft_task_type: str     # LoraConfig(task_type=...)
+    auto_model: str           # the transformers class whose from_pretrained loads the model
+    peft_task_type: str       # LoraConfig(task_type=...), how an adapter folder names its task
+    architecture_suffix: str  # how a merged folder's config.json architectures name it
     build_datasets: Callable  # (data_args, tokenizer, family, max_length) -> (train, eval or None, labels or None)
-    collator: Callable      # (tokenizer, train_args, varlen: bool) -> data collator
+    collator: Callable        # (tokenizer, train_args, varlen: bool) -> data collator
+    head: Callable            # (family) -> a module trained fully and saved with the adapter, or None
+    check: Callable           # (parsed arguments) -> None, or ArgumentError
+    save: Callable            # (train dataset, family, output_dir) -> None: what it leaves beside the adapter
+    served_by: str            # the command that uses the trained model
     metrics: Callable | None = None  # (labels) -> the Trainer's compute_metrics
-    classifier: bool = False  # a head on top: trained fully, saved with the adapter, labels in the config
+    trainer: str = "Trainer"  # the transformers trainer class it trains with
 
     def model_class(self):
         import transformers
 
         return getattr(transformers, self.auto_model)
 
+    def trainer_class(self):
+        import transformers
+
+        return getattr(transformers, self.trainer)
+
+    def require(self, command: str, where) -> None:
+        """Refuses a model of this task in a command that does not serve it, naming the one that does."""
+        if command != self.served_by and not (self.served_by == "chat" and command in CHAT_COMMANDS):
+            raise ArgumentError(f"{where} is a {self.name} model: use `tunekit {self.served_by}` for it, not "
+                                f"`tunekit {command}`")
+
+
+CHAT_COMMANDS = ("chat", "generate", "evaluate", "export")
+
 
 def causal_lm_datasets(data_args, tokenizer, family, max_length):
     return (*data.build_datasets(data_args, tokenizer, family, max_length), None)
 
 
-def causal_lm_collator(tokenizer, train_args, varlen: bool):
-    """Packed rows (padding-free) with --packing, else batches padded to their longest sample."""
-    if train_args.packing:
-        return PackingCollator(varlen=varlen)
-    return data.PaddingCollator(pad_token_id=tokenizer.pad_token_id)
+def save_prompt_format(train_ds, family, output_dir) -> None:
+    """The prompt format the run trained with (decided from its training samples), for chat/generate/export."""
+    from . import prompts
+
+    prompts.save(prompts.from_stats(train_ds.stats, family), output_dir)
+
+
+def no_check(a) -> None:
+    return None
+
+
+def padded_only(a) -> None:
+    if a.packing:
+        raise ArgumentError(f"--task {a.task} trains a classifier on padded batches: drop --packing (it is for "
+                            "causal_lm)")
 
 
 def classification(name: str, auto_model: str, peft_task_type: str) -> Task:
-    return Task(name, auto_model, peft_task_type,
-                lambda data_args, tokenizer, family, max_length: classify.build_datasets(name, data_args, tokenizer,
-                                                                                         max_length),
-                lambda tokenizer, train_args, varlen: classify.LabelCollator(pad_token_id=tokenizer.pad_token_id),
-                lambda labels: classify.metrics(name, labels), classifier=True)
+    return Task(name, auto_model, peft_task_type, auto_model.removeprefix("AutoModel"),
+                build_datasets=lambda data_args, tokenizer, family, max_length: classify.build_datasets(
+                    name, data_args, tokenizer, max_length),
+                collator=lambda tokenizer, train_args, varlen: classify.collator(tokenizer, name),
+                head=lambda family: family.classifier_head, check=padded_only,
+                save=lambda train_ds, family, output_dir: None, served_by="predict",
+                metrics=lambda labels: classify.metrics(name, labels))
 
 
 TASKS = {
-    "causal_lm": Task("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", causal_lm_datasets, causal_lm_collator),
+    "causal_lm": Task("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", "ForCausalLM", causal_lm_datasets,
+                      data.collator, head=lambda family: None, check=no_check, save=save_prompt_format,
+                      served_by="chat"),
     "seq_cls": classification("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS"),
     "token_cls": classification("token_cls", "AutoModelForTokenClassification", "TOKEN_CLS"),
 }

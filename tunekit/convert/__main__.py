@@ -1,17 +1,15 @@
 """The converters' one command line (tunekit/convert/__init__.py says what they do):
 
-    python -m tunekit.convert MODEL [OUT]                      # prints the folder to train: MODEL itself if native
-    python -m tunekit.convert --reverse NATIVE OUT [--original ORIGINAL]
+    tunekit convert MODEL [OUT]                      # prints the folder to train: MODEL itself if native
+    tunekit convert --reverse NATIVE OUT [--original ORIGINAL]
 """
-import argparse
-import sys
 from pathlib import Path
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, Parser, main_entry
 from . import converter_for
 
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None):
+    p = Parser(__doc__)
     p.add_argument("src", help="an original ChatGLM2/3 or Qwen-1 folder (with --reverse: a native glm/qwen2 folder)")
     p.add_argument("out", nargs="?", help="output folder (default: .cache/converted/<name>-<native type>-<hash>)")
     p.add_argument("--reverse", action="store_true", help="native -> the original layout (needs OUT)")
@@ -19,18 +17,21 @@ if __name__ == "__main__":
     p.add_argument("--no_fast_tokenizer", action="store_true", help="ChatGLM2: weights and config only")
     p.add_argument("--check_texts", help="a UTF-8 file whose lines the converted tokenizer must also get right")
     p.add_argument("--max_shard_size", default="4GB")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    if not Path(a.src).exists():
+        raise ArgumentError(f"SRC: {a.src} does not exist; pass a checkpoint folder")
     module = converter_for(a.src, a.reverse)
-    try:
-        if a.reverse:
-            if module is None or not a.out:
-                p.error("--reverse needs a native glm or qwen2 folder and OUT")
-            print(module.reverse(a.src, a.out, a.original, a.max_shard_size))
-        elif module is None:
-            print(a.src)  # already native (or no checkpoint): trained as it is
-        else:
-            extra = Path(a.check_texts).read_text(encoding="utf-8").splitlines() if a.check_texts else ()
-            options = {"fast_tokenizer": False} if a.no_fast_tokenizer else {}
-            print(module.convert(a.src, a.out, check_texts=extra, max_shard_size=a.max_shard_size, **options))
-    except ArgumentError as e:
-        sys.exit(f"error: {e}")
+    if a.reverse:
+        if module is None or not a.out:
+            p.error("--reverse needs a native glm or qwen2 folder and OUT")
+        print(module.reverse(a.src, a.out, a.original, a.max_shard_size))
+    elif module is None:
+        print(a.src)  # already native (or no checkpoint): trained as it is
+    else:
+        extra = Path(a.check_texts).read_text(encoding="utf-8").splitlines() if a.check_texts else ()
+        options = {"fast_tokenizer": False} if a.no_fast_tokenizer else {}
+        print(module.convert(a.src, a.out, check_texts=extra, max_shard_size=a.max_shard_size, **options))
+
+
+if __name__ == "__main__":
+    main_entry(main)

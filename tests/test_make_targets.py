@@ -1,0 +1,136 @@
+"""Every `make` target the README names, run end to end as a user runs it (embedded tiny defaults, CPU): training,
+merge and the sample, then the commands after training on that run.  A target the README names but this file does
+not run fails the first test."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+# Run by CI itself (`.ci/run` is `make test`, which depends on them), or by another test here, named beside it.
+ELSEWHERE = {"test": ".ci/run", "install-gptq": "make test", "install-gguf": "make test",
+             "llama2-full": "test_safety.py::test_make_runs_a_real_recipe_with_hostile_paths",
+             "chatglm2-lora": "test_chatglm2_recipe.py"}
+
+
+def make(target, **variables):
+    """`make TARGET VAR=...` with the project's Python, the install steps taken as done (CI has just run them)."""
+    stdin = variables.pop("_stdin", None)
+    cmd = ["make", "-s", "-o", "install", "-o", ".venv/.installed", "-o", ".venv/.installed-gptq", "-o",
+           ".venv/.installed-gguf", target, f"PYTHON={sys.executable}", "MODEL=",
+           *[f"{k}={v}" for k, v in variables.items()]]
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+                       input=stdin)
+    assert r.returncode == 0, f"make {target}: " + r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def trained_answer_reproduced(stdout: str) -> bool:
+    """The sample after the merge: the first training record's answer, and the model's, printed one after the other."""
+    trained = stdout.split("--- trained answer")[1].split("\n", 1)[1].split("\n--- model:\n")
+    return trained[0] == trained[1].split("\n--- ")[0] and "the model gives the trained answer" in stdout
+
+
+@pytest.fixture(scope="module")
+def qwen_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("make") / "qwen-qlora"
+    return out, make("qwen-qlora", OUTPUT=out)
+
+
+@pytest.fixture(scope="module")
+def llama2_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("make") / "llama2-qlora"
+    return out, make("llama2-qlora", OUTPUT=out)
+
+
+RUN = {"qwen-qlora": "qwen_run", "llama2-qlora": "llama2_run"}
+
+
+@pytest.mark.parametrize("target", ["qwen-qlora", "llama2-qlora"])
+def test_qlora_recipe_learns_merges_and_reproduces_the_trained_answer(target, request):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, r = request.getfixturevalue(RUN[target])
+    assert "real tokens/s" in r.stdout
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "loss_curve.png",
+                 "finetune_args.json", "chat_format.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["final_eval_loss"] <= summary["first_eval_loss"] / 2, summary
+    assert trained_answer_reproduced(r.stdout), r.stdout
+    merged = out.with_name(out.name + "-merged")
+    tok = AutoTokenizer.from_pretrained(merged)
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    ids = tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    assert model.generate(**ids, max_new_tokens=5, do_sample=False).shape[1] > ids["input_ids"].shape[1]
+    assert model.dtype == torch.bfloat16
+
+
+def test_qwen_qlora_gptq_trains_on_int4_merges_into_the_original_and_samples_on_gptq(tmp_path):
+    out = tmp_path / "qwen-qlora-gptq"
+    r = make("qwen-qlora-gptq", OUTPUT=out)
+    base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert json.loads((Path(base) / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
+    assert (out.with_name(out.name + "-merged") / "config.json").is_file()
+    assert "quantization_config" not in json.loads((out.with_name(out.name + "-merged") / "config.json").read_text())
+    assert "--- trained answer" in r.stdout and "--- model:" in r.stdout  # the sample ran, on the GPTQ base
+
+
+def test_merge_chat_and_eval_targets_on_the_qwen_run(qwen_run, tmp_path):
+    out, _ = qwen_run
+    merged = tmp_path / "again-merged"
+    r = make("qwen-merge", ADAPTER=out, OUTPUT=merged)
+    assert (merged / "config.json").is_file() and (merged / "chat_format.json").is_file()
+    r = make("qwen-chat", ADAPTER=out, _stdin="解释“温室效应”。\n/exit\n")
+    assert "chatting with" in r.stdout and r.stdout.count(">>> ") == 2, r.stdout
+    r = make("qwen-eval", ADAPTER=out)
+    metrics = json.loads((out / "eval_metrics.json").read_text())
+    assert {"loss", "perplexity", "rouge-1", "bleu-4"} <= set(metrics) and metrics["samples"] == 8, metrics
+
+
+def test_llama2_export_writes_gguf_and_modelfile(llama2_run):
+    out, _ = llama2_run
+    make("llama2-export", ADAPTER=out)
+    gguf = out.with_name(out.name + "-gguf")
+    assert (gguf / "model.gguf").stat().st_size > 0
+    assert 'PARAMETER stop "### Human:"' in (gguf / "Modelfile").read_text()  # the guanaco format it trained with
+
+
+def test_llama2_lora_recipe(tmp_path):
+    out = tmp_path / "llama2-lora"
+    r = make("llama2-lora", OUTPUT=out)
+    assert json.loads((out / "run_summary.json").read_text())["steps"] > 0
+    assert trained_answer_reproduced(r.stdout), r.stdout
+
+
+@pytest.mark.parametrize("target", ["bert-cls", "llama-cls"])
+def test_classifier_recipes_train_merge_and_predict(target, tmp_path):
+    out = tmp_path / target
+    make(target, OUTPUT=out)
+    rows = [json.loads(line) for line in (out.with_name(out.name + "-merged") / "predictions.jsonl").read_text()
+            .splitlines()]
+    assert rows and all("prediction" in row for row in rows)
+
+
+def test_bench_smoke():
+    make("bench-smoke")
+    result = json.loads((ROOT / "out/bench-smoke/llama2-qlora-tiny.json").read_text())
+    assert not result.get("partial") and result["runs"], result
+
+
+def named_in_readme() -> set[str]:
+    return set(re.findall(r"\bmake ([a-z0-9][a-z0-9-]*)", (ROOT / "README.md").read_text()))
+
+
+def test_every_target_the_readme_names_is_run():
+    tested = set(re.findall(r'make\("([a-z0-9-]+)"', Path(__file__).read_text())) | set(ELSEWHERE)
+    tested |= {"qwen-qlora", "llama2-qlora"}
+    assert named_in_readme() <= tested, sorted(named_in_readme() - tested)

@@ -1,0 +1,4 @@
+"""python -m tunekit <command> ..."""
+from .cli import main
+
+main()
