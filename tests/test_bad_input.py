@@ -234,14 +234,7 @@ def test_zero3_with_4bit_and_a_different_quant_storage(ws, tiny_llama2, capsys, 
 def merge_cli(argv):
     from tunekit.merge import main
 
-    try:
-        main(argv)
-    except SystemExit as e:  # argparse-style: sys.exit("error: ...") prints the message and exits 1
-        if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
-            return 1
-        return e.code
-    return 0
+    return run_cli(main, argv)
 
 
 @pytest.mark.parametrize("method", ["bitsandbytes", "gptq"])
@@ -281,7 +274,7 @@ def test_adapter_onto_an_already_wrapped_model(tiny_llama2, random_qv_adapter):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tunekit.merge import load_adapter
+    from tunekit.runfolder import load_adapter
 
     wrapped = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama2),
                              LoraConfig(r=4, target_modules=["q_proj"], task_type="CAUSAL_LM"))

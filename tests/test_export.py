@@ -295,7 +295,7 @@ def test_adapters_are_refused_and_whole_modules_warned_about(random_qv_adapter, 
              "weights": {"extra_weights": {"base_model.model.model.embed_tokens.weight": torch.zeros(8, 64)}}}
     for name, kwargs in cases.items():
         adapter = adapter_copy(random_qv_adapter, tmp_path / name, **kwargs)
-        with pytest.raises(ArgumentError, match="is a LoRA adapter: merge it first .*python -m tunekit.merge"):
+        with pytest.raises(ArgumentError, match="is a LoRA adapter: merge it first .*tunekit merge"):
             export(str(adapter), str(tmp_path / f"{name}-gguf"))
         err = capsys.readouterr().err
         if name == "plain":
@@ -319,6 +319,6 @@ def test_missing_converter_and_non_chat_models_are_refused(merged, tmp_path, mon
     shutil.copytree(merged, classifier)
     cfg = json.loads((classifier / "config.json").read_text())
     (classifier / "config.json").write_text(json.dumps(cfg | {"architectures": ["LlamaForSequenceClassification"]}))
-    with pytest.raises(ArgumentError, match="LlamaForSequenceClassification.*only causal LMs are exported"):
+    with pytest.raises(ArgumentError, match="cls is a seq_cls model: use `tunekit predict`"):
         export(str(classifier), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

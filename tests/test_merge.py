@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tunekit.arguments import ArgumentError
-from tunekit.merge import load_adapter, merge
+from tunekit.merge import merge
+from tunekit.runfolder import load_adapter
 
 
 @pytest.fixture

@@ -207,9 +207,10 @@ def test_22_training_prompt_is_the_inference_prompt_and_bos_is_single(family, ti
 
 
 def test_23_batched_generation_pads_left_and_matches_unbatched(tiny_llama2):
-    from tunekit.generate import answer, load
+    from conftest import load_for_chat
+    from tunekit.generate import answer
 
-    model, tok, fmt = load(tiny_llama2)
+    model, tok, fmt = load_for_chat(tiny_llama2)
     convs = [[{"role": "user", "content": p}] for p in ("Hi", "Give me three tips for better sleep, please, in detail.")]
     batched = answer(model, tok, fmt, convs, max_new_tokens=4)
     assert batched == [answer(model, tok, fmt, [c], max_new_tokens=4)[0] for c in convs]
@@ -225,9 +226,20 @@ def test_25_gradient_accumulation_equals_the_full_batch(tiny_llama2, guanaco_sma
             per_device_train_batch_size=4, gradient_accumulation_steps=2)
     la, lb = losses(a), losses(b)
     assert len(la) == len(lb) == 3
+    # a loss (~9) is a mean over <= 8 x 64 tokens, summed in another order: fp32 rounding ~ sqrt(512) x 2^-24 x 9 =
+    # 1.2e-5 (observed <= 2e-6); a GA loss averaged per micro-batch moves it by 1.5e-2, summed by 9
     assert max(abs(x - y) for x, y in zip(la, lb)) < 1e-4, (la, lb)
     pa, pb = load_file(str(tmp_path / "a/adapter_model.safetensors")), load_file(str(tmp_path / "b/adapter_model.safetensors"))
-    assert max((pa[k] - pb[k]).abs().max().item() for k in pa) < 1e-5
+    # The bound of the ZeRO-3 test (test_multinode.py), from the numerics: each gradient, a sum over N = 8 x 64 tokens,
+    # is added in another order (two micro-batches): fp32 rounding, <= N x 2^-24 relative, which Adam's steps pass on:
+    # <= N x 2^-24 x steps of the update's norm (lora_B's: B starts at zero); and one weight whose gradient cancels to
+    # the rounding level may have its Adam steps (about lr each, the gradient divided by its own RMS) turn: 2 x lr x
+    # steps. Observed, in norm: 2e-5 to 5e-5 with the AVX-512, AVX2 and generic kernels, against 0.03; a GA loss not
+    # rescaled (micro-batch means summed) or averaged per micro-batch: 0.74.
+    lr, steps = a.args.learning_rate, a.state.global_step
+    update = torch.cat([v.flatten() for k, v in pa.items() if "lora_B" in k]).norm().item()
+    distance = torch.cat([(pa[k] - pb[k]).flatten() for k in pa]).norm().item()
+    assert distance <= 2 * lr * steps + 512 * 2**-24 * steps * update, distance
 
 
 # ---------------------------------------------------------------- #32 Llama-2 pretraining_tp, #36 no Trainer internals
@@ -260,7 +272,7 @@ def test_1_adapter_with_missing_weights_is_an_error_not_a_warning(tiny_llama2, r
     from transformers import AutoModelForCausalLM
 
     from tunekit.arguments import ArgumentError
-    from tunekit.merge import load_adapter
+    from tunekit.runfolder import load_adapter
 
     probe = torch.tensor([[1, 40, 41, 300, 301]])
     with torch.no_grad():

@@ -37,7 +37,8 @@ def test_base_model_lora_adds_tokens_and_merge_reproduces_them(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from finetune import main
-    from tunekit.merge import load_adapter, merge
+    from tunekit.merge import merge
+    from tunekit.runfolder import load_adapter
     from tunekit.tiny import build
 
     base = str(build("qwen", tmp_path / "qwen-base", base=True))

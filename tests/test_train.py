@@ -133,7 +133,7 @@ def test_outputs_on_disk(tiny_llama2, guanaco_small, tmp_path):
 def test_saved_adapter_reloads_to_identical_logits(tiny_llama2, guanaco_small, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from tunekit.merge import load_adapter
+    from tunekit.runfolder import load_adapter
 
     trainer = run(tiny_llama2, guanaco_small, tmp_path, "--use_lora", max_steps=3)
     probe = torch.tensor([[1, 50, 60, 70, 80, 90, 100]])
