@@ -15,12 +15,13 @@ NNODES="${NNODES:-1}"
 NODE_RANK="${NODE_RANK:-0}"
 MASTER_ADDR="${MASTER_ADDR:-localhost}"
 MASTER_PORT="${MASTER_PORT:-}"      # empty: a free port (one node); several nodes: 6001
-LAUNCHER="${LAUNCHER:-torchrun}"    # torchrun (run it on every node with its NODE_RANK) | deepspeed
+LAUNCHER="${LAUNCHER:-torchrun}"    # torchrun (run it on every node with its NODE_RANK; one process: plain python) | deepspeed
 HOSTFILE="${HOSTFILE:-}"            # deepspeed only: "host slots=N" lines; started once, on the first host (ssh/pdsh)
 
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"  # make install makes .venv
+[[ "$LAUNCHER" =~ ^(torchrun|deepspeed)$ ]] || { echo "error: LAUNCHER=$LAUNCHER: use torchrun or deepspeed" >&2; exit 2; }
 recipe="recipes/$RECIPE/$METHOD.json"
 [ -f "$recipe" ] || { echo "error: no recipe $recipe (methods: $(cd "recipes/$RECIPE" && ls *.json | sed 's/.json//' | tr '\n' ' '))" >&2; exit 2; }
 args=("$recipe")
@@ -41,10 +42,17 @@ args+=(--model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR")
 [ -n "$DATA" ] && args+=(--data_path "$DATA")
 [ -n "$EVAL_DATA" ] && args+=(--eval_data_path "$EVAL_DATA")
 [ -n "$DS_CONFIG" ] && args+=(--deepspeed "$DS_CONFIG")
+pin=()  # environment the command is run with, shown by DRY_RUN
 if [ -z "$GPUS_PER_NODE" ]; then
   GPUS_PER_NODE="$("$PYTHON" -c 'import torch; print(max(torch.cuda.device_count(), 1))')"
+elif [ "$GPUS_PER_NODE" = 1 ] && [[ "${CUDA_VISIBLE_DEVICES-,}" == *,* ]]; then
+  # one process asked for where several GPUs may be visible: the one torchrun's local rank 0 would take (the first),
+  # so that without torchrun the Trainer does not wrap the model in DataParallel over all of them
+  cuda="${CUDA_VISIBLE_DEVICES:-0}"; pin=("CUDA_VISIBLE_DEVICES=${cuda%%,*}")
 fi
-if [ -z "$MASTER_PORT" ]; then  # two runs on one machine must not fight over one rendezvous port
+if [ "$LAUNCHER" = torchrun ] && [ "$NNODES" = 1 ] && [ "$GPUS_PER_NODE" = 1 ] && [ -z "$DS_CONFIG" ]; then
+  LAUNCHER=python  # one process on one node needs no launcher (DeepSpeed does: it wants a distributed launch)
+elif [ -z "$MASTER_PORT" ]; then  # two runs on one machine must not fight over one rendezvous port
   if [ "$NNODES" = 1 ]; then
     MASTER_PORT="$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')"
   else
@@ -52,7 +60,9 @@ if [ -z "$MASTER_PORT" ]; then  # two runs on one machine must not fight over on
   fi
 fi
 case "$LAUNCHER" in
-  torchrun)
+  python) cmd=("$PYTHON") ;;
+  torchrun)  # several processes per node: one OpenMP thread each unless set, as torchrun would (without its banner)
+    [ "$GPUS_PER_NODE" = 1 ] || export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
     cmd=("$PYTHON" -m tunekit.torchrun --nnodes "$NNODES" --node_rank "$NODE_RANK" --nproc_per_node "$GPUS_PER_NODE"
          --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT") ;;
   deepspeed)  # with a hostfile it reaches every host itself; without, each node runs it with its NODE_RANK (--no_ssh)
@@ -64,7 +74,9 @@ case "$LAUNCHER" in
       cmd+=(--num_nodes "$NNODES" --num_gpus "$GPUS_PER_NODE")
       [ "$NNODES" = 1 ] || cmd+=(--no_ssh --node_rank "$NODE_RANK")
     fi ;;
-  *) echo "error: LAUNCHER=$LAUNCHER: use torchrun or deepspeed" >&2; exit 2 ;;
 esac
 cmd+=(finetune.py "${args[@]}" "$@")
-if [ -n "${DRY_RUN:-}" ]; then printf '%q ' "${cmd[@]}"; echo; else "${cmd[@]}"; fi
+[ "$LAUNCHER" = python ] || pin=()  # under a launcher each process takes its own GPU
+if [ -n "${DRY_RUN:-}" ]; then printf '%q ' ${pin[@]+"${pin[@]}"} "${cmd[@]}"; echo; exit 0; fi
+[ ${#pin[@]} = 0 ] || export "${pin[0]}"
+"${cmd[@]}"
