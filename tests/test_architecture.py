@@ -117,3 +117,12 @@ def test_every_module_imports_on_its_own():
               f"print('imported', {len(names)})\n")
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and f"imported {len(names)}" in r.stdout, r.stderr[-3000:]
+
+
+def test_the_docs_name_every_core_module_and_the_readme_stays_short():
+    text = (ROOT / "ARCHITECTURE.md").read_text()
+    core = sorted(p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py")
+    core += sorted(f"{p.stem}.py" for p in (PACKAGE / "families").glob("*.py") if p.name != "__init__.py")
+    missing = [name for name in core if f"`{name}`" not in text and f"{name.removesuffix('.py')}.py" not in text]
+    assert not missing, missing
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250

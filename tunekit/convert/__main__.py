@@ -5,8 +5,13 @@
 """
 from pathlib import Path
 
-from ..errors import ArgumentError, Parser, main_entry
-from . import converter_for
+from ..noise import quiet_libraries
+
+quiet_libraries()  # before the imports below pull in transformers and its optional libraries
+
+from ..errors import ArgumentError, Parser, main_entry  # noqa: E402
+from . import converter_for  # noqa: E402
+
 
 def main(argv=None):
     p = Parser(__doc__)

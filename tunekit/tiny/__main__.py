@@ -2,7 +2,11 @@
 import argparse
 from pathlib import Path
 
-from . import FAMILIES, __doc__ as doc, build, default_dir
+from ..noise import quiet_libraries
+
+quiet_libraries()  # before the imports below pull in transformers and its optional libraries
+
+from . import FAMILIES, __doc__ as doc, build, default_dir  # noqa: E402
 
 
 def minilm() -> Path:
