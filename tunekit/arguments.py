@@ -1,15 +1,12 @@
-"""Command-line and JSON arguments: four dataclasses, one parser, checks that run before any model is loaded.
-
-    python finetune.py recipes/llama2/qlora.json [more.json ...] [--flag value ...]
-
-JSON files set the defaults (later files win), flags given after them override.  Unknown keys, wrong types and
-impossible combinations raise `ArgumentError` naming the key, before anything heavy happens.
-"""
+"""Command-line and JSON arguments: four dataclasses, one parser, checks that run before any model is loaded.  JSON
+files set the defaults (later files win), flags override them; unknown keys, wrong types and impossible combinations
+raise `ArgumentError` naming the key."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
+import enum
 import json
 import logging
 import sys
@@ -26,145 +23,120 @@ from .errors import ArgumentError
 
 logger = logging.getLogger(__name__)
 
-
 # Flags that transformers (or the seed scripts) have renamed: old name -> current name.
-ALIASES = {
-    "evaluation_strategy": "eval_strategy",
-    "max_seq_length": "model_max_length",
-    "max_length": "model_max_length",
-    "warmup_ratio": "warmup_steps",  # transformers 5: a float < 1 in warmup_steps is a ratio
-    "per_gpu_train_batch_size": "per_device_train_batch_size",
-    "per_gpu_eval_batch_size": "per_device_eval_batch_size",
-    "no_cuda": "use_cpu",
-}
+ALIASES = {"evaluation_strategy": "eval_strategy", "max_seq_length": "model_max_length",
+           "max_length": "model_max_length", "warmup_ratio": "warmup_steps",  # transformers 5: a float < 1 is a ratio
+           "per_gpu_train_batch_size": "per_device_train_batch_size",
+           "per_gpu_eval_batch_size": "per_device_eval_batch_size", "no_cuda": "use_cpu"}
+# Flags that are gone: name -> what the unknown-key error says instead of a close match.
+REMOVED = {"trainer": "--trainer was removed: training always uses the HF Trainer"}
+
+
+def arg(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelArguments:
     _argument_group_name = "model"
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Checkpoint folder (or hub id on a machine that can reach the hub)."})
-    family: str | None = field(
-        default=None, metadata={"help": "Model family (template, LoRA targets): llama2, qwen, chatglm2. "
-                                        "Default: from the checkpoint's config.json model_type."})
-    task: str = field(default="causal_lm", metadata={
-        "help": "What the model learns (tunekit/tasks.py): causal_lm (next-token prediction on the assistant turns), "
-                "seq_cls (one label per text), token_cls (one BIO tag per word)."})
-    attn_implementation: str = field(default="sdpa", metadata={
-        "help": "sdpa, eager, flash_attention_2, ..., or varlen: PyTorch's variable-length flash attention for "
-                "--packing on a CUDA GPU (attention only inside each packed sample; tunekit/attention.py)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "Run code shipped in the model folder."})
+    model_name_or_path: str | None = arg(None, "Checkpoint folder (or hub id on a machine that can reach the hub).")
+    family: str | None = arg(None, "Model family (template, LoRA targets): llama2, qwen, chatglm2. Default: from the "
+                                   "checkpoint's config.json model_type.")
+    task: str = arg("causal_lm", "What the model learns (tunekit/tasks.py): causal_lm (next-token prediction on the "
+                                 "assistant turns), seq_cls (one label per text), token_cls (one BIO tag per word).")
+    attn_implementation: str = arg("sdpa", "sdpa, eager, flash_attention_2, ..., or varlen: PyTorch's variable-length "
+                                           "flash attention for --packing on a CUDA GPU (tunekit/attention.py)")
+    trust_remote_code: bool = arg(False, "Run code shipped in the model folder.")
 
 
 @dataclass
 class DataArguments:
     _argument_group_name = "data"
-    data_path: str | None = field(default=None, metadata={"help": "Training data: .json or .jsonl."})
-    eval_data_path: str | None = field(default=None, metadata={"help": "Optional evaluation data: .json or .jsonl."})
-    lazy_preprocess: bool = field(default=False, metadata={"help": "Tokenize samples when first used, not upfront."})
-    max_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
-    eval_on_train: bool = field(default=False, metadata={
-        "help": "Evaluate on the (first --max_samples) training samples instead of --eval_data_path: a memorisation "
-                "check, as the CPU default does (a tiny model cannot generalise in a minute)."})
-    labels: list[str] | None = field(default=None, metadata={
-        "help": "seq_cls/token_cls: the label names in id order; default: the training file's, sorted."})
-    max_source_length: int | None = field(
-        default=None, metadata={"help": "ADGEN content/summary records (chatglm2): cut the prompt, [gMASK] <sop> "
-                                        "included, to this many tokens."})
-    max_target_length: int | None = field(
-        default=None, metadata={"help": "ADGEN records: cut the summary to this many tokens (EOS follows)."})
+    data_path: str | None = arg(None, "Training data: .json or .jsonl.")
+    eval_data_path: str | None = arg(None, "Optional evaluation data: .json or .jsonl.")
+    lazy_preprocess: bool = arg(False, "Tokenize samples when first used, not upfront.")
+    max_samples: int | None = arg(None, "Use only the first N training samples.")
+    eval_on_train: bool = arg(False, "Evaluate on the (first --max_samples) training samples instead of "
+                                     "--eval_data_path: a memorisation check, as the CPU default does (a tiny model "
+                                     "cannot generalise in a minute).")
+    labels: list[str] | None = arg(None, "seq_cls/token_cls: the label names in id order; default: the training "
+                                         "file's, sorted.")
+    max_source_length: int | None = arg(None, "ADGEN content/summary records (chatglm2): cut the prompt, [gMASK] <sop> "
+                                              "included, to this many tokens.")
+    max_target_length: int | None = arg(None, "ADGEN records: cut the summary to this many tokens (EOS follows).")
 
 
 @dataclass
 class LoraArguments:
     _argument_group_name = "LoRA and quantization"
-    use_lora: bool = field(default=False, metadata={"help": "Train LoRA adapters instead of all weights."})
-    q_lora: bool = field(default=False, metadata={"help": "Q-LoRA: LoRA on a 4-bit base (bitsandbytes NF4/FP4, "
-                                                          "or a GPTQ checkpoint as it is)."})
+    use_lora: bool = arg(False, "Train LoRA adapters instead of all weights.")
+    q_lora: bool = arg(False, "Q-LoRA: LoRA on a 4-bit base (bitsandbytes NF4/FP4, or a GPTQ checkpoint as it is).")
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = field(
-        default=None, metadata={"help": "Module names to adapt; default: the family's list; 'all-linear' is "
-                                        "resolved to explicit names."})
+    lora_target_modules: list[str] | None = arg(None, "Module names to adapt; default: the family's list; "
+                                                      "'all-linear' is resolved to explicit names.")
     lora_bias: Literal["none", "all", "lora_only"] = "none"
-    modules_to_save: list[str] | None = field(
-        default=None, metadata={"help": "Modules trained fully and saved with the adapter (e.g. embed_tokens lm_head)."})
+    modules_to_save: list[str] | None = arg(None, "Modules trained fully and saved with the adapter (e.g. "
+                                                  "embed_tokens lm_head).")
     use_dora: bool = False
     use_rslora: bool = False
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     bnb_4bit_use_double_quant: bool = True
-    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = field(
-        default="auto", metadata={"help": "auto: the training dtype (bf16/fp16/fp32)."})
+    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = arg(
+        "auto", "auto: the training dtype (bf16/fp16/fp32).")
     bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
-    kbit_upcast: bool = field(
-        default=False, metadata={"help": "Use PEFT's prepare_model_for_kbit_training, which casts embeddings, norms "
-                                         "and lm_head to fp32 (about half the speed); default keeps the compute dtype."})
+    kbit_upcast: bool = arg(False, "Use PEFT's prepare_model_for_kbit_training, which casts embeddings, norms and "
+                                   "lm_head to fp32 (about half the speed); default keeps the compute dtype.")
 
 
 @dataclass
 class TrainingArguments(transformers.TrainingArguments):
     _argument_group_name = "transformers TrainingArguments"
-    model_max_length: int = field(default=2048, metadata={"help": "Longer samples are truncated (and counted)."})
-    # Defaults that differ from transformers': see pitfalls #9, #14, #26.
+    model_max_length: int = arg(2048, "Longer samples are truncated (and counted).")
+    # Unlike transformers: non-reentrant checkpointing, a non-finite loss stops the run, nothing reported.
     gradient_checkpointing_kwargs: dict | str | None = field(default_factory=lambda: {"use_reentrant": False})
     logging_nan_inf_filter: bool = False
     label_names: list[str] | None = field(default_factory=lambda: ["labels"])
     report_to: None | str | list[str] = "none"
-    # Output safety and resume (tunekit/checkpoints.py).
-    overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Replace a finished run (or another run's checkpoints) in --output_dir; otherwise that is refused."})
-    resume_from_checkpoint: str | None = field(default=None, metadata={
-        "help": "auto: the newest complete checkpoint in --output_dir (the default when it holds checkpoints of the "
-                "same run), or a checkpoint folder."})
-    # Speed (tunekit/packing.py).
-    packing: bool = field(default=False, metadata={
-        "help": "Padding-free batches: a micro-batch's samples are concatenated into one row, position ids restart "
-                "per sample and attention stays inside each sample. Same loss and gradients as padding."})
-    offload_activations: bool = field(default=False, metadata={
-        "help": "Keep the tensors saved for backward (with gradient checkpointing: each layer's input) in CPU "
-                "memory instead of on the GPU: long sequences on one GPU, at some speed."})
-    offload_activations_async: bool = field(default=False, metadata={
-        "help": "Offload as --offload_activations does, but through tunekit/offload.py: copies to pinned memory on a "
-                "side CUDA stream, and back ahead of their use in the backward (overlapping the compute); small "
-                "tensors and weights stay on the GPU. Same numbers; its GPU speed and memory are not benchmarked yet."})
-    tiled_mlp_tokens: int = field(default=0, metadata={
-        "help": "Run each decoder layer's MLP over at most this many tokens at a time, in the forward and the "
-                "backward (tunekit/tiling.py): its (tokens x intermediate_size) activations never exist whole, which "
-                "saves most of a layer's peak memory at long sequences; costs one more MLP forward per step (the "
-                "backward recomputes it). Same loss and gradients; not with ZeRO-3. 0 = off."})
-    gradient_checkpointing_fraction: float = field(default=1.0, metadata={
-        "help": "With --gradient_checkpointing: the fraction of decoder layers (evenly spread) that recompute their "
-                "activations in the backward; the others keep them. Below 1: faster, more memory."})
-    fused_lora: bool = field(default=True, metadata={
-        "help": "Run each plain LoRA layer (no dropout, no DoRA, base nn.Linear or NF4) as one autograd function: the "
-                "adapter's output is added into the base output in place and the backward is fused the same way "
-                "(tunekit/fused_lora.py). Same loss and gradients, less memory traffic; off under ZeRO-3."})
-    lora_upcast_inputs: bool = field(default=False, metadata={
-        "help": "Let PEFT copy each adapted layer's input to the fp32 dtype of the LoRA weights even under bf16/fp16 "
-                "autocast, where the matmul casts it straight back: the copy changes no number and only costs memory "
-                "(a copy of every adapted input). Off by default: the copy is made only outside autocast."})
-    # After training (tunekit/evaluate.py).
-    eval_generation: bool = field(default=False, metadata={
-        "help": "At the end: answer the eval file's prompts (greedy) and score them against its answers (ROUGE-1/2/L, "
-                "BLEU-4) into eval_metrics.json and eval_predictions.jsonl beside the adapter."})
-    eval_max_new_tokens: int = field(default=256, metadata={"help": "With --eval_generation: tokens per answer."})
-    token_budget: int = field(default=0, metadata={
-        "help": "Micro-batches of up to this many tokens (sum of lengths with --packing, longest x count without) "
-                "instead of --per_device_train_batch_size samples; 0 = off. Must be >= --model_max_length."})
+    overwrite_output_dir: bool = arg(False, "Replace a finished run (or another run's checkpoints) in --output_dir; "
+                                            "otherwise that is refused.")
+    resume_from_checkpoint: str | None = arg(None, "auto: the newest complete checkpoint in --output_dir (the default "
+                                                   "when it holds checkpoints of the same run), or a checkpoint folder.")
+    packing: bool = arg(False, "Padding-free batches: a micro-batch's samples are concatenated into one row, position "
+                               "ids restart per sample, attention stays inside each. Same loss and gradients.")
+    offload_activations: bool = arg(False, "Keep the tensors saved for backward (with gradient checkpointing: each "
+                                           "layer's input) in CPU memory: long sequences on one GPU, at some speed.")
+    offload_activations_async: bool = arg(False, "As --offload_activations, through tunekit/offload.py: copied to "
+                                                 "pinned memory on a side CUDA stream, prefetched for the backward. "
+                                                 "Same numbers; measured with the NF4 recipe defaults on an H200 "
+                                                 "(BENCHMARKS.md).")
+    tiled_mlp_tokens: int = arg(0, "Run each decoder MLP over at most this many tokens at a time, forward and backward "
+                                   "(tunekit/tiling.py): less peak memory at long sequences for one more MLP forward "
+                                   "per step. Same loss and gradients; not with ZeRO-3. 0 = off.")
+    gradient_checkpointing_fraction: float = arg(1.0, "With --gradient_checkpointing: the fraction of decoder layers "
+                                                      "(evenly spread) that recompute their activations in the "
+                                                      "backward. Below 1: faster, more memory.")
+    fused_lora: bool = arg(True, "Run each plain LoRA layer (no dropout, no DoRA, base nn.Linear or NF4) as one "
+                                 "autograd function (tunekit/fused_lora.py). Same loss and gradients, less memory "
+                                 "traffic; off under ZeRO-3.")
+    lora_upcast_inputs: bool = arg(False, "Let PEFT copy each adapted layer's input to fp32 even under bf16/fp16 "
+                                          "autocast, which casts it straight back (memory, no change in any number). "
+                                          "Off: the copy is made only outside autocast.")
+    eval_generation: bool = arg(False, "At the end: answer the eval file's prompts (greedy) and score them against its "
+                                       "answers (ROUGE-1/2/L, BLEU-4) into eval_metrics.json and "
+                                       "eval_predictions.jsonl beside the adapter.")
+    eval_max_new_tokens: int = arg(256, "With --eval_generation: tokens per answer.")
+    token_budget: int = arg(0, "Micro-batches of up to this many tokens (sum of lengths with --packing, longest x "
+                               "count without) instead of --per_device_train_batch_size samples; 0 = off. Must be >= "
+                               "--model_max_length.")
 
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
 
 
-def _field_types() -> dict[str, tuple[type, object]]:
-    out = {}
-    for cls in DATACLASSES:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.init:
-                out[f.name] = hints[f.name]
-    return out
+def _field_types() -> dict[str, object]:
+    return {f.name: typing.get_type_hints(cls)[f.name] for cls in DATACLASSES for f in dataclasses.fields(cls) if f.init}
 
 
 def _type_ok(value, hint) -> bool:
@@ -179,28 +151,19 @@ def _type_ok(value, hint) -> bool:
         return isinstance(value, list) and all(_type_ok(v, inner) for v in value) or _type_ok(value, inner)
     if origin is dict or hint is dict:
         return isinstance(value, dict)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if isinstance(hint, type) and issubclass(hint, __import__("enum").Enum):
+    if hint in (int, float, bool, str, type(None)):
+        number = isinstance(value, int) and not isinstance(value, bool)
+        return {int: number, float: number or isinstance(value, float), bool: isinstance(value, bool),
+                str: isinstance(value, str), type(None): value is None}[hint]
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return value in [m.value for m in hint] or isinstance(value, hint)
     return True  # anything exotic: let the dataclass check it
 
 
 def _describe(hint) -> str:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
+    if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if isinstance(hint, type):
-        return hint.__name__  # int, not <class 'int'>
-    return str(hint).replace("typing.", "")
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")  # int, not <class 'int'>
 
 
 def _canonical(key: str, where: str) -> str:
@@ -209,6 +172,12 @@ def _canonical(key: str, where: str) -> str:
         logger.warning("%s: '%s' is an old name, use '%s' (accepted for now)", where, key, ALIASES[name])
         return ALIASES[name]
     return name
+
+
+def _unknown(where: str, what: str, name: str, known, prefix: str = "") -> ArgumentError:
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f" ({REMOVED[name]})" if name in REMOVED else f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    return ArgumentError(f"{where}: unknown {what}{hint}; see `python finetune.py --help`")
 
 
 def read_json_args(path: str, known: dict) -> dict:
@@ -225,9 +194,7 @@ def read_json_args(path: str, known: dict) -> dict:
     for key, value in config.items():
         name = _canonical(key, path)
         if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ArgumentError(f"{path}: unknown key '{key}'{hint}; see `python finetune.py --help`")
+            raise _unknown(path, f"key '{key}'", name, known)
         if not _type_ok(value, known[name]):
             raise ArgumentError(f"{path}: key '{key}' must be {_describe(known[name])}, got {value!r}")
         out[name] = value
@@ -237,11 +204,9 @@ def read_json_args(path: str, known: dict) -> dict:
 def _rewrite_cli(argv: list[str]) -> list[str]:
     out = []
     for tok in argv:
-        if tok.startswith("--"):
-            flag, eq, val = tok[2:].partition("=")
-            if flag.replace("-", "_") in ALIASES:
-                tok = "--" + _canonical(flag, "command line") + eq + val
-        out.append(tok)
+        flag, eq, val = tok[2:].partition("=")
+        out.append("--" + _canonical(flag, "command line") + eq + val
+                   if tok.startswith("--") and flag.replace("-", "_") in ALIASES else tok)
     return out
 
 
@@ -281,8 +246,7 @@ def make_parser() -> _Parser:
     parser = _Parser(DATACLASSES, usage=USAGE, formatter_class=_HelpFormatter)
     groups = {g.title: g for g in parser._action_groups}
     trainer = groups["transformers TrainingArguments"]
-    speed = parser.add_argument_group("speed and memory")
-    ours = parser.add_argument_group("run")
+    speed, ours = parser.add_argument_group("speed and memory"), parser.add_argument_group("run")
     for action in list(trainer._group_actions):
         if action.dest in SPEED or action.dest in OURS:
             trainer._group_actions.remove(action)
@@ -293,17 +257,15 @@ def make_parser() -> _Parser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """JSON files + flags -> one namespace of every argument, checked against each other.  Nothing else is looked at
-    (files, GPUs and the model folder are the pre-flight's: tunekit/preflight.py)."""
+    """JSON files + flags -> one namespace of every argument, checked against each other (files, GPUs and the model
+    folder are the pre-flight's: tunekit/preflight.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     json_files = []
     while argv and not argv[0].startswith("-"):
         if not argv[0].endswith(".json"):
             raise ArgumentError(f"command line: '{argv[0]}' is neither a .json argument file nor a --flag")
         json_files.append(argv.pop(0))
-    parser = make_parser()
-    known = _field_types()
-    defaults = {}
+    parser, known, defaults = make_parser(), _field_types(), {}
     for path in json_files:
         defaults.update(read_json_args(path, known))
     for action in parser._actions:  # bool fields also have a --no_x action with the same dest
@@ -311,10 +273,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             action.default, action.required = defaults[action.dest], False
     namespace, unknown = parser.parse_known_args(args=_rewrite_cli(argv))
     if unknown:
-        flags = [u for u in unknown if u.startswith("-")] or unknown
-        close = difflib.get_close_matches(flags[0].lstrip("-").replace("-", "_"), known, n=1)
-        hint = f" (did you mean '--{close[0]}'?)" if close else ""
-        raise ArgumentError(f"command line: unknown argument {flags[0]}{hint}; see `python finetune.py --help`")
+        flag = next((u for u in unknown if u.startswith("-")), unknown[0])
+        raise _unknown("command line", f"argument {flag}", flag.lstrip("-").split("=")[0].replace("-", "_"), known, "--")
     check(namespace)
     if not namespace.eval_data_path and not namespace.eval_on_train and str(namespace.eval_strategy) not in ("no", "IntervalStrategy.NO"):
         print(f"note: no --eval_data_path, so --eval_strategy {namespace.eval_strategy} is turned off")
@@ -361,11 +321,9 @@ def check(a) -> None:
 
 
 def build(namespace, **resolved) -> tuple:
-    """The four dataclasses from a checked namespace; `resolved` replaces values the pre-flight worked out (e.g. the
-    checkpointing kwargs under ZeRO-3).  Building TrainingArguments starts torch.distributed under DeepSpeed, which is
-    why the pre-flight comes first."""
-    values = {**vars(namespace), **resolved}
-    outputs = []
+    """The four dataclasses from a checked namespace; `resolved`: values the pre-flight worked out.  Building
+    TrainingArguments starts torch.distributed under DeepSpeed, which is why the pre-flight comes first."""
+    values, outputs = {**vars(namespace), **resolved}, []
     for cls in DATACLASSES:
         keys = {f.name for f in dataclasses.fields(cls) if f.init}
         try:
@@ -374,18 +332,16 @@ def build(namespace, **resolved) -> tuple:
             raise ArgumentError(f"arguments: {e}") from None
     return tuple(outputs)
 
+
+def _jsonable(v):
+    v = getattr(v, "value", v)  # an enum's value
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return str(v)
+
+
 def to_jsonable(*dcs) -> dict:
-    out = {}
-    for dc in dcs:
-        for f in dataclasses.fields(dc):
-            if not f.init or f.name.startswith("_"):
-                continue
-            v = getattr(dc, f.name)
-            if hasattr(v, "value"):
-                v = v.value
-            try:
-                json.dumps(v)
-            except TypeError:
-                v = str(v)
-            out[f.name] = v
-    return out
+    return {f.name: _jsonable(getattr(dc, f.name)) for dc in dcs for f in dataclasses.fields(dc)
+            if f.init and not f.name.startswith("_")}
