@@ -68,6 +68,7 @@ CASES = [
     ("generate", ["{root}/lm-adapter", "--input", "{root}/chat.jsonl", "--output", "{root}/out.jsonl"],
      r"chat\.jsonl record 0"),
     ("generate", ["{root}/lm-adapter", "hello", "--batch_size", "0"], r"--batch_size.*>= 1"),
+    ("chat", ["{root}/lm-adapter", "--top_p", "1.5"], r"--top_p: .*\(0, 1\]"),
     ("evaluate", ["{root}/lm-adapter", "--data", "{root}/a-dir"], r"--data: .*a-dir is a directory"),
     ("predict", ["{root}/nowhere", "{root}/texts.jsonl", "{root}/p.jsonl"], r"nowhere does not exist"),
     ("predict", ["{root}/not-a-model", "{root}/texts.jsonl", "{root}/p.jsonl"], r"neither an adapter"),

@@ -117,3 +117,23 @@ def test_bf16_merge_runs_in_fp32_where_it_fits_and_is_saved_in_bf16(room, tiny_l
         for shard in (tmp_path / "merged32").glob("*.safetensors"):
             full.update(load_file(shard))
         assert all(torch.equal(weights[k], full[k].to(torch.bfloat16)) for k in weights)
+
+
+def test_a_killed_writers_leftovers_go_with_the_next_write(tmp_path):
+    """merge and export write into .NAME.tmp-PID-... beside the target; a process killed mid-write leaves it (13 GB
+    for a 7B merge): the next write of that target removes it, and never one whose writer still runs."""
+    import os
+    import subprocess
+
+    from tunekit.atomic import atomic_folder
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = tmp_path / f".merged.tmp-{dead.pid}-x1"
+    (leftover / "shard").mkdir(parents=True)
+    running = tmp_path / f".merged.tmp-{os.getppid()}-x2"
+    running.mkdir()
+    with atomic_folder(tmp_path / "merged") as tmp:
+        (tmp / "model.safetensors").write_text("weights")
+    assert not leftover.exists() and running.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "merged"]

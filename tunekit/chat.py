@@ -84,16 +84,16 @@ def input_lines():
 
 
 def main(argv=None):
-    from .generate import add_model_arguments, load_from_args, read_from_args
+    from .generate import add_model_arguments, load_from_args, positive, probability, read_from_args, temperature
 
     p = Parser(__doc__)
     add_model_arguments(p)
     p.add_argument("--system", help="a system prompt (families whose template has a system turn)")
-    p.add_argument("--max_new_tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.7, help="0: greedy")
-    p.add_argument("--top_p", type=float, default=0.9)
-    p.add_argument("--top_k", type=int, default=50)
-    p.add_argument("--repetition_penalty", type=float, default=1.0)
+    p.add_argument("--max_new_tokens", type=positive, default=512)
+    p.add_argument("--temperature", type=temperature, default=0.7, help="0: greedy")
+    p.add_argument("--top_p", type=probability, default=0.9)
+    p.add_argument("--top_k", type=int, default=50, help="0: no limit")
+    p.add_argument("--repetition_penalty", type=temperature, default=1.0, help="1: none")
     a = p.parse_args(argv)
     model, tokenizer, fmt = load_from_args(a, read_from_args(a, "chat"))
     print(f"chatting with {a.model} ({fmt.kind} format); /reset clears the history, /exit leaves", flush=True)

@@ -131,6 +131,28 @@ def positive(value: str) -> int:
     return n
 
 
+def probability(value: str) -> float:
+    """argparse type: a number in (0, 1]."""
+    try:
+        p = float(value)
+    except ValueError:
+        p = -1.0
+    if not 0 < p <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value!r}")
+    return p
+
+
+def temperature(value: str) -> float:
+    """argparse type: 0 (greedy) or a positive number."""
+    try:
+        t = float(value)
+    except ValueError:
+        t = -1.0
+    if not t >= 0:
+        raise argparse.ArgumentTypeError(f"expected 0 (greedy) or a positive number, got {value!r}")
+    return t
+
+
 def generate_file(model, tokenizer, fmt, items, output_path: str, batch_size: int = 8, **options) -> int:
     """Writes one line per (conversation, reference) item to output_path (resuming); returns the number of lines."""
     from tqdm.auto import tqdm
@@ -178,8 +200,8 @@ def main(argv=None):
     p.add_argument("--batch_size", type=positive, default=8)
     p.add_argument("--limit", type=positive, help="only the first N records")
     p.add_argument("--max_new_tokens", type=positive, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--temperature", type=temperature, default=0.0, help="0: greedy")
+    p.add_argument("--top_p", type=probability, default=1.0)
     a = p.parse_intermixed_args(argv)
     if bool(a.input) != bool(a.output):
         p.error("--input and --output go together")
