@@ -24,6 +24,18 @@ FLAGS = ["recipes/cpu-tiny.json", "--max_steps", "4", "--max_samples", "0", "--p
          "--use_liger_kernel", "false", "--attn_implementation", "sdpa"]
 
 
+def adapter_norm(folder, part="") -> float:
+    """Frobenius norm of a run's adapter tensors whose names contain `part`, over all of them together."""
+    weights = load_file(folder / "adapter_model.safetensors")
+    return torch.cat([v.flatten() for k, v in weights.items() if part in k]).norm().item()
+
+
+def adapter_distance(a, b) -> float:
+    """Frobenius norm of the difference of two runs' adapters, over all their tensors together."""
+    one, two = load_file(a / "adapter_model.safetensors"), load_file(b / "adapter_model.safetensors")
+    return torch.cat([(one[k] - two[k]).flatten() for k in one]).norm().item()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -79,14 +91,24 @@ def test_zero3_lora_saves_the_whole_adapter(tiny_llama2, zero2_two_processes, tm
 
 def test_qlora_under_zero3_with_the_storage_in_the_model_dtype(tiny_llama2, zero2_two_processes, tmp_path):
     """Q-LoRA across processes under ZeRO-3: the 4-bit weights stored in the model dtype (--bnb_4bit_quant_storage,
-    here float32 on the CPU) are sharded like any weight; the adapter equals the ZeRO-2 run's (5e-5, as above)."""
+    here float32 on the CPU) are sharded like any weight; the adapter equals the ZeRO-2 run's to fp32 rounding."""
     four_bit = ["--q_lora", "true", "--bnb_4bit_quant_storage", "float32", "--max_steps", "3"]
     runs = {name: launch(tiny_llama2, tmp_path / name, *four_bit, ds=ds, per_node=2)
             for name, ds in (("z2", True), ("z3", "ds_configs/zero3.json"))}
     assert runs["z3"]["first_loss"] == pytest.approx(runs["z2"]["first_loss"], abs=1e-6)
     unquantized = json.loads((zero2_two_processes / "run_summary.json").read_text())["first_loss"]
     assert abs(runs["z3"]["first_loss"] - unquantized) > 1e-3  # the same batch on the 4-bit base: NF4 rounding shows
-    assert_same_adapter(tmp_path / "z2", tmp_path / "z3", atol=5e-5)
+    # The bound, from the numerics. ZeRO-3 reduces each gradient, a sum over N = 2 x 128 tokens a step, in another
+    # order than ZeRO-2: fp32 rounding, <= N x 2^-24 relative, which Adam's steps pass on: <= N x 2^-24 x steps of the
+    # update's norm (lora_B's: B starts at zero). But Adam divides each gradient by its own RMS (a step of about lr
+    # whatever its size): where a gradient cancels to the rounding level its sign may turn (the issue's AVX2 outlier,
+    # lora_A of layer 0 down_proj), so one weight may end 2 x lr x steps apart. Observed, in norm: 3e-5 to 1.3e-4 with
+    # the AVX-512, AVX2 and generic kernels, against 0.06; lr 1.1e-2 in one run: 0.28, one step fewer: 0.84.
+    summary = runs["z2"]
+    update = adapter_norm(tmp_path / "z2", "lora_B")
+    tolerance = 2 * summary["learning_rate"] * summary["steps"] + 256 * 2**-24 * summary["steps"] * update
+    assert_same_adapter(tmp_path / "z2", tmp_path / "z3", atol=tolerance)  # the same keys, trained, no weight beyond
+    assert adapter_distance(tmp_path / "z2", tmp_path / "z3") <= tolerance
 
 
 def test_zero3_full_fine_tuning_saves_a_checkpoint_that_reloads(tiny_llama2, tmp_path):
