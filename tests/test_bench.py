@@ -14,11 +14,11 @@ import suites  # noqa: E402
 
 
 def test_throughput_suite_smoke(tmp_path):
+    """`make bench-smoke`: the throughput suite's baselines and recipe variants, a few steps on a tiny model."""
+    from test_make_targets import make
+
     out = tmp_path / "bench"
-    r = subprocess.run([sys.executable, "bench/run.py", "--suite", "throughput", "--shape", "tiny", "--steps", "3",
-                        "--warmup", "1", "--skip-reference", "--no-warm-process", "--out", str(out),
-                        "--checkpoint", str(tmp_path / "tiny-random")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=900)
+    r = make("bench-smoke", OUTPUT=out)
     result = json.loads((out / "throughput-tiny.json").read_text())
     runs = {row["name"]: row for row in result["runs"]}
     failed = {name: row.get("error") for name, row in runs.items() if row.get("status") != "ok"
@@ -31,7 +31,6 @@ def test_throughput_suite_smoke(tmp_path):
     assert runs["recipe-llama2-qlora-nf4-r16-packed"]["compared_with"] == "qlora-all-linear-r16-bs4"
     for row in runs.values():
         assert row.get("status") != "ok" or row["tokens_per_s"] > 0
-    assert r.returncode == 0
 
 
 def test_suite_table_names_what_exists():

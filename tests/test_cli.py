@@ -82,18 +82,53 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("command,argv,pattern", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
-def test_each_command_ends_bad_input_with_one_error_line(folders, command, argv, pattern):
+RUN_CASES = """
+import contextlib, importlib, io, json, sys
+sys.path.insert(0, {root!r})
+from tunekit.cli import COMMANDS
+from tunekit.errors import run_cli
+results = []
+for command, argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv[0] = "tunekit " + command
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli(importlib.import_module(COMMANDS[command][0]).main, argv)
+    results.append([code, out.getvalue() + err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def outcomes(folders):
+    """Every case run as `tunekit COMMAND ...` runs it (run_cli around the command's main), in one fresh process:
+    {case index: (exit status, everything printed)}, and what was on disk before and after."""
+    before = tree(folders)
+    cases = [[c, [a.format(root=folders) for a in argv]] for c, argv, _ in CASES]
+    r = subprocess.run([sys.executable, "-c", RUN_CASES.format(root=str(ROOT)), json.dumps(cases)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dict(enumerate(json.loads(r.stdout.strip().splitlines()[-1]))), before, tree(folders)
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_each_command_ends_bad_input_with_one_error_line(outcomes, case):
     import re
 
-    before = tree(folders)
-    r = subprocess.run([sys.executable, "-m", "tunekit", command, *[a.format(root=folders) for a in argv]],
+    results, before, after = outcomes
+    code, printed = results[case]
+    lines = printed.strip().splitlines()
+    assert code == 2, printed
+    assert lines == [lines[-1]] and lines[-1].startswith("error: "), printed  # that line alone
+    assert re.search(CASES[case][2], lines[-1]), lines[-1]
+    assert before == after  # nothing written or removed by any case
+
+
+def test_a_command_process_exits_2_with_its_one_line(folders):
+    """The process itself, as make and shells see it."""
+    r = subprocess.run([sys.executable, "-m", "tunekit", "predict", str(folders / "nowhere"), "x.jsonl", "y.jsonl"],
                        capture_output=True, text=True, timeout=300, cwd=ROOT)
-    lines = (r.stdout + r.stderr).strip().splitlines()
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert lines == [lines[-1]] and lines[-1].startswith("error: "), r.stdout + r.stderr  # that line alone
-    assert re.search(pattern, lines[-1]), lines[-1]
-    assert tree(folders) == before
+    assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+    assert r.stderr.splitlines() == [r.stderr.strip()] and r.stderr.startswith("error: MODEL: "), r.stderr
 
 
 def test_every_command_is_covered():

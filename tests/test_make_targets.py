@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from conftest import ROOT
+from test_first_screen import noise
 
 # Run by CI itself (`.ci/run` is `make test`, which depends on them), or by another test here, named beside it.
 ELSEWHERE = {"test": ".ci/run", "install-gptq": "make test", "install-gguf": "make test",
              "llama2-full": "test_safety.py::test_make_runs_a_real_recipe_with_hostile_paths",
-             "chatglm2-lora": "test_chatglm2_recipe.py"}
+             "chatglm2-lora": "test_chatglm2_recipe.py", "bench-smoke": "test_bench.py::test_throughput_suite_smoke"}
 
 
 def make(target, **variables):
@@ -59,6 +60,9 @@ def test_qlora_recipe_learns_merges_and_reproduces_the_trained_answer(target, re
 
     out, r = request.getfixturevalue(RUN[target])
     assert "real tokens/s" in r.stdout
+    # the first screen: progress bars, the run summary and the sample; no library noise (test_first_screen.py)
+    assert noise(r.stdout + r.stderr) == [], "\n".join(noise(r.stdout + r.stderr))
+    assert re.search(r"\d+/\d+ \[\d", r.stderr), r.stderr[-3000:]
     for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "loss_curve.png",
                  "finetune_args.json", "chat_format.json"):
         assert (out / name).is_file(), name
@@ -114,16 +118,11 @@ def test_llama2_lora_recipe(tmp_path):
 @pytest.mark.parametrize("target", ["bert-cls", "llama-cls"])
 def test_classifier_recipes_train_merge_and_predict(target, tmp_path):
     out = tmp_path / target
-    make(target, OUTPUT=out)
+    r = make(target, OUTPUT=out)
+    assert "LOAD REPORT" not in r.stdout + r.stderr and noise(r.stdout + r.stderr) == [], r.stdout + r.stderr
     rows = [json.loads(line) for line in (out.with_name(out.name + "-merged") / "predictions.jsonl").read_text()
             .splitlines()]
     assert rows and all("prediction" in row for row in rows)
-
-
-def test_bench_smoke():
-    make("bench-smoke")
-    result = json.loads((ROOT / "out/bench-smoke/llama2-qlora-tiny.json").read_text())
-    assert not result.get("partial") and result["runs"], result
 
 
 def named_in_readme() -> set[str]:
@@ -131,6 +130,5 @@ def named_in_readme() -> set[str]:
 
 
 def test_every_target_the_readme_names_is_run():
-    tested = set(re.findall(r'make\("([a-z0-9-]+)"', Path(__file__).read_text())) | set(ELSEWHERE)
-    tested |= {"qwen-qlora", "llama2-qlora"}
+    tested = set(re.findall(r'"([a-z0-9]+-[a-z0-9-]+)"', Path(__file__).read_text())) | set(ELSEWHERE)
     assert named_in_readme() <= tested, sorted(named_in_readme() - tested)
