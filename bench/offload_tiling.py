@@ -19,7 +19,7 @@ Tokens/s = tokens x timed steps / their wall time; peak = torch.cuda.max_memory_
     python bench/offload_tiling.py --smoke                   # CPU, 2 tiny layers, 256 tokens: the logic only
     OUT=$OUT python3 bench/offload_tiling.py                 # GPU: 4 layers of the 8B shape, 16k and 64k tokens
 
-Writes $OUT/offload-tiling.json (or --out) and, on a GPU, bench/results/<h100|h200>-offload-tiling.json.
+Writes $OUT/offload-tiling.json (or --out) and, on a GPU, bench/results-offload/<h100|h200>-offload-tiling.json.
 """
 from __future__ import annotations
 
@@ -265,7 +265,7 @@ def main() -> int:
     os.makedirs(a.out, exist_ok=True)
     paths = [os.path.join(a.out, "offload-tiling.json")]
     if not a.smoke:
-        paths.append(os.path.join(ROOT, "bench", "results", f"{short}-offload-tiling.json"))
+        paths.append(os.path.join(ROOT, "bench", "results-offload", f"{short}-offload-tiling.json"))
 
     def save(partial=True):
         report["partial"], report["elapsed_s"] = partial, round(time.time() - start, 1)
