@@ -120,37 +120,22 @@ def check_output_file(path: str, flag: str) -> None:
         raise ArgumentError(f"{flag}: {out.parent} is not a directory")
 
 
-def positive(value: str) -> int:
-    """argparse type: a whole number of at least 1."""
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
-    return n
+def bounded(kind, low, high=None, low_open=False, what=""):
+    """An argparse type: a number of `kind` from low (excluded when low_open) to high; `what` says it in words."""
+    def parse(value: str):
+        try:
+            n = kind(value)
+        except ValueError:
+            n = None
+        if n is None or n < low or (low_open and n == low) or (high is not None and n > high):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return n
+    return parse
 
 
-def probability(value: str) -> float:
-    """argparse type: a number in (0, 1]."""
-    try:
-        p = float(value)
-    except ValueError:
-        p = -1.0
-    if not 0 < p <= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value!r}")
-    return p
-
-
-def temperature(value: str) -> float:
-    """argparse type: 0 (greedy) or a positive number."""
-    try:
-        t = float(value)
-    except ValueError:
-        t = -1.0
-    if not t >= 0:
-        raise argparse.ArgumentTypeError(f"expected 0 (greedy) or a positive number, got {value!r}")
-    return t
+positive = bounded(int, 1, what="a whole number >= 1")
+probability = bounded(float, 0, 1, low_open=True, what="a number in (0, 1]")
+temperature = bounded(float, 0, what="0 (greedy) or a positive number")
 
 
 def generate_file(model, tokenizer, fmt, items, output_path: str, batch_size: int = 8, **options) -> int:
