@@ -1,12 +1,12 @@
-"""Command-line and JSON arguments: four dataclasses, one parser, checks that run before any model is loaded.  JSON
-files set the defaults (later files win), flags override them; unknown keys, wrong types and impossible combinations
-raise `ArgumentError` naming the key."""
+"""Command-line and JSON arguments: four dataclasses, one parser (JSON files, later ones winning, then flags), and the
+checks that name an unknown key, a wrong type or an impossible combination before any model loads."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import difflib
 import enum
+import functools
 import json
 import logging
 import sys
@@ -40,12 +40,12 @@ def arg(default, help: str):
 class ModelArguments:
     _argument_group_name = "model"
     model_name_or_path: str | None = arg(None, "Checkpoint folder (or hub id on a machine that can reach the hub).")
-    family: str | None = arg(None, "Model family (template, LoRA targets): llama2, qwen, chatglm2. Default: from the "
-                                   "checkpoint's config.json model_type.")
-    task: str = arg("causal_lm", "What the model learns (tunekit/tasks.py): causal_lm (next-token prediction on the "
-                                 "assistant turns), seq_cls (one label per text), token_cls (one BIO tag per word).")
+    family: str | None = arg(None, "Model family (template, LoRA targets): llama2, qwen, chatglm2, bert; default: "
+                                   "from the checkpoint's config.json model_type.")
+    task: str = arg("causal_lm", "causal_lm (next-token prediction on the assistant turns), seq_cls (one label per "
+                                 "text), token_cls (one BIO tag per word): tunekit/tasks.py.")
     attn_implementation: str = arg("sdpa", "sdpa, eager, flash_attention_2, ..., or varlen: PyTorch's variable-length "
-                                           "flash attention for --packing on a CUDA GPU (tunekit/attention.py)")
+                                           "flash attention for --packing on a CUDA GPU (tunekit/attention.py).")
     trust_remote_code: bool = arg(False, "Run code shipped in the model folder.")
 
 
@@ -56,13 +56,11 @@ class DataArguments:
     eval_data_path: str | None = arg(None, "Optional evaluation data: .json or .jsonl.")
     lazy_preprocess: bool = arg(False, "Tokenize samples when first used, not upfront.")
     max_samples: int | None = arg(None, "Use only the first N training samples.")
-    eval_on_train: bool = arg(False, "Evaluate on the (first --max_samples) training samples instead of "
-                                     "--eval_data_path: a memorisation check, as the CPU default does (a tiny model "
-                                     "cannot generalise in a minute).")
-    labels: list[str] | None = arg(None, "seq_cls/token_cls: the label names in id order; default: the training "
-                                         "file's, sorted.")
-    max_source_length: int | None = arg(None, "ADGEN content/summary records (chatglm2): cut the prompt, [gMASK] <sop> "
-                                              "included, to this many tokens.")
+    eval_on_train: bool = arg(False, "Evaluate on the (first --max_samples) training samples: a memorisation check, "
+                                     "as the CPU default does (a tiny model cannot generalise in a minute).")
+    labels: list[str] | None = arg(None, "Label names in id order; default: the training file's, sorted.")
+    max_source_length: int | None = arg(None, "ADGEN records (chatglm2): cut the prompt, [gMASK] <sop> included, to "
+                                              "this many tokens.")
     max_target_length: int | None = arg(None, "ADGEN records: cut the summary to this many tokens (EOS follows).")
 
 
@@ -74,20 +72,18 @@ class LoraArguments:
     lora_r: int = 64
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    lora_target_modules: list[str] | None = arg(None, "Module names to adapt; default: the family's list; "
-                                                      "'all-linear' is resolved to explicit names.")
+    lora_target_modules: list[str] | None = arg(None, "Names to adapt; default: the family's; 'all-linear': all, "
+                                                      "resolved to explicit names.")
     lora_bias: Literal["none", "all", "lora_only"] = "none"
-    modules_to_save: list[str] | None = arg(None, "Modules trained fully and saved with the adapter (e.g. "
-                                                  "embed_tokens lm_head).")
+    modules_to_save: list[str] | None = arg(None, "Modules trained fully, saved with the adapter (embed_tokens ...).")
     use_dora: bool = False
     use_rslora: bool = False
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
     bnb_4bit_use_double_quant: bool = True
-    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = arg(
-        "auto", "auto: the training dtype (bf16/fp16/fp32).")
+    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = arg("auto", "auto: the training dtype.")
     bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
-    kbit_upcast: bool = arg(False, "Use PEFT's prepare_model_for_kbit_training, which casts embeddings, norms and "
-                                   "lm_head to fp32 (about half the speed); default keeps the compute dtype.")
+    kbit_upcast: bool = arg(False, "PEFT's prepare_model_for_kbit_training: embeddings, norms and lm_head in fp32 "
+                                   "(about half the speed); default: they stay in the compute dtype.")
 
 
 @dataclass
@@ -99,44 +95,38 @@ class TrainingArguments(transformers.TrainingArguments):
     logging_nan_inf_filter: bool = False
     label_names: list[str] | None = field(default_factory=lambda: ["labels"])
     report_to: None | str | list[str] = "none"
-    overwrite_output_dir: bool = arg(False, "Replace a finished run (or another run's checkpoints) in --output_dir; "
-                                            "otherwise that is refused.")
-    resume_from_checkpoint: str | None = arg(None, "auto: the newest complete checkpoint in --output_dir (the default "
-                                                   "when it holds checkpoints of the same run), or a checkpoint folder.")
-    packing: bool = arg(False, "Padding-free batches: a micro-batch's samples are concatenated into one row, position "
-                               "ids restart per sample, attention stays inside each. Same loss and gradients.")
-    offload_activations: bool = arg(False, "Keep the tensors saved for backward (with gradient checkpointing: each "
-                                           "layer's input) in CPU memory: long sequences on one GPU, at some speed.")
-    offload_activations_async: bool = arg(False, "As --offload_activations, through tunekit/offload.py: copied to "
-                                                 "pinned memory on a side CUDA stream, prefetched for the backward. "
-                                                 "Same numbers; measured with the NF4 recipe defaults on an H200 "
-                                                 "(BENCHMARKS.md).")
-    tiled_mlp_tokens: int = arg(0, "Run each decoder MLP over at most this many tokens at a time, forward and backward "
-                                   "(tunekit/tiling.py): less peak memory at long sequences for one more MLP forward "
-                                   "per step. Same loss and gradients; not with ZeRO-3. 0 = off.")
-    gradient_checkpointing_fraction: float = arg(1.0, "With --gradient_checkpointing: the fraction of decoder layers "
-                                                      "(evenly spread) that recompute their activations in the "
-                                                      "backward. Below 1: faster, more memory.")
-    fused_lora: bool = arg(True, "Run each plain LoRA layer (no dropout, no DoRA, base nn.Linear or NF4) as one "
-                                 "autograd function (tunekit/fused_lora.py). Same loss and gradients, less memory "
-                                 "traffic; off under ZeRO-3.")
-    lora_upcast_inputs: bool = arg(False, "Let PEFT copy each adapted layer's input to fp32 even under bf16/fp16 "
-                                          "autocast, which casts it straight back (memory, no change in any number). "
-                                          "Off: the copy is made only outside autocast.")
-    eval_generation: bool = arg(False, "At the end: answer the eval file's prompts (greedy) and score them against its "
-                                       "answers (ROUGE-1/2/L, BLEU-4) into eval_metrics.json and "
-                                       "eval_predictions.jsonl beside the adapter.")
+    overwrite_output_dir: bool = arg(False, "Replace a finished run (or another run's checkpoints) in --output_dir "
+                                            "instead of refusing to.")
+    resume_from_checkpoint: str | None = arg(None, "auto (the newest complete checkpoint of the same run, the default "
+                                                   "when there is one) or a checkpoint folder.")
+    packing: bool = arg(False, "Padding-free micro-batches: samples concatenated into one row, attention kept inside "
+                               "each; same loss and gradients.")
+    offload_activations: bool = arg(False, "Keep the tensors saved for backward (with checkpointing: each layer's "
+                                           "input) in pinned CPU memory: long sequences on one GPU, at some speed.")
+    offload_activations_async: bool = arg(False, "As --offload_activations, copied on a side CUDA stream and "
+                                                 "prefetched for the backward (tunekit/offload.py); measured with the "
+                                                 "NF4 recipe defaults on an H200 (BENCHMARKS.md).")
+    tiled_mlp_tokens: int = arg(0, "Run each decoder MLP over at most N tokens at a time, forward and backward: less "
+                                   "peak memory at long sequences for one more MLP forward; not with ZeRO-3; 0 = off.")
+    gradient_checkpointing_fraction: float = arg(1.0, "With --gradient_checkpointing: the share of decoder layers "
+                                                      "(evenly spread) that recompute; below 1: faster, more memory.")
+    fused_lora: bool = arg(True, "Plain LoRA layers (no dropout or DoRA; an nn.Linear or NF4 base) as one fused "
+                                 "autograd function: same numbers, less memory traffic; off under ZeRO-3.")
+    lora_upcast_inputs: bool = arg(False, "Let PEFT copy adapted layers' inputs to fp32 even under bf16/fp16 "
+                                          "autocast, which casts them straight back (memory, no change).")
+    eval_generation: bool = arg(False, "At the end: answer the eval prompts (greedy), score ROUGE-1/2/L and BLEU-4 "
+                                       "into eval_metrics.json and eval_predictions.jsonl.")
     eval_max_new_tokens: int = arg(256, "With --eval_generation: tokens per answer.")
-    token_budget: int = arg(0, "Micro-batches of up to this many tokens (sum of lengths with --packing, longest x "
-                               "count without) instead of --per_device_train_batch_size samples; 0 = off. Must be >= "
-                               "--model_max_length.")
+    token_budget: int = arg(0, "Micro-batches of up to N tokens (sum of lengths with --packing, longest x count "
+                               "without) instead of --per_device_train_batch_size samples; 0 = off.")
 
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
 
 
 def _field_types() -> dict[str, object]:
-    return {f.name: typing.get_type_hints(cls)[f.name] for cls in DATACLASSES for f in dataclasses.fields(cls) if f.init}
+    hints = {name: hint for cls in DATACLASSES for name, hint in typing.get_type_hints(cls).items()}
+    return {f.name: hints[f.name] for cls in DATACLASSES for f in dataclasses.fields(cls) if f.init}
 
 
 def _type_ok(value, hint) -> bool:
@@ -170,8 +160,7 @@ def _canonical(key: str, where: str) -> str:
     name = key.replace("-", "_")
     if name in ALIASES:
         logger.warning("%s: '%s' is an old name, use '%s' (accepted for now)", where, key, ALIASES[name])
-        return ALIASES[name]
-    return name
+    return ALIASES.get(name, name)
 
 
 def _unknown(where: str, what: str, name: str, known, prefix: str = "") -> ArgumentError:
@@ -225,10 +214,7 @@ OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint", "e
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """The snake_case flag names only (the kebab-case aliases still parse), 120 columns."""
-
-    def __init__(self, prog):
-        super().__init__(prog, width=120, max_help_position=36)
+    """The snake_case flag names only (the kebab-case aliases still parse)."""
 
     def _format_action_invocation(self, action):
         if not action.option_strings:
@@ -243,7 +229,8 @@ class _Parser(HfArgumentParser):
 
 
 def make_parser() -> _Parser:
-    parser = _Parser(DATACLASSES, usage=USAGE, formatter_class=_HelpFormatter)
+    parser = _Parser(DATACLASSES, usage=USAGE,
+                     formatter_class=functools.partial(_HelpFormatter, width=120, max_help_position=36))
     groups = {g.title: g for g in parser._action_groups}
     trainer = groups["transformers TrainingArguments"]
     speed, ours = parser.add_argument_group("speed and memory"), parser.add_argument_group("run")
@@ -257,24 +244,22 @@ def make_parser() -> _Parser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """JSON files + flags -> one namespace of every argument, checked against each other (files, GPUs and the model
-    folder are the pre-flight's: tunekit/preflight.py)."""
+    """JSON files + flags -> one namespace of every argument, checked against each other (files: the pre-flight's)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    json_files = []
-    while argv and not argv[0].startswith("-"):
+    known, defaults = _field_types(), {}
+    while argv and not argv[0].startswith("-"):  # the JSON files, in order
         if not argv[0].endswith(".json"):
             raise ArgumentError(f"command line: '{argv[0]}' is neither a .json argument file nor a --flag")
-        json_files.append(argv.pop(0))
-    parser, known, defaults = make_parser(), _field_types(), {}
-    for path in json_files:
-        defaults.update(read_json_args(path, known))
+        defaults.update(read_json_args(argv.pop(0), known))
+    parser = make_parser()
     for action in parser._actions:  # bool fields also have a --no_x action with the same dest
         if action.dest in defaults:
             action.default, action.required = defaults[action.dest], False
     namespace, unknown = parser.parse_known_args(args=_rewrite_cli(argv))
     if unknown:
         flag = next((u for u in unknown if u.startswith("-")), unknown[0])
-        raise _unknown("command line", f"argument {flag}", flag.lstrip("-").split("=")[0].replace("-", "_"), known, "--")
+        name = flag.lstrip("-").split("=")[0].replace("-", "_")
+        raise _unknown("command line", f"argument {flag}", name, known, "--")
     check(namespace)
     if not namespace.eval_data_path and not namespace.eval_on_train and str(namespace.eval_strategy) not in ("no", "IntervalStrategy.NO"):
         print(f"note: no --eval_data_path, so --eval_strategy {namespace.eval_strategy} is turned off")
@@ -288,10 +273,6 @@ def check(a) -> None:
         raise ArgumentError("--model_name_or_path is required (a checkpoint folder)")
     if not a.data_path:
         raise ArgumentError("--data_path is required (a .json or .jsonl file, see data/README.md)")
-    for key in ("data_path", "eval_data_path"):
-        path = getattr(a, key)
-        if path and not path.endswith((".json", ".jsonl")) and not Path(path).is_dir():
-            raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
     if not 0 < a.gradient_checkpointing_fraction <= 1:
         raise ArgumentError(f"--gradient_checkpointing_fraction {a.gradient_checkpointing_fraction} must be in (0, 1]; "
                             "for none, use --gradient_checkpointing false")
@@ -333,15 +314,8 @@ def build(namespace, **resolved) -> tuple:
     return tuple(outputs)
 
 
-def _jsonable(v):
-    v = getattr(v, "value", v)  # an enum's value
-    try:
-        json.dumps(v)
-        return v
-    except TypeError:
-        return str(v)
-
-
 def to_jsonable(*dcs) -> dict:
-    return {f.name: _jsonable(getattr(dc, f.name)) for dc in dcs for f in dataclasses.fields(dc)
-            if f.init and not f.name.startswith("_")}
+    """Every argument as JSON has it (an enum as its value, what JSON lacks as its str), as finetune_args.json reads."""
+    values = {f.name: getattr(dc, f.name) for dc in dcs for f in dataclasses.fields(dc) if not f.name.startswith("_")
+              and f.init}
+    return json.loads(json.dumps({k: getattr(v, "value", v) for k, v in values.items()}, default=str))

@@ -1,8 +1,5 @@
-"""The pre-flight: every check that needs no model, run by finetune.main right after parsing, so that bad input stops
-before anything is loaded or written.  It looks at the machine (CUDA, GPUs, library versions), the files (data, the
-DeepSpeed JSON, the model folder's config and remote code, the output folder) and resolves what the arguments leave
-open (the family, the task, the checkpoint to resume from), then builds the argument dataclasses.
-"""
+"""The pre-flight: every check that needs no model, right after parsing, so that bad input stops before anything is
+loaded or written; it resolves the family, the task and the checkpoint to resume from, and builds the dataclasses."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,7 +13,7 @@ from pathlib import Path
 from . import arguments
 from .checkpoints import fingerprint, plan_run
 from .errors import ArgumentError
-from .families import CONVERTERS, Family, read_config, resolve_family
+from .families import CONVERTERS, Family, read_config, read_json, resolve_family
 
 
 @dataclass(frozen=True)
@@ -58,12 +55,10 @@ def check_files(a) -> None:
         path = getattr(a, key)
         if path and Path(path).is_dir():
             raise ArgumentError(f"--{key}: {path} is a directory; pass a .json or .jsonl file (see data/README.md)")
+        if path and not path.endswith((".json", ".jsonl")):
+            raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
         if path and not Path(path).is_file():
             raise ArgumentError(f"--{key}: file not found: {path}")
-
-
-def _looks_like_hub_id(path: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", path)) and not path.startswith((".", "~"))
 
 
 def is_distributed_launch() -> bool:
@@ -115,18 +110,14 @@ def check_varlen(packing: bool) -> None:
 
 
 def checkpointing_kwargs(zero_stage: int, use_lora: bool, kwargs) -> dict:
-    """Non-reentrant activation checkpointing everywhere (reentrant gives LoRA no gradient through frozen inputs, and
-    breaks DDP), except ZeRO-3 with PEFT: ZeRO-3 re-partitions frozen weights before the recompute, which
-    non-reentrant checkpointing rejects ('Recomputed values ... have different metadata'); reentrant works there because LoRA calls enable_input_require_grads."""
+    """Non-reentrant checkpointing (reentrant breaks DDP and needs LoRA's enable_input_require_grads), except ZeRO-3
+    with PEFT: its re-partitioned frozen weights fail non-reentrant's recompute check ('Recomputed values ...')."""
     kwargs = json.loads(kwargs) if isinstance(kwargs, str) else dict(kwargs or {})
-    if zero_stage == 3 and use_lora:
-        return {**kwargs, "use_reentrant": True}
-    return kwargs
+    return {**kwargs, "use_reentrant": True} if zero_stage == 3 and use_lora else kwargs
 
 
 def zero_stage(deepspeed) -> int:
-    """The ZeRO stage of a DeepSpeed config (a path or a dict; 0 without one): the one reader of it, for the checks
-    here and for the model loading (tunekit/model.py: weights sharded while loading, no fused LoRA)."""
+    """The ZeRO stage of a DeepSpeed config (a path or a dict; 0 without one): its one reader."""
     if not deepspeed:
         return 0
     config = deepspeed if isinstance(deepspeed, dict) else json.loads(Path(deepspeed).read_text())
@@ -162,24 +153,13 @@ def check_deepspeed(a) -> dict:
 
 # ---------------------------------------------------------------- the model folder: remote code, quantization
 
-def _auto_map(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ArgumentError(f"{path}: not valid JSON ({e})") from None
-    return data.get("auto_map") if isinstance(data, dict) else None
-
-
 def check_remote_code(model_path: str | None, trust_remote_code: bool) -> None:
-    """A checkpoint whose config.json / tokenizer_config.json maps classes to Python files in the folder (auto_map)
-    is refused unless --trust_remote_code: transformers would import those files, running whatever they contain."""
+    """A model folder's own Python (auto_map), which loading would import and run, needs --trust_remote_code."""
     if not model_path:
         return
     folder = Path(model_path)
     if not folder.exists():
-        if _looks_like_hub_id(model_path):
+        if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model_path):  # a hub id, not a path like ./x/y or ~/x
             name = model_path.split("/")[-1]
             raise ArgumentError(f"--model_name_or_path: {model_path} is not a folder here; it looks like a model hub "
                                 "id, and only local checkpoint folders are loaded (no download happens): fetch it "
@@ -188,39 +168,26 @@ def check_remote_code(model_path: str | None, trust_remote_code: bool) -> None:
         raise ArgumentError(f"--model_name_or_path: {model_path} does not exist (a checkpoint folder is expected)")
     if trust_remote_code:
         return
+    config = read_json(folder / "config.json")
     for name in ("config.json", "tokenizer_config.json"):
-        auto_map = _auto_map(folder / name)
+        auto_map = (config if name == "config.json" else read_json(folder / name)).get("auto_map")
         if not auto_map:
             continue
-        model_type = ""
-        if (folder / "config.json").is_file():
-            try:
-                model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type", "")
-            except ValueError:
-                pass
-        hint = ""
+        model_type, hint = config.get("model_type", ""), ""
         if model_type in CONVERTERS:
             hint = (f" For model_type '{model_type}' there is a better way: convert the checkpoint once with "
                     f"`python -m tunekit.convert {shlex.quote(str(folder))}` (it prints the converted folder) and "
                     "train that folder, which needs no remote code (recipes/*/train.sh does this by itself).")
-        files = sorted({str(v).split(".")[0] + ".py" for v in _flatten(auto_map)})
+        refs = [x for v in auto_map.values() for x in (v if isinstance(v, (list, tuple)) else [v]) if x]
+        files = sorted({str(v).split(".")[0] + ".py" for v in refs})
         raise ArgumentError(
             f"{folder / name}: this checkpoint ships its own Python code ({', '.join(files)} via auto_map), which "
             f"loading it would run. Nothing from a model folder runs unless you pass --trust_remote_code, and only "
             f"pass it for a folder whose code you have read.{hint}")
 
 
-def _flatten(auto_map: dict):
-    for v in auto_map.values():
-        if isinstance(v, (list, tuple)):
-            yield from (x for x in v if x)
-        elif v:
-            yield v
-
-
 def check_quantization_backend(model_path: str, q_lora: bool) -> None:
-    """--q_lora on an unquantized checkpoint quantizes it with bitsandbytes: say so now, not in a library traceback
-    after the tokenizer and data are loaded."""
+    """--q_lora quantizes an unquantized checkpoint with bitsandbytes: check it imports now, before the data loads."""
     if not q_lora:
         return
     existing = read_config(model_path).get("quantization_config")

@@ -1,9 +1,5 @@
-"""Everything a model family needs, one module per family (llama2.py, qwen.py, chatglm2.py): LoRA targets, chat
-template, special tokens, data quirks, and the converter of its original layout when it has one.
-
-The family is chosen by `--family`, defaulting from the checkpoint's own config.json `model_type`, never its path.
-To add a family: write tunekit/families/<name>.py with `FAMILY = Family(...)` and add it to FAMILIES below.
-"""
+"""The family registry (one module per family: LoRA targets, chat template, special tokens, data quirks, converter),
+chosen by `--family` or else the checkpoint's own config.json `model_type`, never its path."""
 from __future__ import annotations
 
 import json
@@ -11,24 +7,26 @@ from pathlib import Path
 
 from ..errors import ArgumentError
 from . import bert, chatglm2, llama2, qwen
-from .base import Family
-
-__all__ = ["FAMILIES", "CONVERTERS", "Family", "read_config", "resolve_family"]
-
+from .base import Family  # noqa: F401 (re-exported)
 
 FAMILIES = {f.name: f for f in (llama2.FAMILY, qwen.FAMILY, chatglm2.FAMILY, bert.FAMILY)}
 # The one converter table: original model_type -> converter module (tunekit/convert/ dispatches on it).
 CONVERTERS = {f.original_model_type: f.converter for f in FAMILIES.values() if f.converter}
 
 
-def read_config(model_path: str) -> dict:
-    cfg = Path(model_path) / "config.json"
-    if not cfg.is_file():
-        raise ArgumentError(f"--model_name_or_path: {model_path} has no config.json (is it a checkpoint folder?)")
+def read_json(path: Path) -> dict:
+    """A model folder's JSON file as a dict ({} when absent or not an object), or one error line naming it."""
     try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
-        raise ArgumentError(f"{cfg}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArgumentError(f"{path}: not valid JSON ({e})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def read_config(model_path: str) -> dict:
+    if not (Path(model_path) / "config.json").is_file():
+        raise ArgumentError(f"--model_name_or_path: {model_path} has no config.json (is it a checkpoint folder?)")
+    return read_json(Path(model_path) / "config.json")
 
 
 def resolve_family(model_path: str, family: str | None) -> Family:
