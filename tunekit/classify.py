@@ -1,30 +1,24 @@
-"""Classification tasks: one label per text (`seq_cls`) or one BIO tag per word (`token_cls`).
-
-  seq_cls    {"text": ..., "label": ...}  (optionally "text_pair")      .json / .jsonl
-  token_cls  {"tokens": [...], "tags": [...]}                           one tag per token
-
-The label set is read from the training file (sorted), or given with --labels; it is saved as the model config's
-id2label/label2id beside the adapter.  A label of the eval file that is not in the set is an error naming the record.
-Token labels sit on the first sub-token of each word; the other sub-tokens (and special tokens) are ignored (-100).
-"""
+"""Classification tasks: one label per text (`seq_cls`: "text", "label", optionally "text_pair") or one BIO tag per
+word, on its first sub-token (`token_cls`: "tokens", "tags"); labels: the training file's (sorted) or --labels."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from .data import IGNORE_INDEX, right_padding, to_dataset
 from .errors import DataError
-from .formats import read_records
+from .formats import load_records
 
 
 # ---------------------------------------------------------------- records and labels
 
+def _require(record, where: str, task: str, keys: tuple, shape: str) -> None:
+    if not isinstance(record, dict) or any(k not in record for k in keys):
+        found = sorted(record) if isinstance(record, dict) else type(record).__name__
+        raise DataError(f"{where}: --task {task} reads records {shape}; this one has {found} (see data/README.md)")
+
+
 def read_text_record(record, where: str) -> dict:
-    if not isinstance(record, dict) or "text" not in record or "label" not in record:
-        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise DataError(f"{where}: --task seq_cls reads records {{\"text\": ..., \"label\": ...}} (optionally "
-                        f"\"text_pair\"); this one has {keys} (see data/README.md)")
+    _require(record, where, "seq_cls", ("text", "label"), '{"text": ..., "label": ...} (optionally "text_pair")')
     for key in ("text", "text_pair"):
         if key in record and (not isinstance(record[key], str) or not record[key].strip()):
             raise DataError(f"{where}: '{key}' must be a non-empty string")
@@ -34,10 +28,7 @@ def read_text_record(record, where: str) -> dict:
 
 
 def read_token_record(record, where: str) -> dict:
-    if not isinstance(record, dict) or "tokens" not in record or "tags" not in record:
-        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-        raise DataError(f"{where}: --task token_cls reads records {{\"tokens\": [...], \"tags\": [...]}}; this one "
-                        f"has {keys} (see data/README.md)")
+    _require(record, where, "token_cls", ("tokens", "tags"), '{"tokens": [...], "tags": [...]}')
     tokens, tags = record["tokens"], record["tags"]
     if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) and t for t in tokens):
         raise DataError(f"{where}: 'tokens' must be a non-empty list of non-empty strings")
@@ -48,19 +39,18 @@ def read_token_record(record, where: str) -> dict:
     return {"tokens": tokens, "tags": tags}
 
 
+def _values(sample: dict, key: str) -> list:
+    return sample[key] if isinstance(sample[key], list) else [sample[key]]  # tags, or a text's one label
+
+
 def label_names(samples: list[dict], key: str, given=None) -> list[str]:
-    if given:
-        return list(given)
-    found = set()
-    for s in samples:
-        found.update(s[key] if isinstance(s[key], list) else [s[key]])
-    return sorted(found)
+    return list(given) if given else sorted({value for s in samples for value in _values(s, key)})
 
 
 def check_labels(samples: list[dict], key: str, labels: list[str], path: str, what: str) -> None:
     known = set(labels)
     for i, s in enumerate(samples):
-        for value in s[key] if isinstance(s[key], list) else [s[key]]:
+        for value in _values(s, key):
             if value not in known:
                 raise DataError(f"{path} record {i}: {key[:-1] if key == 'tags' else key} {value!r} is not among "
                                 f"the {what} labels {sorted(known)}; add it to the training data or pass --labels")
@@ -76,48 +66,33 @@ def encode_text(sample: dict, tokenizer, label2id: dict, max_length: int) -> tup
 
 def encode_tokens(sample: dict, tokenizer, label2id: dict, max_length: int) -> tuple[dict, bool]:
     enc = tokenizer(sample["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
-    labels, previous = [], None
-    for word in enc.word_ids():
-        labels.append(label2id[sample["tags"][word]] if word is not None and word != previous else IGNORE_INDEX)
-        previous = word
-    covered = max((w for w in enc.word_ids() if w is not None), default=-1) + 1
+    words = enc.word_ids()  # a word's label on its first sub-token only
+    labels = [label2id[sample["tags"][w]] if w is not None and w != previous else IGNORE_INDEX
+              for w, previous in zip(words, [None, *words])]
+    covered = max((w for w in words if w is not None), default=-1) + 1
     return {"input_ids": enc["input_ids"], "labels": labels}, covered < len(sample["tokens"])
 
 
-@dataclass(frozen=True)
-class Kind:
-    read: object      # (record, where) -> sample
-    key: str          # the sample's label field
-    encode: object    # (sample, tokenizer, label2id, max_length) -> (example, truncated?)
-
-
-KINDS = {"seq_cls": Kind(read_text_record, "label", encode_text),
-         "token_cls": Kind(read_token_record, "tags", encode_tokens)}
-
-
-def load_samples(path: str, kind: Kind, max_samples=None) -> list[dict]:
-    raw = read_records(path)[:max_samples] if max_samples else read_records(path)
-    if not raw:
-        raise DataError(f"{path}: no records")
-    return [kind.read(r, f"{path} record {i}") for i, r in enumerate(raw)]
+# task -> (record reader, label field, encoder: (sample, tokenizer, label2id, max_length) -> (example, truncated?))
+KINDS = {"seq_cls": (read_text_record, "label", encode_text), "token_cls": (read_token_record, "tags", encode_tokens)}
 
 
 def build_datasets(task_name: str, data_args, tokenizer, max_length: int):
     """(train, eval or None, label names) for a classification task; every record is checked before any is used."""
-    kind = KINDS[task_name]
-    train = load_samples(data_args.data_path, kind, data_args.max_samples)
-    labels = label_names(train, kind.key, data_args.labels)
-    check_labels(train, kind.key, labels, data_args.data_path, "--labels" if data_args.labels else "given")
-    evals = load_samples(data_args.eval_data_path, kind) if data_args.eval_data_path else None
+    read, key, encode_sample = KINDS[task_name]
+    train = load_records(data_args.data_path, data_args.max_samples, read)
+    labels = label_names(train, key, data_args.labels)
+    check_labels(train, key, labels, data_args.data_path, "--labels" if data_args.labels else "given")
+    evals = load_records(data_args.eval_data_path, read=read) if data_args.eval_data_path else None
     if evals is not None:
-        check_labels(evals, kind.key, labels, data_args.eval_data_path,
+        check_labels(evals, key, labels, data_args.eval_data_path,
                      "--labels" if data_args.labels else "training file's")
-    if len(labels) < 2 and kind.key == "label":
+    if len(labels) < 2 and key == "label":
         raise DataError(f"{data_args.data_path}: only one label ({labels}); a classifier needs at least two")
     label2id = {name: i for i, name in enumerate(labels)}
 
     def encode(sample):
-        return kind.encode(sample, tokenizer, label2id, max_length)
+        return encode_sample(sample, tokenizer, label2id, max_length)
 
     return to_dataset(train, encode), (to_dataset(evals, encode) if evals is not None else None), labels
 
@@ -125,8 +100,7 @@ def build_datasets(task_name: str, data_args, tokenizer, max_length: int):
 # ---------------------------------------------------------------- batches and metrics
 
 def collator(tokenizer, task_name: str):
-    """transformers' padding collators, on the right (attention_mask 0 there): one label per text (seq_cls), or
-    per-token labels padded with -100 (token_cls)."""
+    """transformers' padding collators, on the right; token_cls labels padded with -100."""
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
     tokenizer = right_padding(tokenizer)

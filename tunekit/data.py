@@ -1,12 +1,5 @@
-"""Causal-LM examples from normalised samples (tunekit/formats.py): render them through the family's chat template,
-tokenize with labels only on what the model must learn to say (assistant turns and their end-of-turn/EOS token);
-datasets (a `datasets.Dataset`, or encoded on first use) and the collators (transformers').
-
-  text     plain text is learned whole; guanaco-style "### Human: ... ### Assistant: ..." is split into turns
-  adgen    for a family with a `source_template` (chatglm2): prefix + template(content) cut to max_source_length,
-           summary cut to max_target_length, then EOS; loss on the summary and EOS only.  Other families: one
-           user/assistant turn.
-"""
+"""Causal-LM examples: samples rendered through the family's chat template, labels only on what the model must learn to
+say (assistant turns with their end of turn; plain text whole); the datasets and transformers' collators."""
 from __future__ import annotations
 
 import copy
@@ -23,27 +16,15 @@ IGNORE_INDEX = -100
 GUANACO_TURN = re.compile(r"### (Human|Assistant):")
 
 
-def render_segments(sample: dict, tokenizer, family: Family) -> list[tuple[str, bool]]:
-    """A sample as (text, trained?) segments whose concatenation is exactly what the model sees."""
-    if "text" in sample:
-        return text_segments(sample["text"], tokenizer, family)
-    return chat_segments(sample["messages"], tokenizer)
-
-
 def text_segments(text: str, tokenizer, family: Family) -> list[tuple[str, bool]]:
     segs = [(tokenizer.bos_token, False)] if family.add_bos_to_text and tokenizer.bos_token else []
     parts = GUANACO_TURN.split(text)
     if len(parts) == 1:  # plain language-modelling text: learn all of it
         segs.append((text, True))
-    else:
-        if parts[0]:
-            segs.append((parts[0], False))
+    else:  # guanaco turns: learn the assistant's
+        segs.append((parts[0], False))
         for role, body in zip(parts[1::2], parts[2::2]):
-            if role == "Human":
-                segs.append((f"### Human:{body}", False))
-            else:
-                segs.append(("### Assistant:", False))
-                segs.append((body, True))
+            segs += [(f"### Human:{body}", False)] if role == "Human" else [("### Assistant:", False), (body, True)]
     segs.append((tokenizer.eos_token, True))  # so the model learns to stop
     return segs
 
@@ -77,8 +58,7 @@ class Stats:
 
 
 def adgen_ids(sample: dict, tokenizer, family: Family, max_source_length=None, max_target_length=None):
-    """ChatGLM2's ADGEN preprocessing: prefix + template(content) (source, cut to max_source_length including the
-    prefix) + summary (cut to max_target_length) + EOS, each part tokenized on its own; labels on summary and EOS."""
+    """ChatGLM2's ADGEN preprocessing: prefix + template(content) + summary + EOS, each part tokenized and cut alone."""
     content, summary = (m["content"] for m in sample["messages"])
     prefix = tokenizer.convert_tokens_to_ids(list(family.prefix_tokens))
     source = tokenizer(family.source_template.format(content=content), add_special_tokens=False)["input_ids"]
@@ -94,36 +74,38 @@ def adgen_ids(sample: dict, tokenizer, family: Family, max_source_length=None, m
 
 def tokenize_sample(sample: dict, tokenizer, family: Family, max_length: int, max_source_length=None,
                     max_target_length=None) -> tuple[dict, bool]:
-    """Tokenize the whole rendering at once (exactly the ids inference sees, no double BOS: the template already
-    holds BOS/EOS) and label each token whose first character lies in a trained segment."""
+    """(example, truncated?): ADGEN records as ChatGLM2 preprocesses them, anything else rendered into segments."""
     if sample.get("adgen") and family.source_template:
         input_ids, labels = adgen_ids(sample, tokenizer, family, max_source_length, max_target_length)
-        return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}, len(input_ids) > max_length
-    segs = [(t, trained) for t, trained in render_segments(sample, tokenizer, family) if t]
+    else:
+        segs = text_segments(sample["text"], tokenizer, family) if "text" in sample else chat_segments(
+            sample["messages"], tokenizer)
+        input_ids, labels = segment_ids([(t, trained) for t, trained in segs if t], tokenizer)
+    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}, len(input_ids) > max_length
+
+
+def segment_ids(segs: list[tuple[str, bool]], tokenizer) -> tuple[list[int], list[int]]:
+    """(text, trained?) segments -> (ids, labels): the whole rendering tokenized at once (exactly the ids inference
+    sees, no double BOS: the template holds BOS/EOS), each token labelled when its first character is trained."""
     if not tokenizer.is_fast:  # no offsets: tokenize segment by segment
         input_ids, labels = [], []
         for text, trained in segs:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             input_ids += ids
             labels += ids if trained else [IGNORE_INDEX] * len(ids)
-    else:
-        spans, pos = [], 0
-        for text, trained in segs:
-            if trained:
-                spans.append((pos, pos + len(text)))
-            pos += len(text)
-        enc = tokenizer("".join(t for t, _ in segs), add_special_tokens=False, return_offsets_mapping=True)
-        input_ids = enc["input_ids"]
-        labels = [i if any(a <= start < b for a, b in spans) else IGNORE_INDEX
-                  for i, (start, _) in zip(input_ids, enc["offset_mapping"])]
-    truncated = len(input_ids) > max_length
-    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}, truncated
+        return input_ids, labels
+    spans, pos = [], 0
+    for text, trained in segs:
+        if trained:
+            spans.append((pos, pos + len(text)))
+        pos += len(text)
+    enc = tokenizer("".join(t for t, _ in segs), add_special_tokens=False, return_offsets_mapping=True)
+    return enc["input_ids"], [i if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+                              for i, (start, _) in zip(enc["input_ids"], enc["offset_mapping"])]
 
 
 def to_dataset(records, encode, lazy: bool = False):
-    """The examples with `.stats`; `encode(record) -> (example, truncated)`.  Eager: a `datasets.Dataset` of every
-    record encoded here, in Python (the records' nested formats need no Arrow schema; the examples, all
-    {"input_ids": [...], "labels": ...}, have one); a sample left with no supervised token is dropped and counted."""
+    """The examples (a `datasets.Dataset`, or lazy) with `.stats`; one with no supervised token is dropped."""
     if lazy:
         return LazyDataset(records, encode)
     import datasets
@@ -145,10 +127,9 @@ def to_dataset(records, encode, lazy: bool = False):
 
 
 class LazyDataset(torch.utils.data.Dataset):
-    """--lazy_preprocess: each record encoded on first use, then cached; a sample left with no supervised token cannot
-    be dropped then: it contributes no loss and is counted.  Not `datasets`' set_transform: it fingerprints the
-    transform by pickling it, every record included, before the first step (1-2 s per 10 MB of records, a tenth of
-    encoding them), and the Trainer's unused-column filter would drop the index column it would read."""
+    """--lazy_preprocess: each record encoded on first use and cached (one with no supervised token is counted, not
+    dropped).  Not `datasets`' set_transform: it pickles every record to fingerprint the transform (1-2 s per 10 MB),
+    and the Trainer's unused-column filter would drop the index column it reads."""
 
     def __init__(self, records, encode):
         self.records, self.encode, self.stats, self.cache = records, encode, Stats(samples=len(records)), {}
@@ -202,11 +183,8 @@ def build_datasets(data_args, tokenizer, family, max_length):
 
 
 def collator(tokenizer, train_args, varlen: bool):
-    """The causal-LM collator.  --packing: transformers' padding-free DataCollatorWithFlattening (one row per batch,
-    position ids restarting per sample, -100 on each sample's first label; varlen adds the cumulative lengths
-    `cu_seq_lens_q/k` (int32) and `max_length_q/k` that tunekit/attention.py reads).  Otherwise batches padded to their
-    longest sample on the right, padding masked by position (attention_mask 0, label -100), so a pad token equal to
-    EOS can never hide the real EOS label."""
+    """--packing: transformers' padding-free DataCollatorWithFlattening (varlen: with the cumulative lengths that
+    tunekit/attention.py reads); otherwise right padding masked by position, so a pad equal to EOS never hides EOS."""
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
     if train_args.packing:

@@ -1,14 +1,5 @@
-"""Data files and record formats: .json/.jsonl in, one normalised sample per record out: {"messages": [...]} (chat
-turns, roles user/assistant/system) or {"text": str}.  Formats are detected per record, by their keys:
-
-  conversations  {"conversations": [{"from": "user"|"assistant"|"system", "value": ...}]}   (the Qwen seed's)
-  messages       {"messages": [{"role": "user"|"assistant"|"system", "content": ...}]}     (OpenAI style)
-  alpaca         {"instruction": ..., "input": ..., "output": ...}
-  adgen          {"content": ..., "summary": ...}  (ChatGLM2's ADGEN; data.py gives it ChatGLM2's own preprocessing)
-  text           {"text": "..."}: plain text
-
-To add a format: write one reader (record, where) -> sample and add a row to FORMATS.
-"""
+"""Data files and record formats: .json/.jsonl in, one normalised sample per record out, {"messages": [...]} (roles
+user/assistant/system) or {"text": str}; the format is found per record by its keys (FORMATS, data/README.md)."""
 from __future__ import annotations
 
 import json
@@ -20,8 +11,7 @@ ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt"
 
 
 def read_records(path: str) -> list[dict]:
-    p = Path(path)
-    raw = p.read_bytes()
+    raw = Path(path).read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -128,12 +118,11 @@ def check_roles(messages: list[dict], where: str) -> None:
         raise DataError(f"{where}: no assistant turn, so nothing to learn from")
 
 
-def load_records(path: str, max_samples: int | None = None) -> list[dict]:
-    raw = read_records(path)
-    if max_samples:
-        raw = raw[:max_samples]
+def load_records(path: str, max_samples: int | None = None, read=normalise) -> list[dict]:
+    """The file's (first max_samples) records, each through `read(record, where)`."""
+    raw = read_records(path)[:max_samples or None]
     if not raw:
         raise DataError(f"{path}: no records")
-    return [normalise(r, f"{path} record {i}") for i, r in enumerate(raw)]
+    return [read(r, f"{path} record {i}") for i, r in enumerate(raw)]
 
 
