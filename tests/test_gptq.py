@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tunekit.gptq import QUANT_BUFFERS, check_trainable_kernels, gptq_load_kwargs, quantized_tensor_names, require_gptq
+from tunekit.gptq import QUANT_BUFFERS, check_trainable_kernels, gptq_load_kwargs, require_gptq
 from tunekit.tiny.gptq import LINEAR, V1_ZEROS_4BIT, dequantize, pack_rtn, quantize_rtn
 
 needs_gptq = pytest.mark.skipif(
@@ -140,7 +140,7 @@ def train_three_steps(path, backend, generate_first):
     if generate_first:  # a sample generation before training (eval, no grad): pitfalls #41
         model.eval()
         model.generate(ids[:1, :8], max_new_tokens=2, do_sample=False)
-    quant = {n: t.clone() for n, t in model.named_buffers() if n in set(quantized_tensor_names(model))}
+    quant = {n: t.clone() for n, t in model.named_buffers() if n.rsplit(".", 1)[-1] in QUANT_BUFFERS}
     torch.manual_seed(0)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=list(LINEAR),
                                              task_type="CAUSAL_LM"))

@@ -1,10 +1,5 @@
-"""GPTQ-Int4 checkpoints: load one to train LoRA on it (the packer that makes test checkpoints is tunekit/tiny/gptq.py).
-
-The loader (tunekit/model.py) takes `gptq_load_kwargs` when config.json says `quant_method: gptq`.  The kernel must
-have a backward pass: `gptq_torch` on CPU (never `auto`/`auto_trainable` there: TorchAtenLinear stops training after an
-eval-first forward), `auto_trainable` on GPU (never `auto`: MarlinLinear cannot train).
-`check_trainable_kernels` verifies what was actually loaded: a kernel without a backward trains nothing, silently.
-"""
+"""GPTQ-Int4 checkpoints: load one to train LoRA on it, with a kernel that has a backward pass (the packer that makes
+test checkpoints is tunekit/tiny/gptq.py); `check_trainable_kernels` verifies what was actually loaded."""
 from __future__ import annotations
 
 import os
@@ -15,7 +10,6 @@ QUANT_BUFFERS = ("qweight", "qzeros", "scales", "g_idx")
 # Kernels that must not be used to train: no backward (Marlin, exllama), or a mode fixed on the first forward that
 # turns training off after an eval/no-grad forward (TorchAtenLinear).
 UNTRAINABLE_KERNELS = ("TorchAtenLinear",)
-INSTALL_HINT = "pip install -r requirements-gptq.txt"
 
 
 def require_gptq() -> None:
@@ -25,8 +19,8 @@ def require_gptq() -> None:
     missing = [name for name in ("optimum", "gptqmodel") if find_spec(name) is None]
     if missing:
         raise ArgumentError(f"this checkpoint is GPTQ-quantized, which needs {' and '.join(missing)} (not installed): "
-                            f"run `{INSTALL_HINT}` (after requirements.txt), or train an unquantized checkpoint "
-                            "with --q_lora (bitsandbytes)")
+                            "run `pip install -r requirements-gptq.txt` (after requirements.txt), or train an "
+                            "unquantized checkpoint with --q_lora (bitsandbytes)")
     # tokenicer (imported by gptqmodel) sets HF_HOME=/tmp/tokenicer_hf_home when it is unset, moving the Hugging Face
     # cache for the rest of the process: pin it to where it already is.
     from huggingface_hub import constants
@@ -35,14 +29,12 @@ def require_gptq() -> None:
 
 
 def gptq_backend(on_gpu: bool) -> str:
+    """Never `auto`: MarlinLinear cannot train; on CPU, TorchAtenLinear stops training after an eval-first forward."""
     return "auto_trainable" if on_gpu else "gptq_torch"
 
 
 def gptq_load_kwargs(quant_config: dict, on_gpu: bool) -> dict:
-    """from_pretrained kwargs to train LoRA on a GPTQ checkpoint whose config.json holds `quant_config`.
-
-    transformers keeps the checkpoint's own quantization_config and takes only the loading attributes (`backend`,
-    `max_input_length`) from the GPTQConfig passed here, so `bits` is only the required argument."""
+    """from_pretrained kwargs for a GPTQ checkpoint (transformers keeps its own config, takes only our `backend`)."""
     require_gptq()
     from transformers import GPTQConfig
 
@@ -54,20 +46,9 @@ def gptq_load_kwargs(quant_config: dict, on_gpu: bool) -> dict:
             "device_map": device_map}
 
 
-def quantized_modules(model) -> dict:
-    """{name: module} of every GPTQ quantized linear layer (anything carrying a `qweight` buffer)."""
-    return {name: m for name, m in model.named_modules() if hasattr(m, "qweight") and hasattr(m, "scales")}
-
-
-def quantized_tensor_names(model) -> list[str]:
-    """State-dict names of every qweight/qzeros/scales/g_idx tensor (for snapshots in tests)."""
-    return [name for name, _ in model.named_buffers() if name.rsplit(".", 1)[-1] in QUANT_BUFFERS]
-
-
 def check_trainable_kernels(model) -> set[str]:
-    """The GPTQ kernel classes of `model`; raise RuntimeError when any cannot train LoRA through it, or when a
-    quantized tensor would be trained.  Call it after from_pretrained (and after get_peft_model)."""
-    layers = quantized_modules(model)
+    """The GPTQ kernel classes of `model`; RuntimeError when one cannot train LoRA or a quantized tensor would train."""
+    layers = {name: m for name, m in model.named_modules() if hasattr(m, "qweight") and hasattr(m, "scales")}
     if not layers:
         raise RuntimeError("no GPTQ quantized layer found: the checkpoint was loaded unquantized")
     kinds = {type(m).__name__: m for m in layers.values()}

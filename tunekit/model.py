@@ -1,11 +1,7 @@
-"""Loading the tokenizer and the model, and the three branches: full fine-tuning, LoRA, Q-LoRA.
-
-Q-LoRA's branch is chosen from the checkpoint's own config.json: an unquantized checkpoint is quantized on load with
-bitsandbytes (NF4/FP4); a checkpoint whose `quantization_config` says GPTQ is trained as it is (tunekit/gptq.py).
-"""
+"""Loading the tokenizer and the model, and the three branches: full fine-tuning, LoRA, Q-LoRA (an unquantized
+checkpoint quantized on load with bitsandbytes, or a GPTQ checkpoint trained as it is: tunekit/gptq.py)."""
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
@@ -13,8 +9,6 @@ from torch import nn
 
 from .errors import ArgumentError
 from .families import Family, read_config
-
-logger = logging.getLogger(__name__)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "uint8": torch.uint8}
 
@@ -34,10 +28,9 @@ def load_tokenizer(model_args, family: Family):
         raise ArgumentError(f"--model_name_or_path: {model_args.model_name_or_path}: the tokenizer does not load "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); the folder needs tokenizer.json "
                             "or tokenizer.model with tokenizer_config.json") from None
-    if not tok.chat_template and family.chat_template:  # e.g. a base (non-chat) checkpoint: use the family's, and save it with the adapter
+    if not tok.chat_template and family.chat_template:  # a base checkpoint: the family's, saved with the adapter
         tok.chat_template = family.chat_template
-    # A base tokenizer may lack the template's special tokens (ChatML's <|im_start|>/<|im_end|>): add them; the
-    # model's embeddings are resized and trained fully (build_model), and the end-of-turn token becomes EOS.
+    # the template's special tokens a base tokenizer lacks (ChatML's): embeddings resized and trained, end of turn = EOS
     vocab = tok.get_vocab()
     added = [t for t in family.extra_special_tokens if t not in vocab]
     if added:
@@ -45,9 +38,8 @@ def load_tokenizer(model_args, family: Family):
         if family.special_tokens.get("eos_token") in added:
             tok.eos_token = family.special_tokens["eos_token"]
     if tok.pad_token is None:
-        vocab = tok.get_vocab()
-        stand_in = family.pad_token if family.pad_token in vocab else tok.unk_token
-        if stand_in is None:  # EOS is no pad: generation would learn to stop nowhere (the pad is masked out of the labels)
+        stand_in = family.pad_token if family.pad_token in tok.get_vocab() else tok.unk_token
+        if stand_in is None:  # not EOS: the pad is masked out of the labels, so the model would never learn to stop
             raise ArgumentError(
                 f"{model_args.model_name_or_path}/tokenizer_config.json: the tokenizer has no pad token, and neither "
                 f"the {family.name} family's pad {family.pad_token!r} nor an unk token exists to stand in for it; set "
@@ -58,37 +50,27 @@ def load_tokenizer(model_args, family: Family):
     return tok, added
 
 
-def _local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def bnb_config(lora_args, compute_dtype, skip=None):
     from transformers import BitsAndBytesConfig  # bitsandbytes itself is imported by transformers on load
 
     if lora_args.bnb_4bit_compute_dtype != "auto":
         compute_dtype = DTYPES[lora_args.bnb_4bit_compute_dtype]
     return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=lora_args.bnb_4bit_quant_type,
-        bnb_4bit_use_double_quant=lora_args.bnb_4bit_use_double_quant,
-        bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_quant_storage=DTYPES[lora_args.bnb_4bit_quant_storage],
-        llm_int8_skip_modules=skip,
-    )
+        load_in_4bit=True, bnb_4bit_quant_type=lora_args.bnb_4bit_quant_type, bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_use_double_quant=lora_args.bnb_4bit_use_double_quant, llm_int8_skip_modules=skip,
+        bnb_4bit_quant_storage=DTYPES[lora_args.bnb_4bit_quant_storage])
 
 
 def keep_portable_4bit(model) -> None:
-    """On an AVX512-BF16 CPU, bitsandbytes repacks a 4-bit weight in place at its first no-grad forward (an eval step,
-    generation): the packed layout asserts on widths not divisible by 32, and the weight is no longer the one saved or
-    sharded. Every 4-bit load (training, generate, predict) keeps the portable layout."""
+    """Every 4-bit load keeps the portable layout: on an AVX512-BF16 CPU bitsandbytes repacks a weight in place at its
+    first no-grad forward, into a layout that asserts on widths not divisible by 32 and is not the one saved."""
     for module in model.modules():
         if getattr(module, "support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False
 
 
 def quantization_kwargs(model_args, lora_args, dtype, skip=None) -> dict:
-    """from_pretrained kwargs for the quantized branches; {} for full fine-tuning and LoRA.  skip: modules kept
-    unquantized (a classifier's head, which is trained fully)."""
+    """from_pretrained kwargs of the quantized branches, else {}; skip: modules kept unquantized (a classifier head)."""
     existing = read_config(model_args.model_name_or_path).get("quantization_config")
     if existing:
         method = existing.get("quant_method", "?")
@@ -102,16 +84,13 @@ def quantization_kwargs(model_args, lora_args, dtype, skip=None) -> dict:
         if method == "bitsandbytes":
             return {}  # pre-quantized bitsandbytes checkpoint: loads as saved
         raise ArgumentError(f"{model_args.model_name_or_path}: quantization method '{method}' is not supported")
-    if lora_args.q_lora:
-        return {"quantization_config": bnb_config(lora_args, dtype, skip)}
-    return {}
+    return {"quantization_config": bnb_config(lora_args, dtype, skip)} if lora_args.q_lora else {}
 
 
 def load_model(model_args, lora_args, train_args, tokenizer, task, labels=None, head=None):
     """labels (classification tasks): the head's label names, saved in the config as id2label/label2id."""
-    dtype = train_dtype(train_args)
-    if not lora_args.use_lora:
-        dtype = torch.float32  # full fine-tuning keeps fp32 master weights; bf16/fp16 run under autocast
+    # full fine-tuning keeps fp32 master weights (bf16/fp16 run under autocast)
+    dtype = train_dtype(train_args) if lora_args.use_lora else torch.float32
     kwargs = quantization_kwargs(model_args, lora_args, dtype, skip=[head] if head else None)
     if labels:
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
@@ -121,9 +100,15 @@ def load_model(model_args, lora_args, train_args, tokenizer, task, labels=None, 
 
         register()
     if kwargs and torch.cuda.is_available() and "device_map" not in kwargs:
-        kwargs["device_map"] = {"": _local_rank()}  # one whole model per rank; "auto" would split it across GPUs
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # one whole model per rank, not split
     if _zero3(train_args):
-        _deepspeed_comm()
+        # zero.Init takes the world size from deepspeed.comm, which --use_cpu (accelerate's gloo) does not start: it
+        # would see one process and stop on its batch-size check, so wrap the group that exists
+        import deepspeed
+        import torch.distributed as dist
+
+        if dist.is_initialized() and not deepspeed.comm.is_initialized():
+            deepspeed.init_distributed(dist_backend=dist.get_backend())
     model = task.model_class().from_pretrained(
         model_args.model_name_or_path, dtype=dtype, attn_implementation=model_args.attn_implementation,
         trust_remote_code=model_args.trust_remote_code, **kwargs)
@@ -140,20 +125,9 @@ def resize_embeddings(model, tokenizer) -> None:
         model.resize_token_embeddings(len(tokenizer))
 
 
-def _quant_method(config) -> str:
-    qc = config.quantization_config
-    return (qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", "")) or ""
-
-
-def is_quantized(model) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-                or getattr(model, "quantization_method", None) or getattr(model.config, "quantization_config", None))
-
-
 def prepare_kbit_model(model, lora_args, train_args):
-    """Make a 4-bit model trainable.  PEFT's prepare_model_for_kbit_training casts every non-quantized weight
-    (embeddings, norms, lm_head) to fp32, so the whole residual stream runs in fp32: half the speed on an H100.
-    Here the frozen weights stay in the compute dtype; the LoRA weights are fp32 (PEFT's autocast_adapter_dtype)."""
+    """Make a 4-bit model trainable, its frozen weights in the compute dtype (PEFT's prepare_model_for_kbit_training,
+    --kbit_upcast, casts embeddings, norms and lm_head to fp32: half the speed on an H100); LoRA weights are fp32."""
     keep_portable_4bit(model)
     if lora_args.kbit_upcast:
         from peft import prepare_model_for_kbit_training
@@ -164,26 +138,16 @@ def prepare_kbit_model(model, lora_args, train_args):
     for p in model.parameters():
         p.requires_grad_(False)
     if train_args.gradient_checkpointing:
-        # Only needed by reentrant checkpointing, harmless otherwise: gives the checkpointed blocks an input that
-        # requires grad, or reentrant checkpointing gives the LoRA weights inside them no gradient.
+        # reentrant checkpointing (harmless otherwise): without an input requiring grad, LoRA inside gets no gradient
         model.enable_input_require_grads()
     return model
 
 
-def linear_module_names(model, skip=()) -> list[str]:
-    """Leaf names of every linear-like layer except the output head (nn.Linear, bnb 4-bit, GPTQ kernels)."""
-    head = model.get_output_embeddings()
-    names = set()
-    for name, module in model.named_modules():
-        if module is head or not name or name.split(".")[-1] in skip:
-            continue
-        if isinstance(module, nn.Linear) or hasattr(module, "qweight"):
-            names.add(name.split(".")[-1])
-    return sorted(names)
-
-
 def resolve_targets(model, requested, family: Family, skip=()) -> list[str]:
-    present = linear_module_names(model, skip)
+    """The family's targets, 'all-linear' or the given names, checked against the leaf names of linear layers."""
+    head, leaf = model.get_output_embeddings(), lambda name: name.split(".")[-1]
+    present = sorted({leaf(name) for name, m in model.named_modules() if name and m is not head
+                      and leaf(name) not in skip and (isinstance(m, nn.Linear) or hasattr(m, "qweight"))})
     if not requested:
         targets = [t for t in family.lora_targets if t in present]
     elif requested == ["all-linear"]:
@@ -204,19 +168,17 @@ def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_sa
     if any(isinstance(m, BaseTunerLayer) for m in model.modules()):
         raise ArgumentError("the model already carries LoRA layers; load a trained adapter with "
                             "PeftModel.from_pretrained on a bare base model, never after get_peft_model")
-    if is_quantized(model):
+    if getattr(model, "is_quantized", False):  # set by transformers' quantized loading (bitsandbytes, GPTQ)
         model = prepare_kbit_model(model, lora_args, train_args)
     elif train_args.gradient_checkpointing:
         model.enable_input_require_grads()
     head = [task.head(family)] if task.head(family) else []
     targets = resolve_targets(model, lora_args.lora_target_modules, family, skip=head)
     modules_to_save = head + [m for m in modules_to_save or () if m not in head] or None
-    config = LoraConfig(
-        r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
-        target_modules=targets, bias=lora_args.lora_bias, modules_to_save=modules_to_save,
-        use_dora=lora_args.use_dora, use_rslora=lora_args.use_rslora, task_type=task.peft_task_type)
-    # the adapter's initial weights from the run's seed alone: how many draws loading took (ZeRO-3's zero.Init
-    # initializes every base weight before loading it, a plain load none) must not change them
+    config = LoraConfig(r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
+                        target_modules=targets, bias=lora_args.lora_bias, modules_to_save=modules_to_save,
+                        use_dora=lora_args.use_dora, use_rslora=lora_args.use_rslora, task_type=task.peft_task_type)
+    # the adapter's initial weights from the seed alone, however many draws loading took (ZeRO-3's zero.Init: all)
     torch.manual_seed(train_args.seed)
     model = get_peft_model(model, config)
     if not train_args.lora_upcast_inputs:
@@ -234,22 +196,9 @@ def _zero3(train_args) -> bool:
     return zero_stage(getattr(train_args, "deepspeed", None)) == 3
 
 
-def _deepspeed_comm() -> None:
-    """ZeRO-3 shards the weights while from_pretrained builds them (deepspeed.zero.Init), reading the world size from
-    deepspeed.comm.  With --use_cpu, accelerate starts torch.distributed (gloo) but not deepspeed.comm, and zero.Init
-    would then see one process and stop on its batch-size check: wrap the group that exists."""
-    import deepspeed
-    import torch.distributed as dist
-
-    if dist.is_initialized() and not deepspeed.comm.is_initialized():
-        deepspeed.init_distributed(dist_backend=dist.get_backend())
-
-
 def _upcast_only_outside_autocast(module, args):
-    """PEFT casts an adapted layer's input to the LoRA weights' dtype (fp32) before lora_A.  Under autocast to the
-    input's own dtype the matmul casts that copy straight back, so it changes no number and only costs memory (an
-    fp32 copy, then a bf16 one saved for backward, per adapted layer).  Decided per call: a forward outside autocast
-    (generation, DataParallel replicas) still gets the cast it needs."""
+    """PEFT's cast of an adapted layer's input to the fp32 LoRA dtype only where it changes a number: not under
+    autocast to the input's own dtype (the matmul casts it straight back); decided per call."""
     if args and torch.is_tensor(args[0]):
         device = args[0].device.type
         module.cast_input_dtype_enabled = not (torch.is_autocast_enabled(device)
@@ -267,8 +216,7 @@ def skip_lora_input_upcast(model) -> int:
 
 
 def expected_trainable(model, lora_args) -> tuple[int, int]:
-    """(expected trainable parameters, adapted layers): r × (in + out) per adapted layer, plus DoRA magnitudes,
-    biases and fully trained modules."""
+    """(expected trainable parameters, adapted layers): r × (in + out) per layer, DoRA, biases, fully trained ones."""
     from peft.tuners.lora import LoraLayer
 
     r, total, layers = lora_args.lora_r, 0, 0
@@ -288,17 +236,6 @@ def expected_trainable(model, lora_args) -> tuple[int, int]:
     return total, layers
 
 
-def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = 0
-    for p in model.parameters():
-        n = p.numel()
-        if p.__class__.__name__ == "Params4bit":  # packed: two 4-bit values per byte
-            n *= 2 * (p.element_size() if hasattr(p, "element_size") else 1)
-        total += n
-    return trainable, total
-
-
 def lora_parameter_counts(model) -> dict:
     """Trainable parameters split into the LoRA matrices and the fully trained modules (a classifier's head)."""
     counts = {"lora": 0, "head": 0}
@@ -309,9 +246,7 @@ def lora_parameter_counts(model) -> dict:
 
 
 def build_model(model_args, lora_args, train_args, tokenizer, family: Family, task, added_tokens=(), labels=None):
-    """The model to train, with its trainable-parameter report (checked against the LoRA arithmetic).
-    added_tokens: the special tokens load_tokenizer added (their embedding rows must be trained); labels: a
-    classifier's label names."""
+    """The model to train and its parameter report, checked against the LoRA arithmetic (added_tokens: rows trained)."""
     model = load_model(model_args, lora_args, train_args, tokenizer, task, labels, head=task.head(family))
     modules_to_save = lora_args.modules_to_save
     if lora_args.use_lora and added_tokens and not modules_to_save:
@@ -326,11 +261,11 @@ def build_model(model_args, lora_args, train_args, tokenizer, family: Family, ta
         if not apply_tiled_mlp(model, train_args.tiled_mlp_tokens):
             raise ArgumentError("--tiled_mlp_tokens: this model has no MLP module to tile (a class named *MLP with a "
                                 "down_proj, as Llama, Qwen2 and GLM have); set it to 0")
-    if getattr(model.config, "quantization_config", None) and _quant_method(model.config) == "gptq":
+    if getattr(model, "quantization_method", None) == "gptq":
         from .gptq import check_trainable_kernels
 
         check_trainable_kernels(model)  # a kernel without a backward pass would train nothing, silently
-    trainable, total = count_parameters(model)
+    trainable, total = model.num_parameters(only_trainable=True), model.num_parameters()  # 4-bit: unpacked count
     report = {"trainable_params": trainable, "all_params": total}
     line = f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
     if lora_args.use_lora:
@@ -338,10 +273,9 @@ def build_model(model_args, lora_args, train_args, tokenizer, family: Family, ta
         if expected != trainable:
             raise RuntimeError(f"trainable parameters {trainable:,} != expected {expected:,} from r × (in + out) over "
                                f"{layers} adapted layers: some weights are unexpectedly trainable or frozen")
-        line += f" || = r × (in + out) over {layers} adapted layers"
-        report["adapted_layers"] = layers
-        report.update({f"{k}_params": v for k, v in lora_parameter_counts(model).items()})
-        line += f" (LoRA {report['lora_params']:,}, fully trained modules {report['head_params']:,})"
+        report.update(adapted_layers=layers, **{f"{k}_params": v for k, v in lora_parameter_counts(model).items()})
+        line += (f" || = r × (in + out) over {layers} adapted layers (LoRA {report['lora_params']:,}, fully trained "
+                 f"modules {report['head_params']:,})")
     if trainable == 0:
         raise RuntimeError("nothing to train: no parameter requires a gradient")
     print(line, flush=True)
