@@ -1,19 +1,8 @@
-"""Checkpoints that are either complete or absent, and resuming from the newest complete one.
-
-Saving (AtomicCheckpointMixin, mixed into the Trainer): the Trainer writes `checkpoint-N` inside a staging folder
-`.tmp-checkpoint-N/`; once every rank has finished, rank 0 writes the completion marker (`tunekit_checkpoint.json`:
-step, run fingerprint, the size of every file) as the last file, renames the folder to `checkpoint-N`, and only then
-deletes checkpoints beyond `--save_total_limit`.  A crash at any moment leaves either no `checkpoint-N` or a complete
-one.  The Trainer's pickled `training_args.bin` is replaced by `training_args.json`.
-
-Resuming (plan_run, before any model is loaded): `--resume_from_checkpoint auto`, or nothing when the output folder
-holds checkpoints of the same run (same fingerprint), picks the newest checkpoint whose marker is present and whose
-files are all there at the recorded sizes; others are skipped with a warning.  The Trainer then restores model,
-optimizer, scheduler, RNG states and the position in the data order.  An output folder holding a finished run
-(`run_summary.json`) or checkpoints of another run is refused unless `--overwrite_output_dir`.
-"""
+"""Checkpoints complete or absent (staged, marked complete last, renamed into place, only then rotated), and resuming
+from the newest complete one of the same run, planned before any model loads (README: "Crashes, reruns and safety")."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,8 +23,9 @@ NOT_FINGERPRINTED = {
     "trust_remote_code", "lazy_preprocess", "ddp_timeout", "debug", "skip_memory_metrics", "project",
     "do_eval", "do_predict", "do_train", "prediction_loss_only", "batch_eval_metrics", "include_for_metrics",
     "include_num_input_tokens_seen", "metric_for_best_model", "greater_is_better", "load_best_model_at_end",
-    "enable_jit_checkpoint", "torch_empty_cache_steps", "offload_activations",
-    "offload_activations_async", "tiled_mlp_tokens", "fused_lora",  # memory/speed knobs: the same loss and gradients either way
+    "enable_jit_checkpoint", "torch_empty_cache_steps",
+    # memory/speed knobs: the same loss and gradients either way
+    "offload_activations", "offload_activations_async", "tiled_mlp_tokens", "fused_lora",
 }
 NOT_FINGERPRINTED_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "push_to_hub", "trackio_")
 FINGERPRINTED_ANYWAY = {"logging_nan_inf_filter"}  # decides whether a non-finite loss stops the run
@@ -43,21 +33,16 @@ FINGERPRINTED_ANYWAY = {"logging_nan_inf_filter"}  # decides whether a non-finit
 
 # ---------------------------------------------------------------- run fingerprint
 
-def file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fingerprint(args: dict) -> dict:
-    """What must be equal for a checkpoint to continue this run: every argument that changes the computation, the
-    training data's content and the number of processes."""
+    """What a checkpoint must match to continue this run: the arguments that change the computation, data, processes."""
     fp = {k: v for k, v in sorted(args.items()) if k in FINGERPRINTED_ANYWAY
           or (k not in NOT_FINGERPRINTED and not k.startswith(NOT_FINGERPRINTED_PREFIXES))}
     if args.get("data_path") and Path(args["data_path"]).is_file():
-        fp["data_sha256"] = file_digest(args["data_path"])
+        digest = hashlib.sha256()
+        with open(args["data_path"], "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        fp["data_sha256"] = digest.hexdigest()
     fp["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
     return fp
 
@@ -83,8 +68,7 @@ def why_incomplete(ckpt: Path) -> str | None:
     if not marker.is_file():
         return f"no completion marker {MARKER}"
     try:
-        info = json.loads(marker.read_text())
-        files = info["files"]
+        files = json.loads(marker.read_text())["files"]
     except (ValueError, KeyError, TypeError):
         return f"unreadable {MARKER}"
     for name, size in files.items():
@@ -97,8 +81,7 @@ def why_incomplete(ckpt: Path) -> str | None:
 
 
 def _missing_state(names: list[str]) -> str | None:
-    """What a resume needs beyond the weights: the Trainer's state, optimizer, scheduler and RNG states (DeepSpeed
-    keeps the optimizer in global_step*/…optim_states.pt)."""
+    """What a resume needs beyond the weights (DeepSpeed keeps the optimizer in global_step*/…optim_states.pt)."""
     base = [n.split("/")[-1] for n in names]
     needs = {
         "trainer_state.json": "trainer_state.json" in base,
@@ -113,33 +96,26 @@ def _missing_state(names: list[str]) -> str | None:
     return f"missing {', '.join(missing)}" if missing else None
 
 
-def read_marker(ckpt: Path) -> dict:
-    return json.loads((ckpt / MARKER).read_text())
-
-
-def newest_complete(output_dir, warn: bool = True) -> Path | None:
+def newest_complete(output_dir) -> Path | None:
     for ckpt in list_checkpoints(output_dir):
         reason = why_incomplete(ckpt)
         if reason is None:
             return ckpt
-        if warn:
-            print(f"warning: skipping {ckpt}: incomplete ({reason}); it is replaced when that step is saved again",
-                  flush=True)
+        print(f"warning: skipping {ckpt}: incomplete ({reason}); it is replaced when that step is saved again",
+              flush=True)
     return None
 
 
 # ---------------------------------------------------------------- deciding how a run starts
 
 def plan_run(train_args, fp: dict) -> str | None:
-    """The checkpoint to resume from (None: start fresh), or ArgumentError when the output folder must not be
-    touched.  Reads only; nothing on disk changes here."""
+    """The checkpoint to resume from (None: afresh), or ArgumentError when the output folder must not be touched."""
     out = Path(train_args.output_dir)
     requested = train_args.resume_from_checkpoint
-    overwrite = getattr(train_args, "overwrite_output_dir", False)
     if requested and str(requested).lower() in ("false", "no", "none"):
         requested = None
     how = "pass --overwrite_output_dir to replace it, or choose another --output_dir"
-    if overwrite:
+    if getattr(train_args, "overwrite_output_dir", False):
         if requested:
             raise ArgumentError("--overwrite_output_dir starts the run afresh, --resume_from_checkpoint continues it: "
                                 "pass only one of them")
@@ -160,18 +136,17 @@ def plan_run(train_args, fp: dict) -> str | None:
             if requested:
                 print(f"note: --resume_from_checkpoint auto: no complete checkpoint in {out}, starting afresh")
             return None
-    saved = read_marker(ckpt).get("fingerprint", {})
-    diff = differences(saved, fp)
+    marker = json.loads((ckpt / MARKER).read_text())
+    diff = differences(marker.get("fingerprint", {}), fp)
     if diff:
         raise ArgumentError(f"{ckpt} belongs to a different run ({'; '.join(diff[:5])}); resume with the same "
                             f"arguments and data, or {how}")
-    print(f"note: resuming from {ckpt} (step {read_marker(ckpt)['step']})", flush=True)
+    print(f"note: resuming from {ckpt} (step {marker['step']})", flush=True)
     return str(ckpt)
 
 
 def clear_for_overwrite(output_dir) -> None:
-    """--overwrite_output_dir: the old run's finished marker and checkpoints go before the new run writes anything,
-    so the folder never mixes the two runs.  Called once every check has passed and the model is loaded."""
+    """--overwrite_output_dir: the old run's marker and checkpoints go once the new run has loaded, before it writes."""
     out = Path(output_dir)
     if not out.is_dir():
         return
@@ -183,28 +158,24 @@ def clear_for_overwrite(output_dir) -> None:
 
 # ---------------------------------------------------------------- saving atomically
 
-def _fsync_tree(folder: Path) -> None:
-    for root, _, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(folder)
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):  # not every filesystem syncs a directory
+        _fsync(folder)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, _, files in os.walk(folder):
+        for name in files:
+            _fsync(os.path.join(root, name))
+    _fsync_dir(folder)
 
 
 def write_marker(ckpt: Path, step: int, fp: dict | None) -> None:
@@ -227,9 +198,8 @@ def rotate(run_dir: Path, keep: int | None, protect: str | None) -> None:
 
 
 def validate_adapter(folder, expected_keys, trained: bool, head: str | None = None) -> None:
-    """After every adapter save (ZeRO-3 can save an empty 40-byte adapter): the file exists, holds exactly the adapter's keys, no tensor is empty, and
-    once training has stepped, not every lora_B is zero.  Catches the 40-byte adapter of a ZeRO-3 save without gathered
-    weights, state_dict monkey-patching, and adapters that never trained."""
+    """After every adapter save: the file exists, holds exactly the adapter's keys (and a classifier's head), no empty
+    tensor (ZeRO-3's 40-byte adapter without gathered weights), and once trained, not every lora_B is zero."""
     from safetensors import safe_open
 
     path = Path(folder) / "adapter_model.safetensors"
@@ -264,9 +234,7 @@ class AtomicCheckpointMixin:
     _staging: str | None = None
 
     def _get_output_dir(self, trial):
-        if self._staging is not None:
-            return self._staging
-        return super()._get_output_dir(trial)
+        return self._staging if self._staging is not None else super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
         run_dir = Path(super()._get_output_dir(trial))

@@ -1,6 +1,5 @@
-"""What a run leaves beside its adapter: finetune_args.json (every resolved argument), loss_curve.png and
-run_summary.json (written last: its presence means the run finished), plus the one-screen summary it prints; the
-task's own files (a causal LM's chat_format.json) come from its row (tunekit/tasks.py), read by tunekit/runfolder.py."""
+"""What a run leaves beside its adapter: finetune_args.json, loss_curve.png and run_summary.json (written last: the run
+finished), and the summary it prints; the task's own files come from its row (tunekit/tasks.py)."""
 from __future__ import annotations
 
 import json
@@ -33,15 +32,12 @@ def plot_loss(log_history, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="eval loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
+    for key, style, label in (("loss", "-", "train loss"), ("eval_loss", "o-", "eval loss")):
+        points = [(h["step"], h[key]) for h in log_history if key in h]
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set(xlabel="optimizer step", ylabel="loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -50,9 +46,13 @@ def plot_loss(log_history, path: Path) -> None:
 
 
 def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> dict:
+    import torch
+
     rec = trainer.recorder
     runtime = time.perf_counter() - rec.t_start
-    step_tokens = _all_ranks(rec.step_tokens, trainer.args)
+    # each step's real tokens summed over every process (every rank runs the same steps): tokens/s is the whole job's
+    step_tokens = torch.tensor(rec.step_tokens, dtype=torch.long, device=trainer.args.device)
+    step_tokens = trainer.accelerator.reduce(step_tokens, "sum").tolist()
     tokens = sum(step_tokens)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
@@ -76,7 +76,7 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
                               for h in reversed(trainer.state.log_history) if "eval_loss" in h), {}),
         "train_loss": train_result.training_loss,
         "step_times": rec.step_times,
-        "step_tokens": step_tokens,  # summed over every process: tokens/s is the whole job's
+        "step_tokens": step_tokens,
         "tokens_per_s_per_process": round(tokens / runtime / max(1, trainer.args.world_size), 1) if runtime else None,
         "step_peak_gib": rec.step_peak_gib,
     }
@@ -91,19 +91,6 @@ def effective_batch(args) -> dict:
             "micro_batch": f"{budget} tokens" if budget else f"{args.per_device_train_batch_size} samples",
             "per_step": f"{budget * accumulation * world} tokens at most" if budget else
                         f"{args.per_device_train_batch_size * accumulation * world} samples"}
-
-
-def _all_ranks(step_tokens: list[int], args) -> list[int]:
-    """Each step's real tokens summed over every process (every rank runs the same number of steps)."""
-    import torch
-    import torch.distributed as dist
-
-    if args.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return list(step_tokens)
-    device = args.device if "nccl" in str(dist.get_backend()) else torch.device("cpu")
-    counts = torch.tensor(step_tokens, dtype=torch.long, device=device)
-    dist.all_reduce(counts)
-    return counts.tolist()
 
 
 def print_summary(s: dict, output_dir: str) -> None:

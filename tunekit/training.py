@@ -2,6 +2,7 @@
 token-budget batches, activation offload and atomic checkpoints (checkpoints.py)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -16,9 +17,7 @@ __all__ = ["build_trainer", "NonFiniteLossError"]
 
 
 class RunMixin:
-    """What every trainer of this project carries: our own arguments (a trainer's own config class may lack their
-    fields), the run's fingerprint (recorded in each checkpoint), and the recorder of per-step time, real tokens and
-    peak memory."""
+    """Our arguments, the run's fingerprint and head (for its checkpoints) and the per-step recorder, on any trainer."""
 
     def __init__(self, *args, options, fingerprint=None, head=None, **kwargs):
         self.run_options, self.run_fingerprint, self.run_head, self.real_tokens = options, fingerprint, head, 0
@@ -39,12 +38,9 @@ class RunRecorder(TrainerCallback):
     def __init__(self, trainer):
         self.trainer = trainer
         self.step_times, self.step_tokens, self.step_peak_gib = [], [], []
-        self.t_step = None
-        self.t_start = None
+        self.t_step = self.t_start = None
 
     def on_train_begin(self, args, state, control, **kw):
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
         self.t_start = time.perf_counter()
 
     def on_step_begin(self, args, state, control, **kw):
@@ -73,8 +69,7 @@ class RunRecorder(TrainerCallback):
 
 
 class SelectiveCheckpointing(TrainerCallback):
-    """--gradient_checkpointing_fraction f < 1: after the Trainer turns checkpointing on in every decoder layer, only
-    round(f x layers) of them, evenly spread, keep it; the others store their activations (no recomputation)."""
+    """--gradient_checkpointing_fraction < 1: only that share of decoder layers, evenly spread, keeps checkpointing."""
 
     def __init__(self, fraction: float):
         self.fraction = fraction
@@ -90,9 +85,8 @@ class SelectiveCheckpointing(TrainerCallback):
 
 
 class TileAgain(TrainerCallback):
-    """--tiled_mlp_tokens with --use_liger_kernel: Trainer.train applies Liger's kernels to the model instance, which
-    rebinds every MLP's forward to LigerSwiGLUMLP's and so dropped the tiling (tunekit/tiling.py); tile again once
-    training begins, around the forward that runs now."""
+    """--tiled_mlp_tokens: tile again once training begins, as --use_liger_kernel's patching in Trainer.train rebinds
+    every MLP's forward to LigerSwiGLUMLP's (tunekit/tiling.py)."""
 
     def __init__(self, chunk_tokens: int):
         self.chunk_tokens = chunk_tokens
@@ -104,19 +98,18 @@ class TileAgain(TrainerCallback):
 
 
 class ActivationOffloadMixin:
-    """--offload_activations: what the forward saves for backward lives in (pinned) CPU memory.  With non-reentrant
-    gradient checkpointing that is each layer's input, the memory that grows with sequence length; the recomputed
-    activations inside a layer exist only during its backward."""
+    """--offload_activations(_async): what the forward saves for backward lives in pinned CPU memory."""
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         if self.run_options.offload_activations_async:  # tunekit/offload.py: side stream, prefetch
             from .offload import offload_saved_tensors
 
-            with offload_saved_tensors():
-                return super().compute_loss(model, inputs, *args, **kwargs)
-        if not self.run_options.offload_activations:
-            return super().compute_loss(model, inputs, *args, **kwargs)
-        with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
+            context = offload_saved_tensors()
+        elif self.run_options.offload_activations:
+            context = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+        else:
+            context = contextlib.nullcontext()
+        with context:
             return super().compute_loss(model, inputs, *args, **kwargs)
 
 
@@ -135,8 +128,7 @@ class TokenBudgetMixin:
 
 def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, collator, fingerprint=None, head=None,
                   compute_metrics=None, base=Trainer):
-    """base: the task's trainer class (transformers' Trainer), extended with our mixins; head: a classifier's head
-    module name (validated in every saved adapter); compute_metrics: the task's."""
+    """The task's trainer class (base) with our mixins; head: a classifier's, checked in every saved adapter."""
     mixins = (RunMixin, TokenBudgetMixin, ActivationOffloadMixin, AtomicCheckpointMixin)
     cls = type(f"Tunekit{base.__name__}", (*mixins, base), {})
     trainer = cls(model=model, args=train_args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
