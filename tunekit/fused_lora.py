@@ -1,18 +1,6 @@
-"""--fused_lora: each adapted linear layer as one autograd function, base matmul and adapter together.
-
-PEFT computes `base(x) + lora_B(lora_A(dropout(x))) * scaling` as separate ops: the adapter's full-width output is
-written, scaled into another full-width tensor and added into a third, and the backward walks the same chain.  At a
-16k-token micro-batch that is ~0.8 GB of memory traffic per adapted layer and pass, for 224 layers of a 7B model.
-Here the up-projection is added into the base output in place (`addmm_(x A^T, B^T, alpha=scaling)`), and the
-backward computes the input gradient as `g W + scaling (g B) A` into one buffer, with the two small weight gradients
-from the rank-r products.  A 4-bit base weight is dequantized for the matmul as bitsandbytes itself does (its
-training path is also dequantize + matmul), once in the forward and once in the backward; the frozen base weight gets
-no gradient.  Same loss and gradients as PEFT's path (tests/test_fused_lora.py: fp32, 1e-6).
-
-Only the plain case is fused: one active adapter, no dropout, no DoRA or other LoRA variant, no LoRA bias, base
-nn.Linear (frozen) or bitsandbytes Linear4bit, not merged.  Anything else (GPTQ kernels, a disabled adapter during
-generation, several adapters) runs PEFT's own forward, checked at every call.
-"""
+"""--fused_lora: each plain LoRA layer (see _fusable; anything else runs PEFT's forward) as one autograd function: the
+up-projection added into the base output in place (`addmm_(x A^T, B^T, alpha=scaling)`), the input gradient `g W +
+scaling (g B) A` in one buffer, not PEFT's three full-width tensors (~0.8 GB of traffic per layer and pass at 16k)."""
 from __future__ import annotations
 
 import types

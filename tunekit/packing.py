@@ -1,14 +1,5 @@
-"""Token-budget batching; with padding-free packing (data.collator), the batch holds real tokens only.
-
-Packing (transformers' DataCollatorWithFlattening) concatenates a batch's samples into one row with position ids
-restarting at 0 for each sample and no attention mask; transformers then keeps attention inside each sample (a
-block-diagonal mask for SDPA/eager/flex, the varlen path for flash attention). That only holds when no KV cache is
-passed (`use_cache=False`): with a cache, transformers skips the packed-sequence detection and every sample attends to
-the ones before it.
-
-TokenBudgetBatchSampler replaces a fixed batch size with a budget of tokens per micro-batch, so a batch of short
-samples and a batch of long ones cost about the same.
-"""
+"""Token-budget batches: a budget of tokens per micro-batch, so short and long batches cost about the same.  (Packing is
+data.collator's; load_model's use_cache=False keeps packed samples apart: a KV cache skips their detection.)"""
 from __future__ import annotations
 
 import torch
@@ -16,8 +7,7 @@ from transformers.trainer_pt_utils import BatchRebalanceSampler
 
 
 def budget_batches(lengths, budget: int, packed: bool, seed: int) -> list[list[int]]:
-    """Shuffle once (seeded), then cut the order into consecutive batches that fit the budget: the sum of lengths
-    when packed, the longest length times the count when padded.  A sample longer than the budget goes alone."""
+    """Shuffle once (seeded), cut into batches within the budget: sum of lengths packed, longest x count padded."""
     g = torch.Generator().manual_seed(seed)
     batches, current, total, longest = [], [], 0, 0
     for i in torch.randperm(len(lengths), generator=g).tolist():
@@ -34,10 +24,9 @@ def budget_batches(lengths, budget: int, packed: bool, seed: int) -> list[list[i
 
 
 class TokenBudgetBatchSampler(BatchRebalanceSampler):
-    """Micro-batches of at most `budget` tokens.  The partition into batches is fixed for the run (so the number of
-    steps per epoch is known up front); their order is reshuffled each epoch.  Rank-aware: rank r of W takes batches
-    r, r+W, ... (the last round wraps around so every rank runs the same number of steps).  Subclassing
-    BatchRebalanceSampler is what tells the Trainer to pass it as `batch_sampler` and not to shard it again."""
+    """Micro-batches of at most `budget` tokens, partitioned once (steps per epoch known up front), reshuffled each
+    epoch; rank r of W takes batches r, r+W, ... (wrapping so every rank runs as many steps).  A BatchRebalanceSampler
+    is what the Trainer passes as `batch_sampler` without sharding it again."""
 
     def __init__(self, lengths, budget: int, packed: bool, seed: int = 42, rank: int = 0, world_size: int = 1):
         self.batches = budget_batches(list(lengths), budget, packed, seed)

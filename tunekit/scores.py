@@ -1,18 +1,6 @@
-"""ROUGE-1/2/L and BLEU-4 between generated texts and their references, each 0-100, averaged over samples.
-
-Each sample is scored on its own and the four numbers are averaged over all samples (a mixed file averages its
-Chinese and other samples together).  A sample is Chinese when its *reference* holds a Han character.
-
-  Chinese   as ChatGLM2's ADGEN evaluation (ptuning/main.py, compute_metrics): jieba words joined by spaces, then
-            rouge-chinese's F (its ROUGE-N counts distinct n-grams; its ROUGE-L is the LCS of all words); BLEU-4 is
-            NLTK's sentence_bleu on *characters* (not words) with smoothing method 3.  A prediction or reference with
-            no words scores 0 ROUGE (ADGEN's guard: rouge-chinese raises on empty text).
-  other     Google's rouge_score F1 (rouge1, rouge2, rougeL; its tokeniser: lowercase, ASCII letters and digits only;
-            no stemmer, as `evaluate`'s default), and sacrebleu's sentence_bleu (13a tokeniser, case-sensitive, exp
-            smoothing, effective order): sentence BLEU averaged per sample, not corpus BLEU, so both kinds of sample
-            average alike.  A blank prediction scores 0.
-Every per-sample value is x100 and rounded to 4 decimals before the mean, as ADGEN does.
-"""
+"""ROUGE-1/2/L and BLEU-4 of generated texts against their references, per sample (x100, rounded to 4 decimals, as
+ChatGLM2's ADGEN evaluation does), then averaged; a sample whose *reference* holds a Han character is scored as ADGEN
+(ptuning/main.py) does, any other as `evaluate`'s defaults do: SCORING says how, beside the scores."""
 from __future__ import annotations
 
 import re
@@ -27,10 +15,6 @@ SCORING = ("mean over samples of per-sample scores x100; Chinese references: Cha
 HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
-def is_chinese(text: str) -> bool:
-    return HAN.search(text) is not None
-
-
 def _chinese_scorer():
     import logging
 
@@ -43,7 +27,7 @@ def _chinese_scorer():
 
     def score(pred: str, ref: str) -> list[float]:
         hyp, gold = " ".join(jieba.cut(pred)), " ".join(jieba.cut(ref))
-        if hyp.split() and gold.split():
+        if hyp.split() and gold.split():  # rouge-chinese raises on empty text
             result = rouge.get_scores(hyp, gold)[0]
             values = [result[k]["f"] for k in KEYS[:3]]
         else:
@@ -84,10 +68,9 @@ def score_generations(predictions: list[str], references: list[str]) -> dict:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise DataError(f"{name}[{i}] must be a string, got {type(text).__name__}")
-    scorers = {}  # built on first use: jieba's dictionary loads only when a Chinese sample comes
-    rows = []
+    scorers, rows = {}, []  # scorers built on first use: jieba's dictionary loads only when a Chinese sample comes
     for pred, ref in zip(predictions, references):
-        kind = is_chinese(ref)
+        kind = HAN.search(ref) is not None  # Chinese
         if kind not in scorers:
             scorers[kind] = _chinese_scorer() if kind else _other_scorer()
         rows.append(scorers[kind](pred, ref))
