@@ -99,8 +99,7 @@ class TrainingArguments(transformers.TrainingArguments):
                                             "instead of refusing to.")
     resume_from_checkpoint: str | None = arg(None, "auto (the newest complete checkpoint of the same run, the default "
                                                    "when there is one) or a checkpoint folder.")
-    packing: bool = arg(False, "Padding-free micro-batches: samples concatenated into one row, attention kept inside "
-                               "each; same loss and gradients.")
+    packing: bool = arg(False, "Padding-free micro-batches, attention inside each sample: same loss and gradients.")
     offload_activations: bool = arg(False, "Keep the tensors saved for backward (with checkpointing: each layer's "
                                            "input) in pinned CPU memory: long sequences on one GPU, at some speed.")
     offload_activations_async: bool = arg(False, "As --offload_activations, copied on a side CUDA stream and "
@@ -112,8 +111,7 @@ class TrainingArguments(transformers.TrainingArguments):
                                                       "(evenly spread) that recompute; below 1: faster, more memory.")
     fused_lora: bool = arg(True, "Plain LoRA layers (no dropout or DoRA; an nn.Linear or NF4 base) as one fused "
                                  "autograd function: same numbers, less memory traffic; off under ZeRO-3.")
-    lora_upcast_inputs: bool = arg(False, "Let PEFT copy adapted layers' inputs to fp32 even under bf16/fp16 "
-                                          "autocast, which casts them straight back (memory, no change).")
+    lora_upcast_inputs: bool = arg(False, "Let PEFT copy adapted inputs to fp32 under autocast too: memory, no gain.")
     eval_generation: bool = arg(False, "At the end: answer the eval prompts (greedy), score ROUGE-1/2/L and BLEU-4 "
                                        "into eval_metrics.json and eval_predictions.jsonl.")
     eval_max_new_tokens: int = arg(256, "With --eval_generation: tokens per answer.")
