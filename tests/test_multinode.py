@@ -48,7 +48,7 @@ def launch(model, out, *flags, nodes=1, per_node=1, ds=True, method="lora"):
     port = str(free_port())
     procs = []
     for rank in range(nodes):
-        env = dict(os.environ, MODEL=model, DATA=str(DATA / "llama2_guanaco.jsonl"), EVAL_DATA="", OUTPUT_DIR=str(out),
+        env = dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable), MODEL=model, DATA=str(DATA / "llama2_guanaco.jsonl"), EVAL_DATA="", OUTPUT_DIR=str(out),
                    GPUS_PER_NODE=str(per_node), NNODES=str(nodes), NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=port, DS_CONFIG="ds_configs/zero2.json" if ds is True else ds or "", OMP_NUM_THREADS="1",
                    TOKENIZERS_PARALLELISM="false", PYTHON=os.environ.get("PYTHON", "python"))
@@ -114,7 +114,7 @@ def test_qlora_under_zero3_with_the_storage_in_the_model_dtype(tiny_llama2, zero
 def test_zero3_full_fine_tuning_saves_a_checkpoint_that_reloads(tiny_llama2, tmp_path):
     """Full fine-tuning under ZeRO-3 on two processes: the saved model.safetensors holds every weight whole (gathered,
     stage3_gather_16bit_weights_on_model_save), reloads with from_pretrained, moved from the base, and equals the same
-    run under ZeRO-2 (1e-5)."""
+    run under ZeRO-2 to fp32 rounding (the bound below)."""
     from transformers import AutoModelForCausalLM
 
     full = ["--use_lora", "false", "--learning_rate", "1e-3", "--max_steps", "2", "--bf16", "false"]
@@ -127,8 +127,14 @@ def test_zero3_full_fine_tuning_saves_a_checkpoint_that_reloads(tiny_llama2, tmp
     z3 = AutoModelForCausalLM.from_pretrained(tmp_path / "z3", dtype=torch.float32).state_dict()
     assert z3.keys() == base.keys() and all(z3[k].shape == base[k].shape for k in base)
     assert any((z3[k] - base[k]).abs().max() > 1e-4 for k in base)  # it trained
-    for k in base:
-        torch.testing.assert_close(z3[k], z2[k], atol=1e-5, rtol=0, msg=k)
+    # The bound of the Q-LoRA test above, for every weight: each gradient, a sum over N = 256 tokens a step added in
+    # another order, differs by <= N x 2^-24 relative, which Adam passes on (N x 2^-24 x steps of the update's norm);
+    # and a weight whose gradient cancels to the rounding level (an embedding row of a rare token) may have its Adam
+    # steps, about lr each, turned: 2 x lr x steps.  A save that missed the gathered weights is off by the update.
+    lr, steps = 1e-3, 2
+    update = torch.cat([(z2[k] - base[k]).flatten() for k in base]).norm().item()
+    distance = torch.cat([(z3[k] - z2[k]).flatten() for k in base]).norm().item()
+    assert distance <= 2 * lr * steps + 256 * 2**-24 * steps * update < update / 10, (distance, update)
 
 
 def test_packed_budget_two_processes_equal_double_accumulation(tiny_llama2, tmp_path):
