@@ -15,25 +15,10 @@ from pathlib import Path
 
 from . import prompts
 from .errors import ArgumentError
+from .families import read_json
 
 ARGS, ADAPTER, CONFIG = "finetune_args.json", "adapter_config.json", "config.json"
 LABEL_KEYS = ("id2label", "label2id", "pad_token_id")  # a classifier's head config, saved beside its adapter
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object from disk, or one error line naming the file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ArgumentError(f"{path}: not valid JSON ({e}); the folder is damaged or was not written by tunekit") \
-            from None
-    if not isinstance(data, dict):
-        raise ArgumentError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
-
-
-def optional_json(path: Path) -> dict:
-    return read_json(path) if path.is_file() else {}
 
 
 @dataclass(frozen=True)
@@ -88,12 +73,12 @@ def read(folder, flag: str = "MODEL") -> RunFolder:
         raise ArgumentError(f"{flag}: {folder} {'is a file' if path.exists() else 'does not exist'}; pass a folder "
                             "written by tunekit train (an adapter) or merge, or a model folder")
     adapter = read_json(path / ADAPTER) if (path / ADAPTER).is_file() else None
-    config = optional_json(path / CONFIG)
+    config = read_json(path / CONFIG)
     if adapter is None and not config:
         raise ArgumentError(f"{flag}: {path} is neither an adapter folder ({ADAPTER}) nor a model folder "
                             f"({CONFIG}); pass the output_dir of a run, or its merged folder")
-    fmt = optional_json(path / prompts.FILE)
-    run = RunFolder(path, optional_json(path / ARGS), adapter, config, prompts.ChatFormat(**fmt))
+    fmt = read_json(path / prompts.FILE)
+    run = RunFolder(path, read_json(path / ARGS), adapter, config, prompts.ChatFormat(**fmt))
     if adapter is not None and not (path / "adapter_model.safetensors").is_file():
         raise ArgumentError(f"{flag}: {path} has {ADAPTER} but no adapter_model.safetensors: the run did not finish "
                             "saving; train again or pass another folder")

@@ -2,6 +2,8 @@
 chosen by `--family` or else the checkpoint's own config.json `model_type`, never its path."""
 from __future__ import annotations
 
+import copy
+import functools
 import json
 from pathlib import Path
 
@@ -15,9 +17,19 @@ CONVERTERS = {f.original_model_type: f.converter for f in FAMILIES.values() if f
 
 
 def read_json(path: Path) -> dict:
-    """A model folder's JSON file as a dict ({} when absent or not an object), or one error line naming it."""
+    """A model or run folder's JSON file as a dict ({} when absent or not an object), or one error line naming it;
+    parsed once per version of the file (a run's checks each ask for config.json)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    stat = path.stat()
+    return copy.deepcopy(_parse(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(path: str, mtime_ns: int, size: int) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise ArgumentError(f"{path}: not valid JSON ({e})") from None
     return data if isinstance(data, dict) else {}
