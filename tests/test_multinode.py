@@ -48,10 +48,10 @@ def launch(model, out, *flags, nodes=1, per_node=1, ds=True, method="lora"):
     port = str(free_port())
     procs = []
     for rank in range(nodes):
-        env = dict(os.environ, PYTHON=os.environ.get("PYTHON", sys.executable), MODEL=model, DATA=str(DATA / "llama2_guanaco.jsonl"), EVAL_DATA="", OUTPUT_DIR=str(out),
+        env = dict(os.environ, MODEL=model, DATA=str(DATA / "llama2_guanaco.jsonl"), EVAL_DATA="", OUTPUT_DIR=str(out),
                    GPUS_PER_NODE=str(per_node), NNODES=str(nodes), NODE_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=port, DS_CONFIG="ds_configs/zero2.json" if ds is True else ds or "", OMP_NUM_THREADS="1",
-                   TOKENIZERS_PARALLELISM="false", PYTHON=os.environ.get("PYTHON", "python"))
+                   TOKENIZERS_PARALLELISM="false", PYTHON=os.environ.get("PYTHON", sys.executable))
         procs.append(subprocess.Popen(["bash", "recipes/llama2/train.sh", method, *FLAGS, *flags], cwd=ROOT, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     logs = [p.communicate(timeout=900)[0] for p in procs]
