@@ -19,8 +19,10 @@ NOISE = re.compile(r"warn|Setting accelerator|LOAD REPORT|find_unused_parameters
 
 
 def run(argv, **env):
-    """stdout and stderr as one stream, in the order printed (as on a terminal)."""
-    r = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    """stdout and stderr as one stream, in the order printed (as on a terminal).  Started as a user starts it, not
+    as a sub-make of `make test` (whose MAKELEVEL would turn make's own line into `make[1]: ***`)."""
+    outer = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    r = subprocess.run(argv, cwd=ROOT, env={**outer, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        text=True, timeout=900)
     return r.returncode, r.stdout
 
