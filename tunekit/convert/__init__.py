@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,8 +22,11 @@ import torch
 from ..errors import ConversionError
 from ..families import CONVERTERS, FAMILIES
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA_DIR = ROOT / "data"
+# Documented defaults, relative to where the command runs (recipes/launch.sh runs it from the checkout): converted
+# folders are cached under $TUNEKIT_CACHE (default .cache) and a converted tokenizer must also reproduce the texts
+# of data/ when there is one.
+CACHE = Path(os.environ.get("TUNEKIT_CACHE", ".cache"))
+DATA_DIR = Path("data")
 RECORD = "tunekit_conversion.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -156,7 +160,7 @@ def source_fingerprint(src: Path) -> str:
 
 
 def default_out(src: Path, native_type: str) -> Path:
-    return ROOT / ".cache" / "converted" / f"{src.resolve().name}-{native_type}-{source_fingerprint(src)[:8]}"
+    return CACHE.resolve() / "converted" / f"{src.resolve().name}-{native_type}-{source_fingerprint(src)[:8]}"
 
 
 def is_cached(out: Path, fp: str) -> bool:

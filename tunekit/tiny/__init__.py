@@ -12,7 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import atomic_folder
-from ..convert import DATA_DIR, ROOT, corpus
+from ..convert import corpus
+
+# The embedded default is built from the checkout's own data/ and cached in its .cache/ (a fixture of the checkout).
+ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = ROOT / "data"
 from ..families import FAMILIES, Family
 
 VOCAB_SIZE = 2000
@@ -69,7 +73,7 @@ def build(family_name: str, out: Path, seed: int = 0, base: bool = False) -> Pat
     if (out / "config.json").is_file() and (out / "tokenizer.json").is_file():
         return out
     family = FAMILIES[family_name]
-    tok = train_tokenizer(family, list(corpus()), base=base)
+    tok = train_tokenizer(family, list(corpus(DATA_DIR)), base=base)
     shape = dict(SHAPES[family_name])
     config = AutoConfig.for_model(shape.pop("model_type"), vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **shape)

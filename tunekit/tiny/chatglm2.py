@@ -38,11 +38,12 @@ def train_tiny(out_file, vocab_size: int = 3000, texts=None) -> Path:
     import io
 
     from ..convert import corpus
+    from . import DATA_DIR
     from ..convert.chatglm2_tokenizer import _sentencepiece
 
     spm = _sentencepiece()
 
-    lines = [line for text in (texts if texts is not None else corpus()) for line in text.split("\n") if line.strip()]
+    lines = [line for text in (texts if texts is not None else corpus(DATA_DIR)) for line in text.split("\n") if line.strip()]
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
                                    hard_vocab_limit=False, num_threads=1, input_sentence_size=0,

@@ -27,6 +27,7 @@ def train_tiktoken(out_file, vocab_size: int = 2000, texts=None) -> Path:
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
     from ..convert import corpus
+    from . import DATA_DIR
     from ..convert.qwen import PAT_STR, _bytes_to_unicode
 
     tk = Tokenizer(models.BPE())
@@ -34,7 +35,7 @@ def train_tiktoken(out_file, vocab_size: int = 2000, texts=None) -> Path:
                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tk.train_from_iterator(list(texts if texts is not None else corpus()), trainer)
+    tk.train_from_iterator(list(texts if texts is not None else corpus(DATA_DIR)), trainer)
     u2b = {u: b for b, u in _bytes_to_unicode().items()}
     ranks = {bytes([b]): b for b in range(256)}
     for merge in json.loads(tk.to_str())["model"]["merges"]:
