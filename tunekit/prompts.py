@@ -73,12 +73,6 @@ def save(fmt: ChatFormat, folder) -> None:
     (Path(folder) / FILE).write_text(json.dumps(asdict(fmt), indent=2) + "\n")
 
 
-def load(folder) -> ChatFormat:
-    """The saved format; a folder without one (a model from elsewhere) uses its tokenizer's chat template."""
-    path = Path(folder) / FILE
-    return ChatFormat(**json.loads(path.read_text())) if path.is_file() else ChatFormat()
-
-
 def split_record(record, where: str) -> tuple[list[dict], str]:
     """Any training record -> (the conversation up to its last answer, that answer: the reference)."""
     from .data import GUANACO_TURN
