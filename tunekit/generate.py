@@ -40,13 +40,9 @@ def read_from_args(a, command: str):
     """The run folder the arguments name (the adapter, or MODEL), checked before anything loads."""
     from . import runfolder
 
-    run = runfolder.read(a.adapter, "--adapter") if a.adapter else runfolder.read(a.model)
-    run.task.require(command, run.path)
     if a.adapter:
-        runfolder.base_config(a.model, "MODEL")
-    elif run.adapter is not None:
-        runfolder.base_config(run.base, f"{run.path}: its base")
-    return run
+        return runfolder.read_for(command, a.adapter, "--adapter", base=a.model)
+    return runfolder.read_for(command, a.model)
 
 
 def load_from_args(a, run):

@@ -56,10 +56,7 @@ def main(argv=None):
     p.add_argument("output", help="the JSONL to write")
     p.add_argument("--batch_size", type=positive, default=32)
     a = p.parse_args(argv)
-    run = runfolder.read(a.model)
-    run.task.require("predict", run.path)
-    if run.adapter is not None:
-        runfolder.base_config(run.base, f"{run.path}: its base")
+    run = runfolder.read_for("predict", a.model)
     check_output_file(a.output, "OUTPUT")
     records = read_records(a.input)
     key = "text" if run.task.name == "seq_cls" else "tokens"

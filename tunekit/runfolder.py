@@ -85,6 +85,18 @@ def read(folder, flag: str = "MODEL") -> RunFolder:
     return run
 
 
+def read_for(command: str, folder, flag: str = "MODEL", base: str | None = None) -> RunFolder:
+    """A run folder for `command`, checked before anything loads: its task is one the command serves, and its base
+    (`base`, given as MODEL beside an --adapter, or the one the adapter records) is a model folder here."""
+    run = read(folder, flag)
+    run.task.require(command, run.path)
+    if base:
+        base_config(base, "MODEL")
+    elif run.adapter is not None:
+        base_config(run.base, f"{run.path}: its base")
+    return run
+
+
 def base_config(base: str, flag: str = "the base model") -> dict:
     path = Path(base) / CONFIG
     if not path.is_file():
