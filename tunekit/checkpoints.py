@@ -38,11 +38,8 @@ def fingerprint(args: dict) -> dict:
     fp = {k: v for k, v in sorted(args.items()) if k in FINGERPRINTED_ANYWAY
           or (k not in NOT_FINGERPRINTED and not k.startswith(NOT_FINGERPRINTED_PREFIXES))}
     if args.get("data_path") and Path(args["data_path"]).is_file():
-        digest = hashlib.sha256()
         with open(args["data_path"], "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        fp["data_sha256"] = digest.hexdigest()
+            fp["data_sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
     fp["world_size"] = int(os.environ.get("WORLD_SIZE", "1"))
     return fp
 
@@ -64,11 +61,10 @@ def list_checkpoints(output_dir) -> list[Path]:
 
 def why_incomplete(ckpt: Path) -> str | None:
     """None for a complete checkpoint, else the reason it cannot be resumed from."""
-    marker = ckpt / MARKER
-    if not marker.is_file():
-        return f"no completion marker {MARKER}"
     try:
-        files = json.loads(marker.read_text())["files"]
+        files = json.loads((ckpt / MARKER).read_text())["files"]
+    except OSError:
+        return f"no completion marker {MARKER}"
     except (ValueError, KeyError, TypeError):
         return f"unreadable {MARKER}"
     for name, size in files.items():
@@ -77,12 +73,8 @@ def why_incomplete(ckpt: Path) -> str | None:
             return f"{name} is missing"
         if p.stat().st_size != size:
             return f"{name} has {p.stat().st_size} bytes, {size} were written"
-    return _missing_state(list(files))
-
-
-def _missing_state(names: list[str]) -> str | None:
-    """What a resume needs beyond the weights (DeepSpeed keeps the optimizer in global_step*/…optim_states.pt)."""
-    base = [n.split("/")[-1] for n in names]
+    # what a resume needs beyond the weights (DeepSpeed keeps the optimizer in global_step*/…optim_states.pt)
+    base = [n.split("/")[-1] for n in files]
     needs = {
         "trainer_state.json": "trainer_state.json" in base,
         "weights": any(n in base for n in ("adapter_model.safetensors", "model.safetensors",
@@ -190,11 +182,10 @@ def rotate(run_dir: Path, keep: int | None, protect: str | None) -> None:
     """Keep the newest `keep` complete checkpoints (and the best one); never delete the last complete one."""
     if not keep or keep <= 0:
         return
-    complete = [p for p in list_checkpoints(run_dir) if why_incomplete(p) is None]
-    for p in complete[keep:]:
-        if protect and Path(protect).resolve() == p.resolve():
-            continue
-        shutil.rmtree(p, ignore_errors=True)
+    protected = Path(protect).resolve() if protect else None
+    for p in [p for p in list_checkpoints(run_dir) if why_incomplete(p) is None][keep:]:
+        if p.resolve() != protected:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def validate_adapter(folder, expected_keys, trained: bool, head: str | None = None) -> None:
