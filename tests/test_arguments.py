@@ -145,7 +145,7 @@ def test_no_eval_file_turns_eval_off(base):
 def test_every_recipe_parses(recipe, tiny_llama2, tiny_qwen, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     # the GPU recipes' speed switches (varlen attention, Liger) are refused without CUDA: parse as on a GPU box
-    monkeypatch.setattr("tunekit.preflight._cuda", lambda: True)
+    monkeypatch.setattr("tunekit.preflight._cuda_count", lambda: 1)
     monkeypatch.setattr("tunekit.preflight.check_varlen", lambda packing: None)
     family = json.loads((ROOT / recipe).read_text()).get("family")
     model = tiny_qwen if family == "qwen" else tiny_llama2

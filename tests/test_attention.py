@@ -74,7 +74,7 @@ def test_varlen_is_refused_without_packing_or_cuda(tiny_llama2, guanaco_small, t
 def test_varlen_on_a_pre_ampere_gpu_is_refused_with_the_reason(monkeypatch):
     from tunekit.preflight import ArgumentError, check_varlen
 
-    monkeypatch.setattr("tunekit.preflight._cuda", lambda: True)
+    monkeypatch.setattr("tunekit.preflight._cuda_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
     with pytest.raises(ArgumentError, match="Ampere or newer GPU.*Tesla T4 is sm75: use sdpa"):

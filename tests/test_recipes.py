@@ -56,7 +56,7 @@ def test_overlay_json_after_the_method_overrides_the_recipe(tiny_llama2, monkeyp
     missing = subprocess.run(["bash", "recipes/llama2/train.sh", "qlora", "recipes/nope.json"], cwd=ROOT, env=env,
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no argument file recipes/nope.json" in missing.stderr
-    monkeypatch.setattr("tunekit.preflight._cuda", lambda: True)  # the recipe's varlen needs CUDA
+    monkeypatch.setattr("tunekit.preflight._cuda_count", lambda: 1)  # the recipe's varlen needs CUDA
     monkeypatch.setattr("tunekit.preflight.check_varlen", lambda *a, **k: None)
     model, _, lora, train = resolve([str(ROOT / "recipes/llama2/qlora.json"), str(ROOT / "recipes/lean.json"),
                                     "--model_name_or_path", tiny_llama2, "--output_dir", "/tmp/unused-lean", "--use_cpu"])

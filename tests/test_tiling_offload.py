@@ -323,7 +323,7 @@ def test_tiling_survives_the_trainers_liger_patch(tiny_llama2, guanaco_small, tm
             mlp.gate_proj.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[:-1].numel()))
 
     monkeypatch.setattr(transformers.trainer, "apply_liger_kernel", like_liger)
-    monkeypatch.setattr("tunekit.preflight._cuda", lambda: True)  # past the pre-flight's "Liger needs CUDA"
+    monkeypatch.setattr("tunekit.preflight._cuda_count", lambda: 1)  # past the pre-flight's "Liger needs CUDA"
     trainer = finetune.main([
         "--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora", "--lora_r", "8",
         "--lora_dropout", "0", *cpu_flags(tmp_path / "out", max_steps=2, packing=True, gradient_checkpointing=True,

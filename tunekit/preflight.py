@@ -65,20 +65,14 @@ def is_distributed_launch() -> bool:
     return "LOCAL_RANK" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _cuda_count() -> int:
+def _cuda_count() -> int:  # the one seam the tests set to pretend a GPU box
     import torch
 
     return torch.cuda.device_count()
 
 
 def check_machine(a) -> None:
-    if a.use_liger_kernel and not _cuda():
+    if a.use_liger_kernel and not _cuda_count():
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
@@ -97,7 +91,7 @@ def check_varlen(packing: bool) -> None:
     """varlen is flash attention on packed rows: packing, CUDA on an Ampere or newer GPU, and torch >= 2.10."""
     import torch
 
-    if not (packing and _cuda()):
+    if not (packing and _cuda_count()):
         raise ArgumentError("--attn_implementation varlen needs --packing true and a CUDA GPU (its kernel is flash "
                             "attention on packed rows); use sdpa otherwise")
     if importlib.util.find_spec("torch.nn.attention.varlen") is None:
@@ -168,12 +162,11 @@ def check_remote_code(model_path: str | None, trust_remote_code: bool) -> None:
         raise ArgumentError(f"--model_name_or_path: {model_path} does not exist (a checkpoint folder is expected)")
     if trust_remote_code:
         return
-    config = read_json(folder / "config.json")
     for name in ("config.json", "tokenizer_config.json"):
-        auto_map = (config if name == "config.json" else read_json(folder / name)).get("auto_map")
+        auto_map = read_json(folder / name).get("auto_map")
         if not auto_map:
             continue
-        model_type, hint = config.get("model_type", ""), ""
+        model_type, hint = read_json(folder / "config.json").get("model_type", ""), ""
         if model_type in CONVERTERS:
             hint = (f" For model_type '{model_type}' there is a better way: convert the checkpoint once with "
                     f"`python -m tunekit.convert {shlex.quote(str(folder))}` (it prints the converted folder) and "
