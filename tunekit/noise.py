@@ -1,11 +1,5 @@
-"""Messages of libraries that tell a user nothing they can act on, kept off the screen, each with its reason.  Called
-before those libraries load: by tunekit/cli.py at import, by each command's main().  A filter here names one message
-(or one logger's import-time chatter); a library's other warnings, the ones that say something, still print.
-
-Gone at their source instead: accelerate's `OMP_NUM_THREADS/MKL_NUM_THREADS unset` warning and DDP's
-`find_unused_parameters=True` warning came from running one process under torchrun, which recipes/launch.sh no longer
-does; torchrun's own banner for several processes (launch.sh sets OMP_NUM_THREADS=1 itself) and its failure lines
-after a worker's `error:` line (tunekit/torchrun.py)."""
+"""Library messages a user cannot act on, kept off the screen, each with its reason; called before those libraries
+load.  Each filter names one message (or one logger's import-time chatter), so the warnings that say something print."""
 from __future__ import annotations
 
 import json
@@ -59,12 +53,9 @@ def quiet_libraries() -> None:
     # tokenicer (imported by gptqmodel) calls logging.basicConfig(level=INFO) at import, which would print every
     # library's INFO records; a root handler set first makes that call a no-op.  It is Python's own last resort made
     # explicit: stderr, WARNING and up, the message alone.
-    root = logging.getLogger()
-    if not root.handlers:
-        last_resort = logging.StreamHandler()
-        last_resort.setLevel(logging.WARNING)
-        last_resort.setFormatter(logging.Formatter("%(message)s"))
-        root.addHandler(last_resort)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(message)s")
+        logging.getLogger().handlers[0].setLevel(logging.WARNING)
     # gptqmodel (imported by peft to test each layer it wraps, GPTQ or not) prints an ASCII banner, its versions and
     # the environment variables it sets through its own `logbar` logger, which sets itself to INFO when created (so
     # a level set here would not hold); its failures raise.
@@ -95,10 +86,8 @@ ROW = re.compile(r"^(\S+)\s*\|\s*([A-Z]+)\s*\|", re.M)
 
 
 def new_head_report(message: str) -> bool:
-    """True for transformers' LOAD REPORT of a *ForSequenceClassification / *ForTokenClassification model built from
-    a checkpoint saved as another class (a base), whose only missing weights are the head (`classifier`, `score`) and
-    whose other rows are the base's unused weights (pooler, LM head).  A classifier checkpoint missing its head, or a
-    base missing any other weight, is still reported."""
+    """A classifier's LOAD REPORT from a base checkpoint, missing only its new head (other rows: the base's unused
+    weights); a classifier checkpoint missing its head, or a base missing any other weight, is still reported."""
     text = ANSI.sub("", message)
     head = re.match(r"(\w+For(?:Sequence|Token)Classification) LOAD REPORT from: (.*)", text)
     if head is None:
