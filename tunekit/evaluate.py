@@ -3,11 +3,9 @@
     tunekit evaluate out/chatglm2-lora --data data/chatglm2_adgen_eval.jsonl --generate
     make chatglm2-eval
 
-Loss is the training pipeline's (the same rendering, labels and truncation as finetune.py), averaged over every
-supervised token of the file; perplexity is exp of it.  --generate answers each record's prompt (greedy, batched,
-tunekit/generate.py) and scores the answers against the references with ROUGE-1/2/L and BLEU-4 (tunekit/scores.py:
-Chinese as ChatGLM2's ADGEN evaluation does).  eval_metrics.json and eval_predictions.jsonl are written into the model
-folder (or --out), and the run's run_summary.json, if there is one, links to them.
+Loss is the mean over every supervised token of the file, rendered and truncated as training does; perplexity is exp
+of it.  --generate answers each prompt greedily and scores ROUGE-1/2/L and BLEU-4 (Chinese as ChatGLM2's ADGEN
+evaluation does).  eval_metrics.json and eval_predictions.jsonl go into the model folder (or --out).
 """
 from __future__ import annotations
 
@@ -23,8 +21,7 @@ METRICS, PREDICTIONS = "eval_metrics.json", "eval_predictions.jsonl"
 
 
 def eval_file(settings: dict) -> tuple[str | None, int | None]:
-    """The file (and how many of its records) a run evaluated on: its eval file, or its training slice with
-    --eval_on_train."""
+    """The file a run evaluated on and how many records: its eval file, or with --eval_on_train its training file."""
     if settings.get("eval_on_train"):
         return settings.get("data_path"), settings.get("max_samples")
     return settings.get("eval_data_path"), None
@@ -44,8 +41,8 @@ def loss_and_perplexity(model, tokenizer, family, path: str, settings: dict, bat
                        max_target_length=settings.get("max_target_length"))
     collate = collator(tokenizer, SimpleNamespace(packing=False), False)
     total, tokens = 0.0, 0
-    for lo in range(0, len(ds), batch_size):
-        batch = {k: v.to(model.device) for k, v in collate([ds[i] for i in range(lo, min(lo + batch_size, len(ds)))]).items()}
+    for batch in torch.utils.data.DataLoader(ds, batch_size, collate_fn=collate):
+        batch = batch.to(model.device)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         labels = batch["labels"][:, 1:]
         total += torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
@@ -71,14 +68,14 @@ def evaluate(model, tokenizer, fmt, family, data: str, out_dir, settings: dict, 
         from .scores import score_generations
 
         predictions = out / PREDICTIONS
-        if predictions.exists() and not resume:
-            predictions.unlink()  # another model's answers must not be scored as this one's
+        if not resume:
+            predictions.unlink(missing_ok=True)  # another model's answers must not be scored as this one's
         generate_file(model, tokenizer, fmt, read_items(data, limit), str(predictions), batch_size,
                       max_new_tokens=max_new_tokens)
         rows = read_records(str(predictions))
-        metrics.update(score_generations([r["output"] for r in rows], [r["reference"] for r in rows]))
+        scores = score_generations([r["output"] for r in rows], [r["reference"] for r in rows])
+        metrics.update({k: round(v, 4) if isinstance(v, float) else v for k, v in scores.items()})
         metrics["predictions"] = PREDICTIONS
-    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     write_json(out / METRICS, metrics)
     summary = out / "run_summary.json"
     if summary.is_file():
@@ -113,7 +110,7 @@ def after_training(trainer, tokenizer, run, train_ds) -> dict:
 
 
 def main(argv=None):
-    from .generate import add_model_arguments, load_from_args, positive, read_from_args
+    from .generate import add_model_arguments, load_from_args, positive, read_from_args, read_items
 
     p = Parser(__doc__)
     add_model_arguments(p)
@@ -138,8 +135,6 @@ def main(argv=None):
         raise ArgumentError(f"--out: {out} is a file; pass a folder for eval_metrics.json")
     family = run.family(a.family)
     if a.generate:
-        from .generate import read_items
-
         read_items(data, a.limit or limit)  # every record has a prompt to answer, checked before the model loads
     model, tokenizer, fmt = load_from_args(a, run)
     metrics = evaluate(model, tokenizer, fmt, family, data, out, run.args, a.generate, a.batch_size,
