@@ -5,6 +5,7 @@ tokenizer), checked against the adapter model on a probe batch, written to a tem
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -22,19 +23,14 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
 def available_bytes(device: str) -> int:
-    if device == "cuda":
-        return torch.cuda.mem_get_info()[0]
-    try:
-        with open("/proc/meminfo") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return 0
+    import psutil  # accelerate's dependency
+
+    return torch.cuda.mem_get_info()[0] if device == "cuda" else psutil.virtual_memory().available
 
 
 def compute_dtype(n_params: int, device: str, save_dtype: torch.dtype) -> torch.dtype:
-    """The merge runs in fp32 where 1.25x the fp32 model fits: W + BA is rounded to the saved dtype once, and the
-    check holds to rounding.  In bf16 the adapter model and the merged one each round differently, and a strongly
-    trained adapter on a 28-layer model drifted 8% of the largest logit apart (ChatGLM2-6B shape, H200)."""
+    """fp32 where 1.25x the fp32 model fits, so W + BA is rounded once: merged in bf16, a strongly trained adapter on a
+    28-layer model drifted 8% of the largest logit from the adapter model (ChatGLM2-6B shape, H200)."""
     return torch.float32 if available_bytes(device) >= n_params * 4 * 1.25 else save_dtype
 
 
@@ -50,9 +46,8 @@ def check_base(base: str, trust_remote_code: bool = False) -> None:
 
 
 def check_adapter_fits(run, base: str, trust_remote_code: bool = False) -> int:
-    """Every module the adapter adapts exists in the base, with the in/out sizes the adapter was trained on.  Checked
-    on an empty (meta-device) copy of the base, before any weight is read: a Qwen adapter on a Llama base, or a 7B
-    adapter on a 13B base, is refused here instead of failing inside PEFT with a size-mismatch trace."""
+    """Every adapted module exists in the base with the adapter's in/out sizes, checked on a meta-device copy before
+    any weight is read (not a size-mismatch trace from inside PEFT); returns the base's parameter count."""
     from safetensors import safe_open
 
     adapter, weights = run.path, run.path / "adapter_model.safetensors"
@@ -62,21 +57,19 @@ def check_adapter_fits(run, base: str, trust_remote_code: bool = False) -> int:
     modules = dict(empty.named_modules())
     with safe_open(str(weights), "pt") as f:
         for key in f.keys():
-            name = key.removeprefix("base_model.model.")
-            part = ".lora_A." if ".lora_A." in name else ".lora_B." if ".lora_B." in name else None
-            if part is None:
+            if not (match := re.match(r"(?:base_model\.model\.)?(.+?)\.lora_([AB])\.", key)):
                 continue
-            target = name.split(part)[0]
+            target, part = match.groups()
             module = modules.get(target)
             if module is None or not hasattr(module, "in_features"):
                 raise ArgumentError(f"--adapter {adapter} adapts '{target}', which the base {base} (model_type "
                                     f"'{config.model_type}') does not have: the adapter was trained on another model; "
                                     "pass the model it was trained on with --base")
             shape = f.get_slice(key).get_shape()
-            got, want = (shape[1], module.in_features) if part == ".lora_A." else (shape[0], module.out_features)
+            got, want = (shape[1], module.in_features) if part == "A" else (shape[0], module.out_features)
             if got != want:
                 raise ArgumentError(f"--adapter {adapter}: {key} has shape {list(shape)}, but '{target}' of the base "
-                                    f"{base} has {'in' if part == '.lora_A.' else 'out'}_features={want}: the adapter "
+                                    f"{base} has {'in' if part == 'A' else 'out'}_features={want}: the adapter "
                                     "was trained on another model (architecture or size); pass that model with --base")
     return sum(p.numel() for p in empty.parameters())
 
