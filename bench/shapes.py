@@ -144,7 +144,7 @@ def save_chatml_tokenizer(folder: str, shape: str) -> None:
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    from tunekit.families.qwen import CHATML_TEMPLATE
+    from tunekit.templates import NAMED
 
     words_end, vocab_size = QWEN_WORDS_END[shape], SHAPES[shape]["vocab_size"]
     tokens, merges = chatml_bpe_vocab(words_end)
@@ -163,7 +163,7 @@ def save_chatml_tokenizer(folder: str, shape: str) -> None:
     staging = Path(folder.rstrip("/") + ".tokenizer")
     shutil.rmtree(staging, ignore_errors=True)
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                            unk_token=None, bos_token=None, chat_template=CHATML_TEMPLATE).save_pretrained(staging)
+                            unk_token=None, bos_token=None, chat_template=NAMED["qwen"].jinja).save_pretrained(staging)
     config = staging / "tokenizer_config.json"  # the class the real checkpoint names (and loads as anyway)
     config.write_text(json.dumps({**json.loads(config.read_text(encoding="utf-8")), "tokenizer_class": "Qwen2Tokenizer"},
                                  indent=2, ensure_ascii=False), encoding="utf-8")

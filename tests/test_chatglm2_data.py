@@ -32,7 +32,7 @@ def adgen(content, summary, tmp_path):
 def golden(sample, pairs, **limits):
     toks = [(t, trained) for text, trained in pairs for t in text.split()]
     tok = word_tokenizer([t for t, _ in toks] + "[ Round 1 ] 问 ： 答 类型 # 裙 * 颜色 蓝色 这条 裙子 很 清新 。".split())
-    ex, truncated = tokenize_sample(sample, tok, FAM, limits.pop("max_length", 512), **limits)
+    [ex], truncated = tokenize_sample(sample, tok, FAM, limits.pop("max_length", 512), **limits)
     got = [(tok.convert_ids_to_tokens(i), lab != IGNORE_INDEX) for i, lab in zip(ex["input_ids"], ex["labels"])]
     assert got == toks
     assert all(lab in (i, IGNORE_INDEX) for i, lab in zip(ex["input_ids"], ex["labels"]))
@@ -78,7 +78,7 @@ def test_ids_equal_chatglm2_preprocessing_on_the_real_tokenizer(tmp_path):
     records = [json.loads(line) for line in (DATA / "chatglm2_adgen.jsonl").read_text(encoding="utf-8").splitlines()]
     samples = load_records(str(DATA / "chatglm2_adgen.jsonl"))
     for rec, sample in zip(records[:40], samples):
-        ex, _ = tokenize_sample(sample, tok, FAM, 1024, max_source_length=64, max_target_length=128)
+        [ex], _ = tokenize_sample(sample, tok, FAM, 1024, max_source_length=64, max_target_length=128)
         a = sp.prefix_ids + sp.encode(sp.build_prompt(rec["content"]))[: 64 - 2]
         b = sp.encode(rec["summary"])[:128]
         assert ex["input_ids"] == a + b + [2]

@@ -3,31 +3,38 @@ import pytest
 import torch
 
 from conftest import DATA, write_json
+from tunekit.templates import NAMED
+from tunekit.tiny import TOKENS
 from tunekit.data import IGNORE_INDEX, DataError, build_dataset, collator, load_records, tokenize_sample
 from tunekit.families import FAMILIES
 
 
-def word_tokenizer(family_name, words):
-    """A word-level tokenizer whose ids are easy to reason about: one token per word or punctuation run."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def word_tokenizer(family_name, words, template=True):
+    """A word-level tokenizer whose ids are easy to reason about: one token per word or punctuation run; BOS on text
+    as Llama's; template=False: a base tokenizer (no chat template)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     fam = FAMILIES[family_name]
-    specials = (["<unk>", "<s>", "</s>"] if family_name == "llama2" else list(fam.extra_special_tokens))
+    tokens = TOKENS[family_name]
+    specials = (["<unk>", "<s>", "</s>"] if family_name == "llama2" else list(tokens["extra"]))
     vocab = {t: i for i, t in enumerate(specials + sorted(set(words) - set(specials)))}
     tk = Tokenizer(models.WordLevel(vocab, unk_token=specials[0]))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, chat_template=fam.chat_template, pad_token=fam.pad_token,
-                                  **fam.special_tokens)
+    if family_name == "llama2":
+        tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, chat_template=NAMED[fam.template].jinja if template else None,
+                                  pad_token=tokens["pad"],
+                                  **tokens["special"])
     tok.add_special_tokens({"additional_special_tokens": specials})
     return tok
 
 
 def golden(family_name, sample, pairs, max_length=512):
-    """pairs: [(space-separated tokens, trained?)] written by hand."""
+    """pairs: [(space-separated tokens, trained?)] written by hand; text samples on a base tokenizer (no template)."""
     toks = [(t, trained) for text, trained in pairs for t in text.split()]
-    tok = word_tokenizer(family_name, [t for t, _ in toks])
-    ex, truncated = tokenize_sample(sample, tok, FAMILIES[family_name], max_length)
+    tok = word_tokenizer(family_name, [t for t, _ in toks], template="text" not in sample)
+    [ex], truncated = tokenize_sample(sample, tok, FAMILIES[family_name], max_length)
     got = [(tok.convert_ids_to_tokens(i), lab != IGNORE_INDEX) for i, lab in zip(ex["input_ids"], ex["labels"])]
     assert got == toks
     assert all(lab in (i, IGNORE_INDEX) for i, lab in zip(ex["input_ids"], ex["labels"]))
@@ -101,7 +108,7 @@ def test_shipped_samples_supervise_exactly_the_answers(tiny_llama2, tiny_qwen):
         tok = AutoTokenizer.from_pretrained(model)
         fam = FAMILIES[family]
         for rec in load_records(str(DATA / path))[:20]:
-            ex, _ = tokenize_sample(rec, tok, fam, 4096)
+            [ex], _ = tokenize_sample(rec, tok, fam, 4096)
             ids = torch.tensor(ex["input_ids"])
             labels = torch.tensor(ex["labels"])
             answers = [m["content"].strip() for m in rec["messages"] if m["role"] == "assistant"]
@@ -149,6 +156,7 @@ def test_lazy_preprocess_tokenizes_on_demand(tiny_llama2, tmp_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_llama2)
+    tok.chat_template = None  # a base tokenizer: guanaco text is trained as text
     path = str(DATA / "llama2_guanaco.jsonl")
     eager = build_dataset(path, tok, FAMILIES["llama2"], 256)
     encoded = []
@@ -164,6 +172,7 @@ def test_lazy_preprocess_tokenizes_on_demand(tiny_llama2, tmp_path):
     # a sample that loses every supervised token is kept (it cannot be dropped once training runs) and counted
     short = write_json(tmp_path / "d.json", [{"instruction": "word " * 300, "input": "", "output": "short"},
                                              {"instruction": "ok", "input": "", "output": "fine"}])
+    tok.chat_template = NAMED["llama2"].jinja
     lazy = build_dataset(short, tok, FAMILIES["llama2"], 64, lazy=True)
     assert [all(x == IGNORE_INDEX for x in lazy[i]["labels"]) for i in range(2)] == [True, False]
     assert (lazy.stats.samples, lazy.stats.truncated, lazy.stats.dropped) == (2, 1, 1)

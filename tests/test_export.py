@@ -15,7 +15,7 @@ import pytest
 
 from tunekit.errors import ArgumentError, ConversionError
 from tunekit.export import DEFAULT_CONVERTER, export, main, modelfile
-from tunekit.families import FAMILIES
+from tunekit.templates import NAMED, examples, render
 from tunekit.prompts import ChatFormat
 
 needs_converter = pytest.mark.skipif(not DEFAULT_CONVERTER.is_file() and not os.environ.get("CI"),
@@ -28,11 +28,11 @@ WITH_SYSTEM = [{"role": "system", "content": "Answer in one word."}] + TWO_TURNS
 
 # --- Ollama's prompt, rendered as Ollama renders it -------------------------------------------------------------
 # A test-only interpreter of the subset of Go's text/template that the families' Ollama templates use (trim markers,
-# `range`, `if`/`else if`/`else`, `:=`/`=` variables with Go's scoping, `.Field`/`$.Field`, eq/not/and/print/len);
+# `range`, `if`/`else if`/`else`, `:=`/`=` variables with Go's scoping, `.Field`/`$.Field`, (pipelines), eq (any arity)/not/and/print/len);
 # anything else raises, so a template that leaves this subset fails here instead of passing untested.
 ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
-TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|\S+')
-FUNCS = {"eq": lambda a, b: a == b, "not": lambda a: not a, "len": len,
+TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[()]|[^\s()]+')
+FUNCS = {"eq": lambda a, *b: a in b, "not": lambda a: not a, "len": len,
          "and": lambda *a: next((x for x in a if not x), a[-1]),
          "print": lambda *a: "".join(a) if all(isinstance(x, str) for x in a) else pytest.fail("print of non-strings")}
 
@@ -67,6 +67,8 @@ def go_parse(items, i=0):
 
 def go_eval(s, dot, scopes, root):
     def value(tok):
+        if isinstance(tok, list):  # a parenthesised pipeline
+            return call(tok)
         if tok.startswith('"'):
             return json.loads(tok)
         if tok in ("true", "false"):
@@ -79,15 +81,27 @@ def go_eval(s, dot, scopes, root):
             return dot[tok[1:]]
         raise AssertionError(f"operand {tok!r} is outside the tested subset")
 
+    def call(toks):
+        if toks[0] in FUNCS:
+            return FUNCS[toks[0]](*map(value, toks[1:]))
+        assert len(toks) == 1, f"{s!r} is outside the tested subset"
+        return value(toks[0])
+
+    def nest(toks):
+        out = []
+        while toks:
+            tok = toks.pop(0)
+            if tok == ")":
+                return out
+            out.append(nest(toks) if tok == "(" else tok)
+        return out
+
     toks = TOKEN.findall(s)
     if len(toks) > 2 and toks[1] in (":=", "="):
         target = scopes[-1] if toks[1] == ":=" else next(sc for sc in reversed(scopes) if toks[0] in sc)
         target[toks[0]] = go_eval(" ".join(toks[2:]), dot, scopes, root)
         return None
-    if toks[0] in FUNCS:
-        return FUNCS[toks[0]](*map(value, toks[1:]))
-    assert len(toks) == 1, f"{s!r} is outside the tested subset"
-    return value(toks[0])
+    return call(nest(toks))
 
 
 def go_exec(nodes, dot, scopes, root, out):
@@ -147,44 +161,51 @@ def test_the_go_subset_follows_go():
         go_render("{{ index .L 0 }}", {"L": [1]})
 
 
-def training_prompt(tokenizer, family, messages):
+def training_prompt(tokenizer, messages):
     """The training template's prompt for generation, less the BOS llama.cpp's runtime adds (add_bos_token)."""
-    text = tokenizer.apply_chat_template(messages, chat_template=family.chat_template, tokenize=False,
-                                         add_generation_prompt=True)
-    if family.add_bos_to_text:
-        assert text.startswith(tokenizer.bos_token)
-        text = text[len(tokenizer.bos_token):]
-    return text
+    text = render(tokenizer, messages, True)
+    return text[len(tokenizer.bos_token):] if text.startswith(tokenizer.bos_token) else text
 
 
-@pytest.mark.parametrize("name", ["llama2", "qwen", "chatglm2"])
+@pytest.mark.parametrize("name", sorted(NAMED))
 def test_ollama_template_renders_as_the_training_template(name, tiny_llama2):
+    """Every named template's Modelfile: Ollama's prompt equals the training template's, it stops at the template's
+    end-of-turn token, and that token is what training ends each answer with."""
     from transformers import AutoTokenizer
 
-    family = FAMILIES[name]
+    named = NAMED[name]
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama2)  # <s>/</s>: the templates' bos_token/eos_token
-    text = modelfile(family, ChatFormat(), family.special_tokens["eos_token"], "test")
-    conversations = [TWO_TURNS] + ([WITH_SYSTEM] if name != "chatglm2" else [])  # ChatGLM2's template has no system
+    tokenizer.chat_template = named.jinja
+    text = modelfile(tokenizer, ChatFormat(stop=(named.end_of_turn,)), "test")
+    conversations = [TWO_TURNS] + ([WITH_SYSTEM] if not name.startswith("chatglm") else [])  # ChatGLM has no system
     for messages in conversations:
-        assert ollama_prompt(text, messages) == training_prompt(tokenizer, family, messages)
-    assert f'PARAMETER stop "{family.special_tokens["eos_token"]}"' in text.splitlines()
-    # the end-of-turn token the training template appends after every answer is the first stop string
-    answered = tokenizer.apply_chat_template(TWO_TURNS[:2], chat_template=family.chat_template, tokenize=False)
-    assert re.sub(r"\s+$", "", answered).endswith("Blue." + " " * (name == "llama2") + family.stop_tokens[0])
+        assert ollama_prompt(text, messages) == training_prompt(tokenizer, messages)
+    assert f'PARAMETER stop "{named.end_of_turn}"' == text.splitlines()[-2 if named.end_of_turn != "</s>" else -1]
+    answer = examples(TWO_TURNS[:2], tokenizer, [named.end_of_turn, "</s>"], "test")[0][-2]
+    assert answer[1] and answer[0].endswith(named.end_of_turn)
+
+
+def test_a_template_no_name_renders_has_no_modelfile_template(tiny_llama2, capsys):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama2)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    text = modelfile(tokenizer, ChatFormat(stop=("</s>",)), "test")
+    assert "TEMPLATE" not in text and 'PARAMETER stop "</s>"' in text.splitlines()
 
 
 def test_a_guanaco_run_gets_the_guanaco_prompt(tiny_llama2):
-    """The Llama-2 recipes train on '### Human: ...### Assistant: ...' text (chat_format.json kind 'guanaco'): the
+    """A base tokenizer trains '### Human: ...### Assistant: ...' text as text (chat_format.json kind 'guanaco'): the
     Modelfile prompts as training rendered that text (data.text_segments) and stops at the next '### Human:'."""
     from transformers import AutoTokenizer
 
     from tunekit.data import text_segments
 
-    family = FAMILIES["llama2"]
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama2)
-    text = modelfile(family, ChatFormat("guanaco"), "</s>", "test")
+    tokenizer.chat_template = None
+    text = modelfile(tokenizer, ChatFormat("guanaco"), "test")
     record = "### Human: Name a colour.### Assistant: Blue.### Human: And another?### Assistant: Red."
-    segments = [seg for seg, _ in text_segments(record, tokenizer, family)]
+    segments = [seg for seg, _ in text_segments(record, tokenizer)]
     last_cue = len(segments) - segments[::-1].index("### Assistant:")  # the prompt of the last answer ends there
     want = "".join(segments[:last_cue])
     assert want.startswith(tokenizer.bos_token)  # which llama.cpp's runtime adds

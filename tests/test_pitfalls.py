@@ -192,7 +192,7 @@ def test_22_training_prompt_is_the_inference_prompt_and_bos_is_single(family, ti
     tok, _ = load_tokenizer(ModelArguments(model_name_or_path=tiny_llama2 if family == "llama2" else tiny_qwen), fam)
     messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
                 {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Red."}]
-    ex, _ = tokenize_sample({"messages": messages}, tok, fam, max_length=512)
+    [ex], _ = tokenize_sample({"messages": messages}, tok, fam, max_length=512)
     for turn in (1, 3):  # what generation would be fed before each answer
         prompt = tok(tok.apply_chat_template(messages[:turn], tokenize=False, add_generation_prompt=True),
                      add_special_tokens=False)["input_ids"]

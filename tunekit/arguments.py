@@ -39,9 +39,13 @@ def arg(default, help: str):
 @dataclass
 class ModelArguments:
     _argument_group_name = "model"
-    model_name_or_path: str | None = arg(None, "Checkpoint folder (or hub id on a machine that can reach the hub).")
-    family: str | None = arg(None, "Model family (template, LoRA targets): llama2, qwen, chatglm2, bert; default: "
-                                   "from the checkpoint's config.json model_type.")
+    model_name_or_path: str | None = arg(None, "Checkpoint folder; a hub id is refused (fetch it first: hf download "
+                                               "ID --local-dir DIR).")
+    family: str | None = arg(None, "Model family (LoRA targets, conversions, ADGEN): llama2, qwen, chatglm2, bert; "
+                                   "default: from config.json's model_type, any other model_type needs none.")
+    template: str | None = arg(None, "Chat template for a tokenizer that has none (a base model): llama3, chatml, "
+                                     "mistral, gemma, phi3, ... (tunekit/chat_templates/) or a .jinja file; a "
+                                     "tokenizer's own template always wins.")
     task: str = arg("causal_lm", "causal_lm (next-token prediction on the assistant turns), seq_cls (one label per "
                                  "text), token_cls (one BIO tag per word): tunekit/tasks.py.")
     attn_implementation: str = arg("sdpa", "sdpa, eager, flash_attention_2, ..., or varlen: PyTorch's variable-length "

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .errors import DataError
+from . import templates
 from .families import Family
 from .formats import load_records
 
@@ -16,8 +17,8 @@ IGNORE_INDEX = -100
 GUANACO_TURN = re.compile(r"### (Human|Assistant):")
 
 
-def text_segments(text: str, tokenizer, family: Family) -> list[tuple[str, bool]]:
-    segs = [(tokenizer.bos_token, False)] if family.add_bos_to_text and tokenizer.bos_token else []
+def text_segments(text: str, tokenizer) -> list[tuple[str, bool]]:
+    segs = [(tokenizer.bos_token, False)] if adds_bos(tokenizer) else []
     parts = GUANACO_TURN.split(text)
     if len(parts) == 1:  # plain language-modelling text: learn all of it
         segs.append((text, True))
@@ -29,22 +30,9 @@ def text_segments(text: str, tokenizer, family: Family) -> list[tuple[str, bool]
     return segs
 
 
-def chat_segments(messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
-    """Render with the tokenizer's own chat template; each assistant reply is what a full render adds beyond the
-    render of the conversation before it with the generation prompt (so train and inference prompts are identical)."""
-    segs, done = [], ""
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not prompt.startswith(done) or not full.startswith(prompt):
-            raise DataError("the chat template does not render conversations prefix by prefix; "
-                            "pass a --family whose template does")
-        segs.append((prompt[len(done):], False))
-        segs.append((full[len(prompt):], True))
-        done = full
-    return segs
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer starts a text with BOS (Llama, Gemma do; Qwen does not): plain text is trained so too."""
+    return tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
 
 
 @dataclass
@@ -54,7 +42,10 @@ class Stats:
     dropped: int = 0
     supervised_tokens: int = 0
     tokens: int = 0
-    guanaco: int = 0  # samples of '### Human: ... ### Assistant: ...' text (the run's prompt format: prompts.py)
+    guanaco: int = 0  # samples trained as '### Human: ... ### Assistant: ...' text (the run's prompt format: prompts.py)
+    bos_on_text: bool = False  # text samples start with BOS
+    stop: list = field(default_factory=list)  # the strings that ended the trained answers (end-of-turn tokens)
+    template: str | None = None  # the named template (--template) of a tokenizer without its own
 
 
 def adgen_ids(sample: dict, tokenizer, family: Family, max_source_length=None, max_target_length=None):
@@ -73,15 +64,31 @@ def adgen_ids(sample: dict, tokenizer, family: Family, max_source_length=None, m
 
 
 def tokenize_sample(sample: dict, tokenizer, family: Family, max_length: int, max_source_length=None,
-                    max_target_length=None) -> tuple[dict, bool]:
-    """(example, truncated?): ADGEN records as ChatGLM2 preprocesses them, anything else rendered into segments."""
+                    max_target_length=None, stops=None) -> tuple[list[dict], int]:
+    """(examples, how many were truncated): ADGEN records as ChatGLM2 preprocesses them, conversations (and guanaco
+    text, when the tokenizer has a chat template) in the chat template, other text as it is."""
     if sample.get("adgen") and family.source_template:
-        input_ids, labels = adgen_ids(sample, tokenizer, family, max_source_length, max_target_length)
+        exs = [adgen_ids(sample, tokenizer, family, max_source_length, max_target_length)]
     else:
-        segs = text_segments(sample["text"], tokenizer, family) if "text" in sample else chat_segments(
-            sample["messages"], tokenizer)
-        input_ids, labels = segment_ids([(t, trained) for t, trained in segs if t], tokenizer)
-    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}, len(input_ids) > max_length
+        where = sample.get("where", "a record")
+        messages = sample.get("messages") or (guanaco_messages(sample["text"]) if tokenizer.chat_template else None)
+        if messages and not tokenizer.chat_template:
+            raise templates.missing(tokenizer.name_or_path)
+        stops = templates.end_of_turn(tokenizer, templates.named(tokenizer)) if stops is None else stops
+        segments = templates.examples(messages, tokenizer, stops, where) if messages else [
+            text_segments(sample["text"], tokenizer)]
+        exs = [segment_ids([(t, trained) for t, trained in segs if t], tokenizer) for segs in segments]
+    return ([{"input_ids": ids[:max_length], "labels": labels[:max_length]} for ids, labels in exs],
+            sum(len(ids) > max_length for ids, _ in exs))
+
+
+def guanaco_messages(text: str) -> list[dict] | None:
+    """'### Human: ...### Assistant: ...' text as a conversation (None for plain text)."""
+    parts = GUANACO_TURN.split(text)
+    if len(parts) < 3:
+        return None
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[r], "content": b.strip()} for r, b in zip(parts[1::2], parts[2::2])]
 
 
 def segment_ids(segs: list[tuple[str, bool]], tokenizer) -> tuple[list[int], list[int]]:
@@ -113,14 +120,15 @@ def to_dataset(records, encode, lazy: bool = False):
 
     stats, examples = Stats(samples=len(records)), []
     for rec in tqdm(records, desc="tokenizing", disable=len(records) < 5000):
-        ex, truncated = encode(rec)
+        exs, truncated = encode(rec)
         stats.truncated += truncated
-        if not has_labels(ex):
-            stats.dropped += 1
-            continue
-        stats.tokens += len(ex["input_ids"])
-        stats.supervised_tokens += sum(x != IGNORE_INDEX for x in _label_list(ex))
-        examples.append(ex)
+        for ex in exs if isinstance(exs, list) else [exs]:  # a conversation may give one example per answer
+            if not has_labels(ex):
+                stats.dropped += 1
+                continue
+            stats.tokens += len(ex["input_ids"])
+            stats.supervised_tokens += sum(x != IGNORE_INDEX for x in _label_list(ex))
+            examples.append(ex)
     ds = datasets.Dataset.from_list(examples)
     ds.stats = stats
     return ds
@@ -140,6 +148,12 @@ class LazyDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         if i not in self.cache:
             ex, truncated = self.encode(self.records[i])
+            if isinstance(ex, list):
+                if len(ex) != 1:
+                    raise DataError(f"{self.records[i].get('where')}: the chat template renders this conversation as "
+                                    f"{len(ex)} examples (one per answer), which --lazy_preprocess cannot index; "
+                                    "drop --lazy_preprocess")
+                ex = ex[0]
             self.stats.truncated += truncated
             self.stats.dropped += not has_labels(ex)
             self.cache[i] = ex
@@ -156,16 +170,21 @@ def has_labels(example: dict) -> bool:
 
 
 def build_dataset(path, tokenizer, family, max_length, lazy=False, max_samples=None, max_source_length=None,
-                  max_target_length=None, encode=None):
+                  max_target_length=None, encode=None, template=None):
     """`encode(sample, tokenizer, family, max_length, **limits)` builds an example (default: tokenize_sample)."""
     for key, value in (("max_source_length", max_source_length), ("max_target_length", max_target_length)):
         if value is not None and value < 1:
             raise DataError(f"--{key} must be a positive number of tokens, got {value}")
     records = load_records(path, max_samples)
-    encode = encode or tokenize_sample
+    for i, r in enumerate(records):
+        r["where"] = f"{path} record {i}"
     limits = dict(max_source_length=max_source_length, max_target_length=max_target_length)
+    if encode is None:
+        encode, limits["stops"] = tokenize_sample, templates.end_of_turn(tokenizer, template)
     ds = to_dataset(records, lambda rec: encode(rec, tokenizer, family, max_length, **limits), lazy)
-    ds.stats.guanaco = sum("text" in r and bool(GUANACO_TURN.search(r["text"])) for r in records)
+    if not tokenizer.chat_template:  # with a template, guanaco text trains in it (tokenize_sample)
+        ds.stats.guanaco = sum("text" in r and bool(GUANACO_TURN.search(r["text"])) for r in records)
+    ds.stats.bos_on_text, ds.stats.stop, ds.stats.template = adds_bos(tokenizer), limits.get("stops", []), template
     if len(ds) == 0:
         raise DataError(f"{path}: every sample lost its supervised tokens to truncation at "
                         f"--model_max_length {max_length}; raise it")
@@ -175,7 +194,8 @@ def build_dataset(path, tokenizer, family, max_length, lazy=False, max_samples=N
 def build_datasets(data_args, tokenizer, family, max_length):
     """(train, eval or None) causal-LM datasets for a run's data arguments."""
     data = dict(tokenizer=tokenizer, family=family, max_length=max_length, lazy=data_args.lazy_preprocess,
-                max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length)
+                max_source_length=data_args.max_source_length, max_target_length=data_args.max_target_length,
+                template=templates.named(tokenizer))
     train = build_dataset(data_args.data_path, max_samples=data_args.max_samples, **data)
     if data_args.eval_on_train:  # the same examples: tokenized once
         return train, train

@@ -19,16 +19,10 @@ from pathlib import Path
 from . import prompts, runfolder
 from .atomic import atomic_folder
 from .errors import ArgumentError, ConversionError, Parser, main_entry
-from .families import Family
 
 # `make install-gguf` puts the converter into the environment that runs this (.venv/llama.cpp/ for the project's).
 DEFAULT_CONVERTER = Path(sys.prefix) / "llama.cpp" / "convert_hf_to_gguf.py"
 OUTTYPES = ("f16", "bf16", "q8_0", "f32")
-# Conversations on which the folder's chat template must render as the family's (whose TEMPLATE the Modelfile holds).
-PROBES = ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "2?"}],
-          [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
-
-
 def find_converter(given: str | None = None) -> Path:
     path = Path(given or os.environ.get("LLAMA_CPP_CONVERTER") or DEFAULT_CONVERTER)
     path = path / "convert_hf_to_gguf.py" if path.is_dir() else path
@@ -52,35 +46,19 @@ def full_modules(run) -> list[str]:
     return names
 
 
-def template_warning(tokenizer, family: Family) -> str | None:
-    own = tokenizer.chat_template
-    own = own.get("default") if isinstance(own, dict) else own
-    if not own:
-        return "the folder's tokenizer has no chat template, so the GGUF carries none (the Modelfile has the family's)"
-
-    def render(template, messages):
-        try:
-            return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                 add_generation_prompt=True)
-        except Exception as e:  # a template that refuses a role (ChatGLM2 has no system): both must refuse it
-            return f"raises {type(e).__name__}"
-    if any(render(own, p) != render(family.chat_template, p) for p in PROBES):
-        return (f"the folder's chat template renders differently from family {family.name}'s (tunekit/families/"
-                f"{family.name}.py), whose Ollama TEMPLATE the Modelfile holds: check TEMPLATE and SYSTEM by hand")
-    return None
-
-
-def modelfile(family: Family, fmt: prompts.ChatFormat, eos_token: str | None, source: str) -> str:
-    """The Ollama Modelfile of the run's prompt format (chat_format.json): its TEMPLATE, SYSTEM and stops."""
-    template, system, stops = fmt.ollama(family)
-    stops = dict.fromkeys(stops + ((eos_token,) if eos_token else ()))
+def modelfile(tokenizer, fmt: prompts.ChatFormat, source: str) -> str:
+    """The Ollama Modelfile of the run's prompt format (chat_format.json): its TEMPLATE, SYSTEM and stops; without a
+    named template that renders as the chat template does, no TEMPLATE (Ollama then reads the GGUF's own template)."""
+    found = fmt.ollama(tokenizer)
     what = "guanaco prompt ('### Human: ...### Assistant: ...')" if fmt.kind == "guanaco" else "chat template"
-    lines = [f"# Written by tunekit export from {source}: the {what} and end-of-turn token it was trained "
-             f"with (family {family.name}, tunekit/families/{family.name}.py).", "FROM ./model.gguf",
-             f'TEMPLATE """{template}"""']
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
-    return "\n".join(lines + [f'PARAMETER stop "{s}"' for s in stops]) + "\n"
+    lines = [f"# Written by tunekit export from {source}: the {what} and end-of-turn tokens it was trained with.",
+             "FROM ./model.gguf"]
+    stops = (*(found[2] if found else fmt.stop), *([tokenizer.eos_token] if tokenizer.eos_token else []))
+    if found:
+        lines.append(f'TEMPLATE """{found[0]}"""')
+        if found[1]:
+            lines.append(f'SYSTEM """{found[1]}"""')
+    return "\n".join(lines + [f'PARAMETER stop "{s}"' for s in dict.fromkeys(stops)]) + "\n"
 
 
 def convert(folder: Path, gguf: Path, converter: Path, outtype: str) -> None:
@@ -114,7 +92,7 @@ def export(model_dir: str, out_dir: str, outtype: str = "f16", family: str | Non
                             f"--output {folder}-merged`, or `make <family>-merge ADAPTER={folder}`), then export that")
     run.task.require("export", folder)
     fam = run.family(family)
-    if fam.ollama_template is None:
+    if not fam.chat:
         raise ArgumentError(f"{folder} is not a chat model (family '{fam.name}'): only causal LMs are exported for "
                             "serving; classifiers are served by tunekit predict")
     script = find_converter(converter)
@@ -124,15 +102,20 @@ def export(model_dir: str, out_dir: str, outtype: str = "f16", family: str | Non
         raise ArgumentError(f"{out} is a file; pass a folder for model.gguf and Modelfile")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     kind = run.fmt.kind
-    warning = template_warning(tokenizer, fam) if kind == "chat_template" else (
-        "the run trained on guanaco text ('### Human: ...### Assistant: ...'), which the Modelfile's TEMPLATE renders; "
-        "the GGUF's tokenizer.chat_template is the tokenizer's own, so llama-server needs the prompt built by hand")
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
+    if kind == "guanaco":
+        print("warning: the run trained on guanaco text ('### Human: ...### Assistant: ...'), which the Modelfile's "
+              "TEMPLATE renders; the GGUF's tokenizer.chat_template is the tokenizer's own, so llama-server needs the "
+              "prompt built by hand", file=sys.stderr)
+    elif not tokenizer.chat_template:
+        raise ArgumentError(f"{folder}: the tokenizer has no chat template, so a server would not know the prompt")
+    elif run.fmt.ollama(tokenizer) is None:
+        print("warning: no named template (tunekit/chat_templates/) renders as this chat template does, so the "
+              "Modelfile has no TEMPLATE: Ollama takes the prompt format from the GGUF's own chat template, "
+              "llama-server with --jinja renders it exactly", file=sys.stderr)
     print(f"converting {folder} to GGUF ({outtype}) with {script} ...", flush=True)
     with atomic_folder(out) as tmp:
         convert(folder, tmp / "model.gguf", script, outtype)
-        (tmp / "Modelfile").write_text(modelfile(fam, run.fmt, tokenizer.eos_token, str(folder)), encoding="utf-8")
+        (tmp / "Modelfile").write_text(modelfile(tokenizer, run.fmt, str(folder)), encoding="utf-8")
     size = (out / "model.gguf").stat().st_size / 2**20
     server = f" or `llama-server -m {out}/model.gguf --jinja`" if kind == "chat_template" else ""
     print(f"wrote {out}/model.gguf ({size:.1f} MiB) and {out}/Modelfile (family {fam.name}, {kind}); serve with "

@@ -55,11 +55,12 @@ def load_from_args(a, run):
 
 def generation_kwargs(model, tokenizer, fmt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
                       repetition_penalty=1.0) -> dict:
-    """temperature 0 is greedy; the end-of-turn tokens of the model and its tokenizer both stop an answer."""
+    """temperature 0 is greedy; the end-of-turn tokens of the model, its tokenizer and training stop an answer."""
     eos = model.generation_config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
-        eos.append(tokenizer.eos_token_id)
+    for token in (tokenizer.eos_token, *fmt.stop):  # the end-of-turn tokens training ended answers with
+        if token and tokenizer.convert_tokens_to_ids(token) not in eos:
+            eos.append(tokenizer.convert_tokens_to_ids(token))
     kw = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
               repetition_penalty=repetition_penalty, use_cache=True)
     if fmt.stop_strings():

@@ -18,36 +18,42 @@ def train_dtype(train_args) -> torch.dtype:
 
 
 def load_tokenizer(model_args, family: Family):
-    """(tokenizer, the family's special tokens it lacked and that were added to it)."""
+    """(tokenizer, the special tokens a named --template needed that the vocabulary lacked, added to it)."""
     from transformers import AutoTokenizer
 
+    from . import templates
+
+    path = model_args.model_name_or_path
     try:
-        tok = AutoTokenizer.from_pretrained(model_args.model_name_or_path,
-                                            trust_remote_code=model_args.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=model_args.trust_remote_code)
     except (OSError, ValueError, TypeError) as e:  # no tokenizer files, or files that do not parse
-        raise ArgumentError(f"--model_name_or_path: {model_args.model_name_or_path}: the tokenizer does not load "
+        raise ArgumentError(f"--model_name_or_path: {path}: the tokenizer does not load "
                             f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); the folder needs tokenizer.json "
                             "or tokenizer.model with tokenizer_config.json") from None
-    if not tok.chat_template and family.chat_template:  # a base checkpoint: the family's, saved with the adapter
-        tok.chat_template = family.chat_template
-    # the template's special tokens a base tokenizer lacks (ChatML's): embeddings resized and trained, end of turn = EOS
-    vocab = tok.get_vocab()
-    added = [t for t in family.extra_special_tokens if t not in vocab]
-    if added:
-        tok.add_special_tokens({"additional_special_tokens": added})
-        if family.special_tokens.get("eos_token") in added:
-            tok.eos_token = family.special_tokens["eos_token"]
-    if tok.pad_token is None:
-        stand_in = family.pad_token if family.pad_token in tok.get_vocab() else tok.unk_token
-        if stand_in is None:  # not EOS: the pad is masked out of the labels, so the model would never learn to stop
-            raise ArgumentError(
-                f"{model_args.model_name_or_path}/tokenizer_config.json: the tokenizer has no pad token, and neither "
-                f"the {family.name} family's pad {family.pad_token!r} nor an unk token exists to stand in for it; set "
-                "\"pad_token\" in tokenizer_config.json to an unused special token of this vocabulary (not the EOS "
-                "token)")
-        tok.pad_token = stand_in
+    added = templates.apply(tok, getattr(model_args, "template", None), path)
+    ends = set(templates.end_of_turn(tok, templates.named(tok)))
+    if tok.pad_token is None or tok.pad_token in ends:
+        choose_pad(tok, ends)
     tok.padding_side = "right"  # training; generation uses a left-padded copy
     return tok, added
+
+
+PAD_NAMES = ("pad", "reserved", "unused", "placeholder", "dummy")
+
+
+def choose_pad(tok, ends) -> None:
+    """A pad that is neither EOS nor an end-of-turn token (those are trained): the unk token, else an unused special
+    token of the vocabulary (Llama-3's <|finetune_right_pad_id|>, a reserved one), else a new <pad> (rows resized)."""
+    added = [t.content for t in tok.added_tokens_decoder.values() if t.special]
+    special = [t for t in (tok.unk_token, *added) if t and t not in ends]
+    pad = special[0] if tok.unk_token in special else next(
+        (t for name in PAD_NAMES for t in special if name in t.lower()), None)
+    how = "an unused special token of the vocabulary"
+    if pad is None:
+        tok.add_special_tokens({"pad_token": "<pad>"})
+        pad, how = "<pad>", "added: the vocabulary has no unused special token"
+    tok.pad_token = pad
+    print(f"note: pad token {pad!r} ({how}; never EOS or an end-of-turn token)", flush=True)
 
 
 def bnb_config(lora_args, compute_dtype, skip=None):
@@ -144,11 +150,13 @@ def prepare_kbit_model(model, lora_args, train_args):
 
 
 def resolve_targets(model, requested, family: Family, skip=()) -> list[str]:
-    """The family's targets, 'all-linear' or the given names, checked against the leaf names of linear layers."""
+    """The given names, else the family's ('all-linear': every linear layer but the output head), checked against the
+    leaf names of linear layers."""
     head, leaf = model.get_output_embeddings(), lambda name: name.split(".")[-1]
     present = sorted({leaf(name) for name, m in model.named_modules() if name and m is not head
                       and leaf(name) not in skip and (isinstance(m, nn.Linear) or hasattr(m, "qweight"))})
-    if not requested:
+    requested = requested or list(family.lora_targets)
+    if requested != ["all-linear"] and requested == list(family.lora_targets):
         targets = [t for t in family.lora_targets if t in present]
     elif requested == ["all-linear"]:
         targets = present

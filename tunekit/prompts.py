@@ -1,9 +1,9 @@
 """The prompt a model was trained with, for inference (chat, generate, evaluate, export): the same rendering as
 training (tunekit/data.py), recorded beside the adapter in chat_format.json so a merged copy keeps it too.
 
-  chat_template  conversations rendered by the tokenizer's own chat template (the family's, saved with the tokenizer)
-  guanaco        text records "### Human: ...### Assistant: ..." (the Llama-2 seed's): the same markers, BOS first
-                 where the family puts one on text; a turn ends at EOS or at the next "### Human:"
+  chat_template  conversations rendered by the tokenizer's chat template (its own, or --template's, saved with it)
+  guanaco        text records "### Human: ...### Assistant: ..." (the Llama-2 seed's) on a tokenizer without a chat
+                 template: the same markers, BOS first where the tokenizer puts one; a turn ends at EOS or "### Human:"
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import templates
 from .errors import DataError
 from .formats import normalise
 
@@ -24,16 +25,13 @@ class ChatFormat:
     kind: str = "chat_template"  # or "guanaco"
     family: str | None = None
     bos_on_text: bool = False
+    stop: tuple[str, ...] = ()  # the end-of-turn strings that ended the trained answers
+    template: str | None = None  # the named template a tokenizer without its own trained in (--template)
 
     def render(self, messages: list[dict], tokenizer) -> str:
         """The conversation so far (ending with a user turn) plus the cue for the assistant's answer."""
         if self.kind == "chat_template":
-            from jinja2 import TemplateError
-
-            try:
-                return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            except TemplateError as e:  # e.g. a system turn for a family that has none
-                raise DataError(f"the model's chat template refuses this conversation: {e}") from None
+            return templates.render(tokenizer, messages, True)
         text = tokenizer.bos_token if self.bos_on_text and tokenizer.bos_token else ""
         for m in messages:
             if m["role"] == "system":
@@ -51,12 +49,16 @@ class ChatFormat:
                 answer = answer[: -len(stop)]
         return answer.strip()
 
-
-    def ollama(self, family) -> tuple[str, str | None, tuple[str, ...]]:
-        """(TEMPLATE, SYSTEM, stops) of an Ollama Modelfile rendering this format as render() does: the family's
-        template for a chat template, the same markers as above for guanaco text (the next turn ends an answer)."""
+    def ollama(self, tokenizer) -> tuple[str, str | None, tuple[str, ...]] | None:
+        """(TEMPLATE, SYSTEM, stops) of an Ollama Modelfile rendering this format as render() does: the named
+        template's whose rendering the chat template has; the same markers as above for guanaco text.  None: no
+        named template renders as this chat template does."""
         if self.kind == "chat_template":
-            return family.ollama_template, family.ollama_system, family.stop_tokens
+            found = templates.identify(tokenizer)
+            if found is None:
+                return None
+            named, system = found
+            return named.ollama, system, tuple(dict.fromkeys((named.end_of_turn, *self.stop)))
         template = (f'{{{{- range .Messages }}}}{{{{- if eq .Role "user" }}}}{HUMAN} {{{{ .Content }}}}'
                     f'{{{{- else if eq .Role "assistant" }}}}{ASSISTANT} {{{{ .Content }}}}{{{{- end }}}}{{{{- end }}}}'
                     f'{ASSISTANT}')
@@ -66,7 +68,7 @@ class ChatFormat:
 def from_stats(stats, family) -> ChatFormat:
     """A run's format, decided once from its training samples as they were rendered (the majority kind)."""
     kind = "guanaco" if stats.guanaco * 2 > stats.samples else "chat_template"
-    return ChatFormat(kind, family.name, bool(family.add_bos_to_text))
+    return ChatFormat(kind, family.name, stats.bos_on_text, tuple(stats.stop), stats.template)
 
 
 def save(fmt: ChatFormat, folder) -> None:
@@ -75,16 +77,14 @@ def save(fmt: ChatFormat, folder) -> None:
 
 def split_record(record, where: str) -> tuple[list[dict], str]:
     """Any training record -> (the conversation up to its last answer, that answer: the reference)."""
-    from .data import GUANACO_TURN
+    from .data import guanaco_messages
 
     sample = normalise(record, where)
     if "text" in sample:
-        parts = GUANACO_TURN.split(sample["text"])
-        if len(parts) < 3:
+        sample = {"messages": guanaco_messages(sample["text"])}
+        if sample["messages"] is None:
             raise DataError(f"{where}: a plain 'text' record has no prompt to answer; use '### Human: ...### "
                             "Assistant: ...' text or a chat format (data/README.md)")
-        roles = {"Human": "user", "Assistant": "assistant"}
-        sample = {"messages": [{"role": roles[r], "content": b.strip()} for r, b in zip(parts[1::2], parts[2::2])]}
     messages = sample["messages"]
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return messages[:last], messages[last]["content"]

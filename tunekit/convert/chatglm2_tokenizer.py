@@ -21,7 +21,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ArgumentError
-from ..families.chatglm2 import CHAT_TEMPLATE, CHATGLM3_TEMPLATE
+from ..templates import NAMED
 from . import check_texts, first_difference
 
 CHATGLM2_SPECIALS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop")
@@ -146,7 +146,7 @@ def export_fast(model_file, chatglm3: bool = False):
         single=f"{gmask} {sop} $A", pair=f"{gmask} {sop} $A $B:1 {eos}:1",
         special_tokens=[(gmask, wanted[gmask]), (sop, wanted[sop]), (eos, vocab[eos])])
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token=eos, unk_token=unk, pad_token=unk,
-                                   padding_side="left", chat_template=CHATGLM3_TEMPLATE if chatglm3 else CHAT_TEMPLATE,
+                                   padding_side="left", chat_template=NAMED["chatglm3" if chatglm3 else "chatglm2"].jinja,
                                    model_input_names=["input_ids", "attention_mask"])
 
 

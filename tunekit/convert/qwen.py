@@ -27,7 +27,7 @@ import torch
 
 from ..atomic import atomic_folder
 from ..errors import ArgumentError, ConversionError
-from ..families.qwen import CHATML_TEMPLATE
+from ..templates import NAMED
 from . import (check_model_type, check_shapes, check_texts, copy_side_files, default_out, first_difference,
                is_cached, load_weights, read_config, rename_native, renamed, save_weights, source_fingerprint,
                write_native)
@@ -282,7 +282,7 @@ def export_fast(tiktoken_file):
     if tk.token_to_id(SPECIALS[0]) != len(ranks):
         raise ConversionError(f"{tiktoken_file}: special tokens did not land right after the {len(ranks)} ranks")
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   chat_template=CHATML_TEMPLATE, padding_side="right",
+                                   chat_template=NAMED["qwen"].jinja, padding_side="right",
                                    model_input_names=["input_ids", "attention_mask"])
 
 

@@ -1,5 +1,5 @@
-"""The family registry (one module per family: LoRA targets, chat template, special tokens, data quirks, converter),
-chosen by `--family` or else the checkpoint's own config.json `model_type`, never its path."""
+"""The family registry (one module per family: LoRA targets, data quirks, converter; never a prompt format: the
+tokenizer's chat template is), chosen by `--family` or else config.json's `model_type`; any other model is "any"."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +11,8 @@ from ..errors import ArgumentError
 from . import bert, chatglm2, llama2, qwen
 from .base import Family  # noqa: F401 (re-exported)
 
-FAMILIES = {f.name: f for f in (llama2.FAMILY, qwen.FAMILY, chatglm2.FAMILY, bert.FAMILY)}
+# "any": a model no family knows (Qwen3, Mistral, Gemma, Phi, ...): LoRA on all its linear layers, nothing else.
+FAMILIES = {f.name: f for f in (llama2.FAMILY, qwen.FAMILY, chatglm2.FAMILY, bert.FAMILY, Family("any", ()))}
 # The one converter table: original model_type -> converter module (tunekit/convert/ dispatches on it).
 CONVERTERS = {f.original_model_type: f.converter for f in FAMILIES.values() if f.converter}
 
@@ -53,8 +54,4 @@ def resolve_family(model_path: str, family: str | None) -> Family:
         raise ArgumentError(f"{model_path}/config.json has model_type '{model_type}', an original layout that needs the "
                             f"checkpoint's own code: convert it first with `python -m tunekit.convert {model_path}` "
                             "(the recipes' train.sh does this for you)")
-    for fam in FAMILIES.values():
-        if model_type in fam.model_types:
-            return fam
-    raise ArgumentError(f"{model_path}/config.json has model_type '{model_type}', which no family covers; "
-                        f"pass --family (one of: {known}) if the architecture matches one")
+    return next((fam for fam in FAMILIES.values() if model_type in fam.model_types), FAMILIES["any"])

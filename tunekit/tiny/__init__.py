@@ -18,6 +18,7 @@ from ..convert import corpus
 ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = ROOT / "data"
 from ..families import FAMILIES, Family
+from ..templates import NAMED
 
 VOCAB_SIZE = 2000
 FIXTURE_VERSION = 3  # part of the cache key: raise it when the way fixtures are built changes
@@ -34,10 +35,20 @@ SHAPES = {
 }
 
 
+# The real tokenizers' special tokens (Llama-2's, Qwen2-Instruct's) and pad; a base Qwen2 ends text with its pad.
+TOKENS = {
+    "llama2": dict(special={"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}, pad="<unk>", extra=()),
+    "qwen": dict(special={"eos_token": "<|im_end|>"}, pad="<|endoftext|>",
+                 extra=("<|endoftext|>", "<|im_start|>", "<|im_end|>")),
+}
+
+
 def train_tokenizer(family: Family, texts, base: bool = False):
     """base=True: a base-model tokenizer, without the chat template or the template's special tokens."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
+
+    pad = TOKENS[family.name]["pad"]
 
     if family.name == "llama2":  # sentencepiece-style BPE with byte fallback, ids 0/1/2 = <unk>/<s>/</s> as in Llama-2
         specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
@@ -59,10 +70,10 @@ def train_tokenizer(family: Family, texts, base: bool = False):
         trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
         tk.train_from_iterator(texts, trainer)
-        tk.add_special_tokens([family.pad_token] if base else list(family.extra_special_tokens))
-    specials = {"eos_token": family.pad_token} if base else family.special_tokens
-    return PreTrainedTokenizerFast(tokenizer_object=tk, chat_template=None if base else family.chat_template,
-                                   pad_token=family.pad_token, **specials)
+        tk.add_special_tokens([pad] if base else list(TOKENS[family.name]["extra"]))
+    specials = {"eos_token": pad} if base else TOKENS[family.name]["special"]
+    return PreTrainedTokenizerFast(tokenizer_object=tk, chat_template=None if base else NAMED[family.template].jinja,
+                                   pad_token=pad, **specials)
 
 
 def build(family_name: str, out: Path, seed: int = 0, base: bool = False) -> Path:

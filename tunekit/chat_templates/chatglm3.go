@@ -1,0 +1,2 @@
+[gMASK]<sop>{{- range .Messages }}<|{{ .Role }}|>
+ {{ .Content }}{{ if eq .Role "assistant" }}</s>{{ end }}{{- end }}<|assistant|>
