@@ -1,21 +1,9 @@
-"""--offload_activations_async: the tensors the forward saves for backward (with gradient checkpointing: each decoder
-layer's input) go to pinned CPU memory on a side CUDA stream, and come back during the backward ahead of their use,
-so GPU memory for them no longer grows with the number of layers, and the copies overlap the compute.
-
-torch's own `save_on_cpu` (what --offload_activations uses) copies on the compute stream and brings each tensor back
-only when the backward asks for it, so the GPU waits on every copy.  Here:
-- pack: a big tensor is copied to pinned memory on the side stream (after the compute that made it); the GPU memory
-  is released to the allocator once the copy is done (`record_stream`).  Parameters (and views of them), small
-  tensors, tensors already on the CPU and broadcast (stride-0) views stay where they are; a tensor saved twice
-  (x by gate_proj and up_proj) is copied once.
-- unpack: the backward roughly unwinds the forward, so when a tensor is asked for, the `prefetch` tensors packed just
-  before it start their host-to-device copy; at the end of the forward the last ones already do.  Order is only a
-  guess for speed: any tensor is fetched on demand if it was not prefetched.
-Without CUDA, pack is a plain synchronous copy, so the logic (and the numbers) can be tested on a CPU.
-Kept over TRL's OffloadActivations for now: on an H200 (bench/offload_tiling.py, 8B shape cut to 4 layers, one 64k
-sequence) ours ran 25,857 tokens/s and TRL's 25,595 (0.99x) at the same 26.77/26.76 GiB peak, a setting where neither
-lowered the peak below no offload (26.76), so it could not show a memory difference (bench/results-offload/).
-"""
+"""--offload_activations_async: the tensors the forward saves for backward go to pinned CPU memory on a side CUDA
+stream and come back ahead of their use, so their GPU memory no longer grows with the layers and the copies overlap the
+compute (torch's `save_on_cpu`, --offload_activations, copies on the compute stream and fetches each on demand).
+Without CUDA the copies are synchronous, so the logic (and the numbers) are tested on a CPU.
+Kept over TRL's OffloadActivations: same speed on an H200 (bench/offload_tiling.py, one 64k sequence: 25,857 against
+25,595 tokens/s) at the same peak, where neither lowered the peak, so no memory difference could show."""
 from __future__ import annotations
 
 import weakref
@@ -32,10 +20,10 @@ PREFETCH_BYTES = 1 << 30
 
 class _Packed:
     """One offloaded tensor: its host copy, and while prefetched its device copy and the event that ends that copy."""
-    __slots__ = ("cpu", "device", "owner", "index", "gpu", "ready", "last", "__weakref__")
+    __slots__ = ("cpu", "device", "index", "gpu", "ready", "last", "__weakref__")
 
-    def __init__(self, cpu, device, owner, index):
-        self.cpu, self.device, self.owner, self.index = cpu, device, owner, index
+    def __init__(self, cpu, device, index):
+        self.cpu, self.device, self.index = cpu, device, index
         self.gpu = self.ready = self.last = None
 
 
@@ -59,14 +47,14 @@ class offload_saved_tensors(saved_tensors_hooks):
         self.offloaded = self.offloaded_bytes = self.prefetched = 0
         super().__init__(self._pack, self._unpack)
 
-    def _keep(self, t) -> bool:
-        return (t.numel() * t.element_size() < self.min_bytes or t.layout != torch.strided or _is_parameter(t)
+    def _keep(self, t) -> bool:  # weights, small, sparse, CPU and broadcast (stride-0) tensors stay where they are
+        return (t.nbytes < self.min_bytes or t.layout != torch.strided or _is_parameter(t)
                 or (t.device.type == "cpu" and self.stream is not None) or 0 in t.stride())
 
     def _pack(self, t):
         if self._keep(t):
             return t
-        hit = self.seen.get(id(t))
+        hit = self.seen.get(id(t))  # x saved by both gate_proj and up_proj is copied once
         if hit and hit[0]() is t and hit[1] == t._version and hit[2]() is not None:
             return hit[2]()
         if self.stream is None:
@@ -77,11 +65,11 @@ class offload_saved_tensors(saved_tensors_hooks):
                 cpu = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
                 cpu.copy_(t.detach(), non_blocking=True)
             t.record_stream(self.stream)  # its memory is not reused before the copy has read it
-        packed = _Packed(cpu, t.device, self, len(self.order))
+        packed = _Packed(cpu, t.device, len(self.order))
         self.order.append(weakref.ref(packed))
         self.seen[id(t)] = (weakref.ref(t), t._version, weakref.ref(packed))
         self.offloaded += 1
-        self.offloaded_bytes += cpu.numel() * cpu.element_size()
+        self.offloaded_bytes += cpu.nbytes
         return packed
 
     def _fetch(self, p: _Packed) -> None:
@@ -94,11 +82,13 @@ class offload_saved_tensors(saved_tensors_hooks):
             p.ready = self.stream.record_event()
 
     def _prefetch_before(self, index: int) -> None:
+        """The backward roughly unwinds the forward: fetch the tensors packed just before `index` (only a guess for
+        speed: a tensor not prefetched is fetched on demand)."""
         fetched = 0
         for ref in self.order[max(0, index - self.prefetch):index][::-1]:
             p = ref()
             if p is not None and p.gpu is None and p.last is None:  # never one the backward already used
-                size = p.cpu.numel() * p.cpu.element_size()
+                size = p.cpu.nbytes
                 if fetched and fetched + size > PREFETCH_BYTES:
                     break
                 self._fetch(p)
@@ -108,17 +98,17 @@ class offload_saved_tensors(saved_tensors_hooks):
     def _unpack(self, p):
         if not isinstance(p, _Packed):
             return p
-        owner, t = p.owner, p.last and p.last()
+        t = p.last and p.last()
         if t is not None:  # saved twice, and the first user still holds the device copy
             return t
         if p.gpu is None:
-            owner._fetch(p)
+            self._fetch(p)
         t, p.gpu = p.gpu, None  # the graph holds it now; once it is dropped, another unpack copies again
         p.last = weakref.ref(t)
         if p.ready is not None:
             torch.cuda.current_stream(t.device).wait_event(p.ready)
             t.record_stream(torch.cuda.current_stream(t.device))  # allocated on the side stream, used here
-        owner._prefetch_before(p.index)
+        self._prefetch_before(p.index)
         return t
 
     def __exit__(self, *exc):
