@@ -1,19 +1,11 @@
-"""--tiled_mlp_tokens N: every decoder layer's MLP runs over at most N tokens at a time, in the forward and in the
-backward, so its (tokens x intermediate_size) activations never exist whole: at long sequences they are the largest
-tensors of a layer (intermediate_size is 2.7-5.4x hidden_size, and gate, up, act and their product all live at once).
-
-The cost is one more MLP forward per step (the backward recomputes each chunk), a third with gradient checkpointing.
-The idea is Arctic Long Sequence Training's / DeepSpeed's `TiledMLP` (Unsloth has the same); this one is smaller:
-the trainable parameters are inputs of the autograd Function, so their gradients come back through autograd once
-per step (DDP and gradient hooks see one gradient, not one per chunk), and the RNG and autocast state of the
-forward are replayed in the backward, so LoRA dropout draws the same masks in both.
-
-An MLP is any module whose class name ends in "MLP" and that has a `down_proj` (LlamaMLP, Qwen2MLP, GlmMLP with
-its fused gate_up_proj, ...): it must act on each token alone, which is what lets the sequence be cut anywhere.
-Kept over DeepSpeed 0.19.8's TiledMLP: on an H200 (bench/offload_tiling.py, 8B shape cut to 4 layers, one 64k
-sequence, 8k chunks) ours ran 23,908 tokens/s, DeepSpeed's 22,896 (0.96x), both at 16.01 GiB; its backward also
-recomputes outside the forward's autocast, so its bf16 losses drift further from the untiled MLP's.
-"""
+"""--tiled_mlp_tokens N: each decoder layer's MLP runs over at most N tokens at a time, forward and backward, so its
+(tokens x intermediate_size) activations, a layer's largest at long sequences, never exist whole; the cost is one more
+MLP forward per step.  An MLP is a module whose class name ends in "MLP" and that has a `down_proj`: it acts on each
+token alone, so the sequence can be cut anywhere.  The trainable parameters are inputs of the autograd Function (one
+gradient per step for DDP and hooks), and the forward's RNG and autocast state are replayed in the backward (LoRA
+dropout draws the same masks).
+Kept over DeepSpeed 0.19.8's TiledMLP: on an H200 (bench/offload_tiling.py, one 64k sequence, 8k chunks) ours ran
+23,908 tokens/s, DeepSpeed's 22,896, both at 16.01 GiB; its backward recomputes outside the forward's autocast."""
 from __future__ import annotations
 
 import types
@@ -27,9 +19,8 @@ def _chunks(x2d: torch.Tensor, n: int):
 
 
 def _run_chunked(forward, x: torch.Tensor, n: int) -> torch.Tensor:
-    """forward over at most n tokens at a time; the output is written into one tensor (no list + cat, which would
-    hold the output twice).  Padding-free batches are (1, tokens, hidden), padded ones (batch, seq, hidden): both are
-    flattened to (tokens, hidden), since the MLP does not mix tokens."""
+    """forward over at most n tokens of x flattened to (tokens, hidden), written into one tensor (a list + cat would
+    hold the output twice)."""
     flat, out = x.reshape(-1, x.shape[-1]), None
     for s, part in _chunks(flat, n):
         y = forward(part)
@@ -57,10 +48,10 @@ class TiledMLPFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         (x,) = ctx.saved_tensors
         need_x = ctx.needs_input_grad[2]
-        wanted = [p for p, need in zip(ctx.params, ctx.needs_input_grad[3:]) if need]
+        wanted = [i for i, need in enumerate(ctx.needs_input_grad[3:]) if need]
         flat, g = x.detach().reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1])
         gx = torch.empty_like(flat) if need_x else None
-        gp = [None] * len(wanted)
+        gp = [None] * len(ctx.params)
         dev, on, dtype = ctx.autocast
         cpu_rng, cuda_rng = ctx.rng
         with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
@@ -71,16 +62,14 @@ class TiledMLPFunction(torch.autograd.Function):
                 for s, part in _chunks(flat, ctx.n):
                     part = part.detach().requires_grad_(need_x)
                     y = ctx.mlp._untiled_forward(part)
-                    inputs = ([part] if need_x else []) + wanted
+                    inputs = ([part] if need_x else []) + [ctx.params[i] for i in wanted]
                     grads = torch.autograd.grad(y, inputs, g[s:s + part.shape[0]], allow_unused=True)
                     if need_x:
-                        gx[s:s + part.shape[0]], grads = grads[0], grads[1:]
-                    for i, d in enumerate(grads):
+                        gx[s:s + part.shape[0]] = grads[0]
+                    for i, d in zip(wanted, grads[int(need_x):]):
                         if d is not None:
                             gp[i] = d if gp[i] is None else gp[i].add_(d)
-        it = iter(gp)
-        param_grads = [next(it) if need else None for need in ctx.needs_input_grad[3:]]
-        return (None, None, gx.view_as(x) if need_x else None, *param_grads)
+        return (None, None, gx.view_as(x) if need_x else None, *gp)
 
 
 def _tiled_forward(self, x):
@@ -98,10 +87,8 @@ def mlp_modules(model) -> list:
 
 
 def apply_tiled_mlp(model, chunk_tokens: int) -> int:
-    """Patches every MLP's forward in place (before or after PEFT: the LoRA layers are looked up at call time);
-    returns how many.  Applying again changes the chunk size, and tiles again a forward replaced in between: the
-    Trainer applies Liger's kernels to the model instance (--use_liger_kernel), which rebinds every MLP's forward to
-    LigerSwiGLUMLP's, so training.TileAgain applies the tiling once more when training begins."""
+    """Patches every MLP's forward in place, before or after PEFT; returns how many.  Applying again changes the chunk
+    size and tiles a forward replaced since (Liger rebinds each MLP's forward: training.TileAgain re-applies)."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     found = mlp_modules(model)
