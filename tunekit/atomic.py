@@ -12,24 +12,19 @@ from pathlib import Path
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    except OSError as e:  # PermissionError: another user's process, alive
+        return not isinstance(e, ProcessLookupError)
     return True
 
 
-def remove_leftovers(out: Path) -> None:
-    """Temporary siblings of `out` whose writer process is gone (named .NAME.tmp-PID-...)."""
+def _temporary(out: Path) -> str:
+    """The prefix of this process's temporary siblings of `out` (.NAME.tmp-PID-...), once those of dead writers are
+    removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
     for tmp in out.parent.glob(f".{out.name}.tmp-*"):
         pid = tmp.name.removeprefix(f".{out.name}.tmp-").split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-
-
-def _temporary(out: Path) -> str:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
     return f".{out.name}.tmp-{os.getpid()}-"
 
 
@@ -42,13 +37,11 @@ def atomic_folder(out: Path):
     tmp = Path(tempfile.mkdtemp(prefix=_temporary(out), dir=out.parent))
     try:
         yield tmp
+        aside = Path(tempfile.mkdtemp(prefix=_temporary(out), dir=out.parent))
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=_temporary(out), dir=out.parent)) / "old"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old.parent)
-        else:
-            tmp.rename(out)
+            out.rename(aside / "old")
+        tmp.rename(out)
+        shutil.rmtree(aside)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
