@@ -1,17 +1,12 @@
-"""What a run leaves behind, read in one place, and the model it trained, loaded in one way.
-
-`read(folder)` checks a folder (an adapter written by training, a merged or fully fine-tuned model, or a model from
-elsewhere) and reads finetune_args.json, adapter_config.json, chat_format.json and config.json once: the run's task,
-family, prompt format, base and quantization.  `load(run)` builds the model for every command after training (chat,
-generate, evaluate, predict, merge) with the functions training uses: the task's auto class, the base quantized as it
-was trained (NF4 or FP4 with the run's own settings, a GPTQ base as GPTQ) unless asked otherwise, then the adapter.
-"""
+"""What a run leaves behind, read once (`read`), and the model it trained, loaded one way for every command after
+training (`load`, with training's functions): the base quantized as trained unless asked otherwise, then the adapter."""
 from __future__ import annotations
 
 import json
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 from . import prompts
 from .errors import ArgumentError
@@ -62,9 +57,9 @@ class RunFolder:
         return LoraArguments(**{f.name: self.args[f.name] for f in fields(LoraArguments) if f.name in self.args})
 
     def trained_in_4bit(self) -> bool:
-        """A Q-LoRA adapter on a base that bitsandbytes quantized while loading (a GPTQ base carries its own config;
-        a merged model is the adapter on the unquantized base)."""
-        return self.adapter is not None and bool(self.args.get("q_lora")) and not base_config(self.base).get("quantization_config")
+        """A Q-LoRA adapter whose base bitsandbytes quantized on load (not a GPTQ base, not a merged model)."""
+        quantized_base = base_config(self.base).get("quantization_config")
+        return self.adapter is not None and bool(self.args.get("q_lora")) and not quantized_base
 
 
 def read(folder, flag: str = "MODEL") -> RunFolder:
@@ -77,8 +72,7 @@ def read(folder, flag: str = "MODEL") -> RunFolder:
     if adapter is None and not config:
         raise ArgumentError(f"{flag}: {path} is neither an adapter folder ({ADAPTER}) nor a model folder "
                             f"({CONFIG}); pass the output_dir of a run, or its merged folder")
-    fmt = read_json(path / prompts.FILE)
-    run = RunFolder(path, read_json(path / ARGS), adapter, config, prompts.ChatFormat(**fmt))
+    run = RunFolder(path, read_json(path / ARGS), adapter, config, prompts.ChatFormat(**read_json(path / prompts.FILE)))
     if adapter is not None and not (path / "adapter_model.safetensors").is_file():
         raise ArgumentError(f"{flag}: {path} has {ADAPTER} but no adapter_model.safetensors: the run did not finish "
                             "saving; train again or pass another folder")
@@ -150,23 +144,16 @@ def load(run: RunFolder, base: str | None = None, quantized: bool | None = None,
     cuda = torch.cuda.is_available()
     device = device or ("cuda" if cuda else "cpu")
     dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
-    compute = train_dtype(_train_flags(run.args)) if cuda else torch.float32
-    kwargs = {"device_map": {"": device}, **quantization_kwargs(run, base, quantized, compute)}
+    compute = train_dtype(SimpleNamespace(**{"bf16": False, "fp16": False, **run.args})) if cuda else torch.float32
     model_class, config = model_class_and_config(run, base, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(run.path, trust_remote_code=trust_remote_code)
     model = model_class.from_pretrained(base, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
-                                        **kwargs)
+                                        device_map={"": device}, **quantization_kwargs(run, base, quantized, compute))
     keep_portable_4bit(model)
     if run.adapter is not None:
         resize_embeddings(model, tokenizer)  # as training did; the adapter carries the new rows
         model = load_adapter(model, str(run.path))
     return model.eval(), tokenizer
-
-
-def _train_flags(args: dict):
-    from types import SimpleNamespace
-
-    return SimpleNamespace(bf16=bool(args.get("bf16")), fp16=bool(args.get("fp16")))
 
 
 def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
