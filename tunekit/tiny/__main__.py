@@ -1,4 +1,5 @@
-"""python -m tunekit.tiny FAMILY [--out DIR] [--gptq]: builds (cached) and prints the embedded default's folder."""
+"""python -m tunekit.tiny FAMILY [--out DIR] [--gptq]: builds (cached) and prints the embedded default's folder;
+python -m tunekit.tiny zoo NAME [--out DIR]: the same for a checkpoint of the tiny-checkpoint zoo (zoo.py)."""
 import argparse
 from pathlib import Path
 
@@ -20,8 +21,27 @@ def minilm() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
+def zoo_main(argv) -> None:
+    """python -m tunekit.tiny zoo NAME [--out DIR]: builds (cached) and prints a zoo checkpoint's folder."""
+    from . import zoo
+
+    p = argparse.ArgumentParser(prog="python -m tunekit.tiny zoo", description=zoo.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", choices=zoo.names())
+    p.add_argument("--out", default=None, help="default: .cache/tiny/zoo/<name>-<hash of its JSON and data/>")
+    a = p.parse_args(argv)
+    print(zoo.build(a.name, a.out))
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["zoo"]:  # the tiny-checkpoint zoo (tunekit/tiny/zoo.py)
+        return zoo_main(argv[1:])
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="python -m tunekit.tiny zoo NAME [--out DIR]: a checkpoint of the "
+                                       "tiny-checkpoint zoo (tunekit/tiny/zoo.py)")
     p.add_argument("family", choices=sorted(FAMILIES))
     p.add_argument("--out", default=None, help="default: .cache/tiny/<family>-<hash of data/>")
     p.add_argument("--gptq", action="store_true", help="also pack a GPTQ-Int4 copy and print its folder")
