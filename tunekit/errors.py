@@ -53,20 +53,14 @@ def run_cli(main, argv=None) -> int:
     return 0
 
 
-def shutdown_distributed() -> None:
-    """Under torchrun, leave the process group together before exit: a rank that exits while the other still runs
-    its communication threads aborts with 'terminate called without an active exception'."""
-    if "torch" not in sys.modules:
-        return
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
 def main_entry(main, argv=None) -> None:
-    """A command's process (`python -m tunekit.<command>`, finetune.py): run, leave the process group, exit."""
+    """A command's process (`tunekit <command>`, finetune.py): run; under torchrun leave the process group together
+    (a rank that exits while another still communicates aborts with 'terminate called without an active exception')."""
     code = run_cli(main, argv)
-    shutdown_distributed()
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
     sys.exit(code)
