@@ -34,13 +34,11 @@ def gptq_backend(on_gpu: bool) -> str:
 
 
 def gptq_load_kwargs(quant_config: dict, on_gpu: bool) -> dict:
-    """from_pretrained kwargs for a GPTQ checkpoint (transformers keeps its own config, takes only our `backend`)."""
+    """from_pretrained kwargs for a GPTQ checkpoint's quantization_config (transformers keeps its own config, takes
+    only our `backend`)."""
     require_gptq()
     from transformers import GPTQConfig
 
-    method = quant_config.get("quant_method")
-    if method != "gptq":
-        raise ArgumentError(f"gptq_load_kwargs: quant_method is '{method}', not 'gptq'")
     device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if on_gpu else "cpu"
     return {"quantization_config": GPTQConfig(bits=int(quant_config.get("bits", 4)), backend=gptq_backend(on_gpu)),
             "device_map": device_map}
