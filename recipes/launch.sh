@@ -37,6 +37,10 @@ if [ -z "$MODEL" ]; then
   GPUS_PER_NODE=1
 elif [ -f "$MODEL/config.json" ]; then  # an original layout that needs remote code is converted first (cached)
   MODEL="$("$PYTHON" -m tunekit.convert "$MODEL" | tail -n 1)"
+  if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    args+=(recipes/cpu.json)  # no GPU: settings that fit a CPU's memory (fp32, one sample of at most 1024 tokens a step)
+    echo "note: no CUDA GPU: recipes/cpu.json's CPU settings are added (flags after the method override them)"
+  fi
 fi
 args+=(--model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR")
 [ -n "$DATA" ] && args+=(--data_path "$DATA")

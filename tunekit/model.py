@@ -31,7 +31,7 @@ def load_tokenizer(model_args, family: Family):
                             f"({type(e).__name__}: {str(e).splitlines()[0][:300]}); the folder needs tokenizer.json "
                             "or tokenizer.model with tokenizer_config.json") from None
     added = templates.apply(tok, getattr(model_args, "template", None), path)
-    ends = set(templates.end_of_turn(tok, templates.named(tok)))
+    ends = {tok.eos_token, templates.answer_end(tok, templates.end_of_turn(tok, templates.named(tok)))}
     if tok.pad_token is None or tok.pad_token in ends:
         choose_pad(tok, ends)
     tok.padding_side = "right"  # training; generation uses a left-padded copy

@@ -124,6 +124,17 @@ def _answer(tokenizer, before: list[dict], reply: dict, stops, where: str) -> st
     return text[:min(ends)]
 
 
+def answer_end(tokenizer, stops) -> str | None:
+    """The end-of-turn token the chat template ends an answer with (None without a template)."""
+    if not tokenizer.chat_template:
+        return None
+    try:
+        text = _answer(tokenizer, PROBES[0][:1], PROBES[0][1], stops, "")
+    except DataError:
+        return None
+    return next((s for s in stops if text.endswith(s)), None)
+
+
 def examples(messages: list[dict], tokenizer, stops, where: str) -> list[list[tuple[str, bool]]]:
     """A conversation as (text, trained?) segments: each assistant answer and its end-of-turn token trained, exactly as
     inference prompts for it.  One example when the full rendering holds every turn as inference sees it (most
