@@ -156,3 +156,31 @@ def test_family_recipes_on_a_foreign_model_keep_its_template_and_tokens(models, 
         adapter = json.loads((out / "adapter_config.json").read_text())
         assert not adapter.get("modules_to_save")  # no embedding matrices trained for new tokens
         shutil.rmtree(out)
+
+
+# The named template (tunekit/chat_templates/) whose Ollama TEMPLATE each model's own template gets on export.
+OLLAMA = {"llama2-chat": "llama2", "llama3.1-instruct": "llama3.1", "qwen2.5-instruct": "chatml", "qwen3": "chatml",
+          "mistral-v0.3-instruct": "mistral", "gemma2-it": "gemma", "gemma3-it": "gemma", "phi3.5-mini": "phi3",
+          "phi4-mini": "phi4", "smollm2-instruct": "chatml"}
+
+
+@pytest.mark.parametrize("name", CHAT_MODELS)
+def test_export_modelfile_renders_each_models_own_template(models, name):
+    """The Modelfile's TEMPLATE (and SYSTEM default), rendered as Ollama renders it, is the training prompt less the
+    BOS the runtime adds; it stops at the model's end-of-turn token."""
+    from test_export import ollama_prompt
+
+    from tunekit.data import adds_bos
+    from tunekit.export import modelfile
+    from tunekit.prompts import ChatFormat
+    from tunekit.templates import identify, render
+
+    tok = tokenizer_of(models[name])
+    named, _ = identify(tok)
+    assert named.name == OLLAMA[name]
+    text = modelfile(tok, ChatFormat(stop=(ANSWER[name][-len(named.end_of_turn):],)), "test")
+    for messages in (MULTI[:3], SYSTEM[:4]):
+        want = render(tok, messages, True)
+        want = want[len(tok.bos_token):] if adds_bos(tok) else want  # llama.cpp adds BOS where the tokenizer does
+        assert ollama_prompt(text, messages) == want
+    assert f'PARAMETER stop "{named.end_of_turn}"' in text.splitlines()
