@@ -10,6 +10,7 @@ from torch import nn
 
 
 def _dense_weight(base: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    # not PEFT's dequantize_module_weight: on a CPU it replaces base.weight with a new Params4bit at every call
     weight = base.weight
     quant_state = getattr(weight, "quant_state", None)
     if quant_state is not None:  # bitsandbytes Params4bit: (out, in) after dequantizing
@@ -76,7 +77,7 @@ def _fused_forward(self, x, *args, **kwargs):
 def _fusable(layer) -> bool:
     from peft.tuners.lora import LoraLayer
 
-    if not isinstance(layer, LoraLayer) or not hasattr(layer, "lora_A") or len(layer.lora_A) != 1:
+    if not isinstance(layer, LoraLayer) or len(layer.lora_A) != 1:
         return False
     name = next(iter(layer.lora_A))
     base = layer.get_base_layer()
