@@ -220,7 +220,7 @@ def validate_adapter(folder, expected_keys, trained: bool, head: str | None = No
 class AtomicCheckpointMixin:
     """Trainer mixin: checkpoints staged under a temporary name, marked complete last, renamed into place."""
 
-    run_fingerprint: dict | None = None  # the run's (training.RunMixin): recorded in every completion marker
+    run_fingerprint: dict | None = None  # the run's (set by training.build_trainer): in every completion marker
     run_head: str | None = None  # a classifier's head: it must be in every saved adapter, its config beside it
     _staging: str | None = None
 

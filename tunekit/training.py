@@ -17,19 +17,37 @@ __all__ = ["build_trainer", "NonFiniteLossError"]
 
 
 class RunMixin:
-    """Our arguments, the run's fingerprint and head (for its checkpoints) and the per-step recorder, on any trainer."""
+    """On any trainer: real tokens counted per step, activation offload, --token_budget batches."""
 
-    def __init__(self, *args, options, fingerprint=None, head=None, **kwargs):
-        self.run_options, self.run_fingerprint, self.run_head, self.real_tokens = options, fingerprint, head, 0
-        super().__init__(*args, **kwargs)
-        self.recorder = RunRecorder(self)
-        self.add_callback(self.recorder)
+    real_tokens = 0
 
     def training_step(self, model, inputs, *args, **kwargs):
         """Counts real (non-pad) tokens per optimizer step: the honest throughput figure."""
         mask = inputs.get("attention_mask")
         self.real_tokens += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
         return super().training_step(model, inputs, *args, **kwargs)
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        """--offload_activations(_async): what the forward saves for backward lives in pinned CPU memory."""
+        if self.args.offload_activations_async:  # tunekit/offload.py: side stream, prefetch
+            from .offload import offload_saved_tensors
+
+            context = offload_saved_tensors()
+        elif self.args.offload_activations:
+            context = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
+        else:
+            context = contextlib.nullcontext()
+        with context:
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """--token_budget: micro-batches of up to that many tokens instead of a fixed number of samples."""
+        if not self.args.token_budget:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return TokenBudgetBatchSampler(sample_lengths(dataset), self.args.token_budget, self.args.packing,
+                                       seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                                       rank=self.args.process_index, world_size=max(1, self.args.world_size))
 
 
 class RunRecorder(TrainerCallback):
@@ -68,74 +86,34 @@ class RunRecorder(TrainerCallback):
                     "instead of --fp16, or check the data for empty or extreme samples")
 
 
-class SelectiveCheckpointing(TrainerCallback):
-    """--gradient_checkpointing_fraction < 1: only that share of decoder layers, evenly spread, keeps checkpointing."""
-
-    def __init__(self, fraction: float):
-        self.fraction = fraction
-
-    def on_train_begin(self, args, state, control, model=None, **kw):
-        from transformers.modeling_layers import GradientCheckpointingLayer
-
-        layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
-        keep = round(len(layers) * self.fraction)
-        chosen = {int(i * len(layers) / keep) for i in range(keep)} if keep else set()
-        for i, layer in enumerate(layers):
-            layer.gradient_checkpointing = layer.gradient_checkpointing and i in chosen
-
-
-class TileAgain(TrainerCallback):
-    """--tiled_mlp_tokens: tile again once training begins, as --use_liger_kernel's patching in Trainer.train rebinds
-    every MLP's forward to LigerSwiGLUMLP's (tunekit/tiling.py)."""
-
-    def __init__(self, chunk_tokens: int):
-        self.chunk_tokens = chunk_tokens
+class AfterSetup(TrainerCallback):
+    """Redone once Trainer.train has set the model up: --gradient_checkpointing_fraction < 1 keeps that share of the
+    decoder layers checkpointing, evenly spread; --tiled_mlp_tokens tiles again (--use_liger_kernel's patching rebinds
+    every MLP's forward)."""
 
     def on_train_begin(self, args, state, control, model=None, **kw):
-        from .tiling import apply_tiled_mlp
+        if args.gradient_checkpointing and args.gradient_checkpointing_fraction < 1:
+            from transformers.modeling_layers import GradientCheckpointingLayer
 
-        apply_tiled_mlp(model, self.chunk_tokens)
+            layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+            keep = round(len(layers) * args.gradient_checkpointing_fraction)
+            chosen = {int(i * len(layers) / keep) for i in range(keep)} if keep else set()
+            for i, layer in enumerate(layers):
+                layer.gradient_checkpointing = layer.gradient_checkpointing and i in chosen
+        if args.tiled_mlp_tokens:
+            from .tiling import apply_tiled_mlp
 
-
-class ActivationOffloadMixin:
-    """--offload_activations(_async): what the forward saves for backward lives in pinned CPU memory."""
-
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        if self.run_options.offload_activations_async:  # tunekit/offload.py: side stream, prefetch
-            from .offload import offload_saved_tensors
-
-            context = offload_saved_tensors()
-        elif self.run_options.offload_activations:
-            context = torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())
-        else:
-            context = contextlib.nullcontext()
-        with context:
-            return super().compute_loss(model, inputs, *args, **kwargs)
-
-
-class TokenBudgetMixin:
-    """--token_budget: micro-batches of up to that many tokens instead of a fixed number of samples."""
-
-    def _get_train_sampler(self, train_dataset=None):
-        ours = self.run_options
-        if not ours.token_budget:
-            return super()._get_train_sampler(train_dataset)
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return TokenBudgetBatchSampler(sample_lengths(dataset), ours.token_budget, ours.packing,
-                                       seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-                                       rank=self.args.process_index, world_size=max(1, self.args.world_size))
+            apply_tiled_mlp(model, args.tiled_mlp_tokens)
 
 
 def build_trainer(model, tokenizer, train_ds, eval_ds, train_args, collator, fingerprint=None, head=None,
                   compute_metrics=None, base=Trainer):
     """The task's trainer class (base) with our mixins; head: a classifier's, checked in every saved adapter."""
-    mixins = (RunMixin, TokenBudgetMixin, ActivationOffloadMixin, AtomicCheckpointMixin)
-    cls = type(f"Tunekit{base.__name__}", (*mixins, base), {})
+    cls = type(f"Tunekit{base.__name__}", (RunMixin, AtomicCheckpointMixin, base),
+               {"run_fingerprint": fingerprint, "run_head": head})
     trainer = cls(model=model, args=train_args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
-                  processing_class=tokenizer, options=train_args, fingerprint=fingerprint, head=head,
-                  compute_metrics=compute_metrics)
-    if getattr(train_args, "tiled_mlp_tokens", 0):
-        trainer.add_callback(TileAgain(train_args.tiled_mlp_tokens))
-    if train_args.gradient_checkpointing and train_args.gradient_checkpointing_fraction < 1:
-        trainer.add_callback(SelectiveCheckpointing(train_args.gradient_checkpointing_fraction))
+                  processing_class=tokenizer, compute_metrics=compute_metrics)
+    trainer.recorder = RunRecorder(trainer)
+    for callback in (trainer.recorder, AfterSetup()):
+        trainer.add_callback(callback)
     return trainer
