@@ -12,11 +12,8 @@ NAME = "varlen"
 
 @functools.cache  # looked up once, not in every layer of every step
 def _varlen():
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError as error:  # torch < 2.10
-        raise RuntimeError(f"--attn_implementation {NAME} needs torch >= 2.10 (torch.nn.attention.varlen); "
-                           f"this is torch {torch.__version__}: use sdpa") from error
+    from torch.nn.attention.varlen import varlen_attn  # torch >= 2.10, which preflight.check_varlen requires
+
     return varlen_attn, set(inspect.signature(varlen_attn).parameters)
 
 
