@@ -3,6 +3,7 @@ ChatGLM2's ADGEN evaluation does), then averaged; a sample whose *reference* hol
 (ptuning/main.py) does, any other as `evaluate`'s defaults do: SCORING says how, beside the scores."""
 from __future__ import annotations
 
+import functools
 import re
 
 from .errors import DataError
@@ -15,6 +16,7 @@ SCORING = ("mean over samples of per-sample scores x100; Chinese references: Cha
 HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 
 
+@functools.cache  # built on first use: jieba's dictionary loads only when a Chinese reference comes
 def _chinese_scorer():
     import logging
 
@@ -39,6 +41,7 @@ def _chinese_scorer():
     return score
 
 
+@functools.cache
 def _other_scorer():
     import sacrebleu
     from rouge_score import rouge_scorer
@@ -68,12 +71,7 @@ def score_generations(predictions: list[str], references: list[str]) -> dict:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise DataError(f"{name}[{i}] must be a string, got {type(text).__name__}")
-    scorers, rows = {}, []  # scorers built on first use: jieba's dictionary loads only when a Chinese sample comes
-    for pred, ref in zip(predictions, references):
-        kind = HAN.search(ref) is not None  # Chinese
-        if kind not in scorers:
-            scorers[kind] = _chinese_scorer() if kind else _other_scorer()
-        rows.append(scorers[kind](pred, ref))
-    n = len(rows)
-    result = {key: sum(row[i] for row in rows) / n for i, key in enumerate(KEYS)}
-    return {**result, "samples": n, "scoring": SCORING}
+    rows = [(_chinese_scorer() if HAN.search(ref) else _other_scorer())(pred, ref)
+            for pred, ref in zip(predictions, references)]
+    means = {key: sum(column) / len(rows) for key, column in zip(KEYS, zip(*rows))}
+    return {**means, "samples": len(rows), "scoring": SCORING}
