@@ -66,7 +66,7 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         "deepspeed": bool(trainer.is_deepspeed_enabled),
         "train_runtime_s": round(runtime, 3),
         "real_tokens": tokens,
-        "tokens_per_s": round(tokens / runtime, 1) if runtime else None,
+        "tokens_per_s": round(tokens / runtime, 1),
         "peak_gib": max(rec.step_peak_gib) if rec.step_peak_gib else None,  # during training steps
         "first_loss": losses[0] if losses else None,
         "final_loss": losses[-1] if losses else None,
@@ -77,16 +77,14 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         "train_loss": train_result.training_loss,
         "step_times": rec.step_times,
         "step_tokens": step_tokens,
-        "tokens_per_s_per_process": round(tokens / runtime / max(1, trainer.args.world_size), 1) if runtime else None,
+        "tokens_per_s_per_process": round(tokens / runtime / trainer.args.world_size, 1),
         "step_peak_gib": rec.step_peak_gib,
     }
 
 
 def effective_batch(args) -> dict:
-    """What one optimizer step trains on, over every process: the learning rate applies to this batch, so a run moved
-    to more GPUs with the same flags trains on a larger one (scale --gradient_accumulation_steps down to keep it)."""
-    world, accumulation = max(1, args.world_size), args.gradient_accumulation_steps
-    budget = getattr(args, "token_budget", 0)
+    """What one optimizer step trains on, over every process (more GPUs with the same flags: a larger batch)."""
+    world, accumulation, budget = args.world_size, args.gradient_accumulation_steps, args.token_budget
     return {"processes": world, "gradient_accumulation_steps": accumulation,
             "micro_batch": f"{budget} tokens" if budget else f"{args.per_device_train_batch_size} samples",
             "per_step": f"{budget * accumulation * world} tokens at most" if budget else
