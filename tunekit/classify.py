@@ -43,10 +43,6 @@ def _values(sample: dict, key: str) -> list:
     return sample[key] if isinstance(sample[key], list) else [sample[key]]  # tags, or a text's one label
 
 
-def label_names(samples: list[dict], key: str, given=None) -> list[str]:
-    return list(given) if given else sorted({value for s in samples for value in _values(s, key)})
-
-
 def check_labels(samples: list[dict], key: str, labels: list[str], path: str, what: str) -> None:
     known = set(labels)
     for i, s in enumerate(samples):
@@ -81,12 +77,12 @@ def build_datasets(task_name: str, data_args, tokenizer, max_length: int):
     """(train, eval or None, label names) for a classification task; every record is checked before any is used."""
     read, key, encode_sample = KINDS[task_name]
     train = load_records(data_args.data_path, data_args.max_samples, read)
-    labels = label_names(train, key, data_args.labels)
-    check_labels(train, key, labels, data_args.data_path, "--labels" if data_args.labels else "given")
+    labels = list(data_args.labels or sorted({value for s in train for value in _values(s, key)}))
+    what = "--labels" if data_args.labels else "training file's"
+    check_labels(train, key, labels, data_args.data_path, what)
     evals = load_records(data_args.eval_data_path, read=read) if data_args.eval_data_path else None
     if evals is not None:
-        check_labels(evals, key, labels, data_args.eval_data_path,
-                     "--labels" if data_args.labels else "training file's")
+        check_labels(evals, key, labels, data_args.eval_data_path, what)
     if len(labels) < 2 and key == "label":
         raise DataError(f"{data_args.data_path}: only one label ({labels}); a classifier needs at least two")
     label2id = {name: i for i, name in enumerate(labels)}
