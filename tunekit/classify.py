@@ -79,7 +79,8 @@ def build_datasets(task_name: str, data_args, tokenizer, max_length: int):
     train = load_records(data_args.data_path, data_args.max_samples, read)
     labels = list(data_args.labels or sorted({value for s in train for value in _values(s, key)}))
     what = "--labels" if data_args.labels else "training file's"
-    check_labels(train, key, labels, data_args.data_path, what)
+    if data_args.labels:  # the training file's own labels cannot miss
+        check_labels(train, key, labels, data_args.data_path, what)
     evals = load_records(data_args.eval_data_path, read=read) if data_args.eval_data_path else None
     if evals is not None:
         check_labels(evals, key, labels, data_args.eval_data_path, what)
