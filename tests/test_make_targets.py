@@ -105,7 +105,8 @@ def test_llama2_export_writes_gguf_and_modelfile(llama2_run):
     make("llama2-export", ADAPTER=out)
     gguf = out.with_name(out.name + "-gguf")
     assert (gguf / "model.gguf").stat().st_size > 0
-    assert 'PARAMETER stop "### Human:"' in (gguf / "Modelfile").read_text()  # the guanaco format it trained with
+    text = (gguf / "Modelfile").read_text()  # the tiny Llama-2 has Llama-2-chat's template: its guanaco data trains in it
+    assert 'PARAMETER stop "</s>"' in text and "[INST]" in text and "### Human:" not in text
 
 
 def test_llama2_lora_recipe(tmp_path):
@@ -125,10 +126,28 @@ def test_classifier_recipes_train_merge_and_predict(target, tmp_path):
     assert rows and all("prediction" in row for row in rows)
 
 
+def test_sft_trains_any_chat_model_in_its_template(tmp_path):
+    """make sft: the embedded default learns and reproduces its answer; with MODEL a zoo checkpoint (Qwen3's real
+    template and tokens) on the CPU, with recipes/cpu.json added and flags passed through ARGS."""
+    from tunekit.tiny import zoo
+
+    out = tmp_path / "sft"
+    r = make("sft", OUTPUT=out)
+    assert trained_answer_reproduced(r.stdout), r.stdout
+    out = tmp_path / "sft-qwen3"
+    r = make("sft", OUTPUT=out, MODEL=zoo.build("qwen3"), ARGS="--max_steps 2 --max_samples 4 --save_strategy no")
+    assert "recipes/cpu.json's CPU settings are added" in r.stdout
+    fmt = json.loads((out / "chat_format.json").read_text())
+    assert fmt["kind"] == "chat_template" and "<|im_end|>" in fmt["stop"]
+    assert json.loads((out / "run_summary.json").read_text())["steps"] == 2
+
+
 def named_in_readme() -> set[str]:
     return set(re.findall(r"\bmake ([a-z0-9][a-z0-9-]*)", (ROOT / "README.md").read_text()))
 
 
 def test_every_target_the_readme_names_is_run():
-    tested = set(re.findall(r'"([a-z0-9]+-[a-z0-9-]+)"', Path(__file__).read_text())) | set(ELSEWHERE)
+    text = Path(__file__).read_text()
+    tested = set(re.findall(r'"([a-z0-9]+-[a-z0-9-]+)"', text)) | set(re.findall(r'make\("([a-z0-9-]+)"', text))
+    tested |= set(ELSEWHERE)
     assert named_in_readme() <= tested, sorted(named_in_readme() - tested)
