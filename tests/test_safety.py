@@ -216,3 +216,18 @@ def test_make_runs_a_real_recipe_with_hostile_paths(hostile):
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
     assert json.loads((out / "finetune_args.json").read_text())["data_path"] == hostile["data"]
     no_marker(hostile)
+
+
+def test_atomic_folders_honour_the_umask(tmp_path):
+    """A merged, exported or cached folder gets mkdir's permissions, not mkdtemp's private 0700."""
+    import os
+
+    from tunekit.atomic import atomic_folder
+
+    old = os.umask(0o022)
+    try:
+        with atomic_folder(tmp_path / "out") as tmp:
+            (tmp / "f").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755

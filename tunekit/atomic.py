@@ -35,6 +35,9 @@ def atomic_folder(out: Path):
     folder is deleted."""
     out = Path(out)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary(out), dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it drwx------; the folder it becomes is made as mkdir would make it
     try:
         yield tmp
         aside = Path(tempfile.mkdtemp(prefix=_temporary(out), dir=out.parent))
