@@ -1,10 +1,6 @@
-"""Tasks: what the model learns.  A task is one row that owns its behaviour: the auto class that loads the model,
-its datasets, collator, metrics and trainer, what is trained fully beside the adapter (a classifier's head), what it
-checks in the arguments, what it leaves beside the adapter, and which command serves it after training.
-
-  causal_lm   next-token prediction on the assistant turns (tunekit/data.py); chat, generate, evaluate, export
-  seq_cls     one label per text; token_cls: one BIO tag per word (tunekit/classify.py); predict
-"""
+"""Tasks: what the model learns, one row each that owns its behaviour (ARCHITECTURE.md, the task seam).  causal_lm:
+next-token prediction on the assistant turns (data.py), served by chat, generate, evaluate and export; seq_cls (one
+label per text) and token_cls (one BIO tag per word): classify.py, served by predict."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,11 +18,11 @@ class Task:
     architecture_suffix: str  # how a merged folder's config.json architectures name it
     build_datasets: Callable  # (data_args, tokenizer, family, max_length) -> (train, eval or None, labels or None)
     collator: Callable        # (tokenizer, train_args, varlen: bool) -> data collator
-    head: Callable            # (family) -> a module trained fully and saved with the adapter, or None
-    check: Callable           # (parsed arguments) -> None, or ArgumentError
-    save: Callable            # (train dataset, family, output_dir) -> None: what it leaves beside the adapter
     served_by: str            # the command that uses the trained model
-    metrics: Callable | None = None  # (labels) -> the Trainer's compute_metrics
+    head: Callable = lambda family: None  # a module trained fully and saved with the adapter (a classifier's head)
+    check: Callable = lambda a: None      # (parsed arguments) -> None, or ArgumentError
+    save: Callable = lambda train_ds, family, output_dir: None  # what it leaves beside the adapter
+    metrics: Callable = lambda labels: None  # the Trainer's compute_metrics, or None
     trainer: str = "Trainer"  # the transformers trainer class it trains with
 
     def model_class(self):
@@ -60,10 +56,6 @@ def save_prompt_format(train_ds, family, output_dir) -> None:
     prompts.save(prompts.from_stats(train_ds.stats, family), output_dir)
 
 
-def no_check(a) -> None:
-    return None
-
-
 def padded_only(a) -> None:
     if a.packing:
         raise ArgumentError(f"--task {a.task} trains a classifier on padded batches: drop --packing (it is for "
@@ -75,15 +67,13 @@ def classification(name: str, auto_model: str, peft_task_type: str) -> Task:
                 build_datasets=lambda data_args, tokenizer, family, max_length: classify.build_datasets(
                     name, data_args, tokenizer, max_length),
                 collator=lambda tokenizer, train_args, varlen: classify.collator(tokenizer, name),
-                head=lambda family: family.classifier_head, check=padded_only,
-                save=lambda train_ds, family, output_dir: None, served_by="predict",
+                served_by="predict", head=lambda family: family.classifier_head, check=padded_only,
                 metrics=lambda labels: classify.metrics(name, labels))
 
 
 TASKS = {
     "causal_lm": Task("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", "ForCausalLM", causal_lm_datasets,
-                      data.collator, head=lambda family: None, check=no_check, save=save_prompt_format,
-                      served_by="chat"),
+                      data.collator, served_by="chat", save=save_prompt_format),
     "seq_cls": classification("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS"),
     "token_cls": classification("token_cls", "AutoModelForTokenClassification", "TOKEN_CLS"),
 }

@@ -24,10 +24,9 @@ def main(argv=None):
         clear_for_overwrite(t.output_dir)  # every check passed: now the old run's files may go
     varlen = getattr(model.config, "_attn_implementation", None) == "varlen"
     collator = run.task.collator(tokenizer, t, varlen)
-    metrics = run.task.metrics(labels) if run.task.metrics else None
     trainer = training.build_trainer(model, tokenizer, train_ds, eval_ds, t, collator, run.fingerprint,
                                      head=run.task.head(run.family) if lora.use_lora else None,
-                                     compute_metrics=metrics, base=run.task.trainer_class())
+                                     compute_metrics=run.task.metrics(labels), base=run.task.trainer_class())
     result = trainer.train(resume_from_checkpoint=run.resume_from)
     if eval_ds is not None:
         trainer.evaluate()
