@@ -2,11 +2,9 @@
 
     tunekit predict MODEL INPUT.jsonl OUTPUT.jsonl [--batch_size 32]
 
-MODEL is an adapter folder written by finetune.py (base + adapter, loaded the supported way: the bare base model,
-then PeftModel.from_pretrained) or a merged folder.  seq_cls records {"text": ...[, "text_pair": ...]} get
-"prediction" and "probabilities" ({label: p}); token_cls records {"tokens": [...]} get "predicted_tags" (one per token);
-gold "label"/"tags" fields stay as they are.  The model runs in
-eval mode without dropout, so every load gives the same outputs.
+MODEL is a classifier's adapter folder or its merged folder.  seq_cls records {"text": ...[, "text_pair": ...]} get
+"prediction" and "probabilities" ({label: p}), token_cls records {"tokens": [...]} get "predicted_tags" (one per
+token); every other field, gold "label"/"tags" too, is kept.
 """
 from __future__ import annotations
 
@@ -17,6 +15,7 @@ import torch
 from .atomic import atomic_file
 from .errors import DataError, Parser, main_entry
 from .formats import read_records
+
 
 @torch.no_grad()
 def predict(model, tokenizer, task: str, records: list[dict], batch_size: int = 32) -> list[dict]:
@@ -37,11 +36,10 @@ def predict(model, tokenizer, task: str, records: list[dict], batch_size: int = 
                             return_tensors="pt")
             best = model(**enc).logits.argmax(-1)
             for i, r in enumerate(batch):
-                tags, previous = ["O"] * len(r["tokens"]), None
-                for pos, word in enumerate(enc.word_ids(i)):
+                words, tags = enc.word_ids(i), ["O"] * len(r["tokens"])
+                for pos, (word, previous) in enumerate(zip(words, [None, *words])):  # a word's tag on its first token
                     if word is not None and word != previous:
                         tags[word] = id2label[int(best[i, pos])]
-                    previous = word
                 out.append({**r, "predicted_tags": tags})
     return out
 
