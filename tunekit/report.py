@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+TIMINGS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_epoch"}  # logged, not metrics
+
 
 def finish(trainer, run, model_report: dict, data_stats: dict, train_result, evaluation: dict | None = None) -> dict:
     """The run's summary; on the main process its files are written and the summary printed."""
@@ -104,7 +106,7 @@ def print_summary(s: dict, output_dir: str) -> None:
         ("loss", f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}" if s["final_loss"] is not None else "-"),
         ("eval loss", f"{s['final_eval_loss']:.4f}" if s["final_eval_loss"] is not None else "-"),
         *[(name.removeprefix("eval_"), f"{value:.4f}") for name, value in s["eval_metrics"].items()
-          if name not in ("eval_loss", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")],
+          if name != "eval_loss" and name not in TIMINGS],
         *[(f"generation {k}", f"{v:.2f}") for k, v in (s.get("evaluation") or {}).items()
           if k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")],
         ("real tokens/s", f"{s['tokens_per_s']:,.0f} ({s['real_tokens']:,} tokens in {s['train_runtime_s']:.1f} s)"),
@@ -126,8 +128,7 @@ def write_json(path: Path, obj) -> None:
 def compare(folders, markdown=None) -> str:
     """One markdown table of finished runs: trainable parameters and the last evaluation's metrics."""
     runs = [(Path(f).name, json.loads((Path(f) / "run_summary.json").read_text())) for f in folders]
-    skip = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_epoch"}
-    names = [k for k in runs[0][1]["eval_metrics"] if k not in skip]
+    names = [k for k in runs[0][1]["eval_metrics"] if k not in TIMINGS]
     lines = ["| run | trainable params | " + " | ".join(n.removeprefix("eval_") for n in names) + " |",
              "|---|---:|" + "---:|" * len(names)]
     for name, s in runs:
