@@ -107,7 +107,7 @@ def plan_run(train_args, fp: dict) -> str | None:
     if requested and str(requested).lower() in ("false", "no", "none"):
         requested = None
     how = "pass --overwrite_output_dir to replace it, or choose another --output_dir"
-    if getattr(train_args, "overwrite_output_dir", False):
+    if train_args.overwrite_output_dir:
         if requested:
             raise ArgumentError("--overwrite_output_dir starts the run afresh, --resume_from_checkpoint continues it: "
                                 "pass only one of them")

@@ -2,7 +2,6 @@
 training (`load`, with training's functions): the base quantized as trained unless asked otherwise, then the adapter."""
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
