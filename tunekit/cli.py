@@ -25,16 +25,13 @@ COMMANDS = {
 }
 
 
-def usage() -> str:
-    width = max(map(len, COMMANDS))
-    rows = "\n".join(f"  {name:<{width}}  {what}" for name, (_, what) in COMMANDS.items())
-    return f"usage: tunekit <command> [arguments]   (tunekit <command> --help: its arguments)\n\ncommands:\n{rows}\n"
-
-
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(usage(), end="")
+        width = max(map(len, COMMANDS))
+        print("usage: tunekit <command> [arguments]   (tunekit <command> --help: its arguments)\n\ncommands:")
+        for name, (_, what) in COMMANDS.items():
+            print(f"  {name:<{width}}  {what}")
         sys.exit(0)
     if argv[0] not in COMMANDS:
         print(f"error: unknown command {argv[0]!r}; the commands are: {', '.join(COMMANDS)}", file=sys.stderr)
