@@ -12,29 +12,25 @@ from pathlib import Path
 # Loggers whose records below ERROR are import-time chatter.
 NOISY_LOGGERS = (
     "torchao",  # pulled in by peft when the GPTQ stack is installed: every optional kernel it cannot load on CPU torch
-    "bitsandbytes.backends.cpu.ops",  # on an AVX512-BF16 CPU: the hub-fetched `kernels` package is absent (own path used)
+    "bitsandbytes.backends.cpu.ops",  # AVX512-BF16 CPU: the hub-fetched `kernels` package is absent (own path used)
     "torch.utils._pytree",  # deprecations of torchao's registrations
     "optimum.gptq.quantizer",  # each layer a GPTQ checkpoint leaves unquantized, at INFO
 )
 
-# (logger, start of the message, why it says nothing to act on)
-DROPPED = (
-    ("DeepSpeed", "Setting accelerator to CPU",
-     "imported by transformers/accelerate whenever installed; a CPU run is what was asked for, and the run summary "
-     "says whether a GPU was used"),
-    ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized",
-     "a GPTQ checkpoint's model has no loss type recorded; the default transformers picks is the causal-LM loss"),
-    ("transformers.trainer", "The model is already on multiple devices",
-     "tunekit/gptq.py loads a GPTQ checkpoint onto its process's device with a device_map: nothing left to move"),
+DROPPED = (  # (logger, start of the message)
+    # imported whenever installed: a CPU run is what was asked for, and the run summary says whether a GPU was used
+    ("DeepSpeed", "Setting accelerator to CPU"),
+    # a GPTQ checkpoint's model has no loss type recorded; the default transformers picks is the causal-LM loss
+    ("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized"),
+    # tunekit/gptq.py loads a GPTQ checkpoint onto its process's device with a device_map: nothing left to move
+    ("transformers.trainer", "The model is already on multiple devices"),
 )
 
-# (start of a Python warning's message, why)
-IGNORED_WARNINGS = (
-    ("OMP_NUM_THREADS/MKL_NUM_THREADS unset",
-     "accelerate under a distributed launch on CPU (DeepSpeed, several nodes of one process) sets the threads per "
-     "process to the physical cores it has; the right choice, announced on every run"),
-    ("You passed `quantization_config` or equivalent parameters to `from_pretrained` but the model you're loading",
-     "tunekit/gptq.py passes a GPTQConfig on purpose, for its loading attributes (the kernel backend) only"),
+IGNORED_WARNINGS = (  # starts of Python warnings' messages
+    # accelerate under a distributed CPU launch sets each process's threads to its physical cores: right, every run
+    "OMP_NUM_THREADS/MKL_NUM_THREADS unset",
+    # tunekit/gptq.py passes a GPTQConfig on purpose, for its loading attributes (the kernel backend) only
+    "You passed `quantization_config` or equivalent parameters to `from_pretrained` but the model you're loading",
 )
 
 
@@ -44,9 +40,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("GPTQMODEL_DISABLE_GIL_WARNING", "1")
     warnings.filterwarnings("ignore", module="torchao")
-    for message, _why in IGNORED_WARNINGS:
+    for message in IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning)
-    for name, message, _why in DROPPED:
+    for name, message in DROPPED:
         _drop(logging.getLogger(name), message)
     # transformers' LOAD REPORT when a classifier is built on a base checkpoint: its head is new by design.
     _drop(logging.getLogger("transformers.modeling_utils"), new_head_report)
