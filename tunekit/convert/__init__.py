@@ -3,6 +3,7 @@ the checkpoint's code: ChatGLM2/3 (`chatglm`) <-> `glm` (chatglm2.py), Qwen-1 (`
 
     python -m tunekit.convert MODEL [OUT]                           # prints the folder to train (MODEL if native)
     python -m tunekit.convert --reverse NATIVE OUT --original ORIGINAL
+    python -m tunekit.convert FILE.gguf [OUT]                       # a GGUF -> a plain transformers folder (gguf.py)
 
 Which converter runs is read from the checkpoint's config.json `model_type` through the families' one table
 (tunekit.families.CONVERTERS).  This module holds what both converters share: reading and writing weights, the source

