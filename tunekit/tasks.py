@@ -18,7 +18,7 @@ class Task:
     architecture_suffix: str  # how a merged folder's config.json architectures name it
     build_datasets: Callable  # (data_args, tokenizer, family, max_length) -> (train, eval or None, labels or None)
     collator: Callable        # (tokenizer, train_args, varlen: bool) -> data collator
-    served_by: str            # the command that uses the trained model
+    served_by: tuple          # the commands that use the trained model, the one to name first
     head: Callable = lambda family: None  # a module trained fully and saved with the adapter (a classifier's head)
     check: Callable = lambda a: None      # (parsed arguments) -> None, or ArgumentError
     save: Callable = lambda train_ds, family, output_dir: None  # what it leaves beside the adapter
@@ -37,12 +37,9 @@ class Task:
 
     def require(self, command: str, where) -> None:
         """Refuses a model of this task in a command that does not serve it, naming the one that does."""
-        if command != self.served_by and not (self.served_by == "chat" and command in CHAT_COMMANDS):
-            raise ArgumentError(f"{where} is a {self.name} model: use `tunekit {self.served_by}` for it, not "
+        if command not in self.served_by:
+            raise ArgumentError(f"{where} is a {self.name} model: use `tunekit {self.served_by[0]}` for it, not "
                                 f"`tunekit {command}`")
-
-
-CHAT_COMMANDS = ("chat", "generate", "evaluate", "export")
 
 
 def causal_lm_datasets(data_args, tokenizer, family, max_length):
@@ -67,13 +64,13 @@ def classification(name: str, auto_model: str, peft_task_type: str) -> Task:
                 build_datasets=lambda data_args, tokenizer, family, max_length: classify.build_datasets(
                     name, data_args, tokenizer, max_length),
                 collator=lambda tokenizer, train_args, varlen: classify.collator(tokenizer, name),
-                served_by="predict", head=lambda family: family.classifier_head, check=padded_only,
+                served_by=("predict",), head=lambda family: family.classifier_head, check=padded_only,
                 metrics=lambda labels: classify.metrics(name, labels))
 
 
 TASKS = {
     "causal_lm": Task("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", "ForCausalLM", causal_lm_datasets,
-                      data.collator, served_by="chat", save=save_prompt_format),
+                      data.collator, served_by=("chat", "generate", "evaluate", "export"), save=save_prompt_format),
     "seq_cls": classification("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS"),
     "token_cls": classification("token_cls", "AutoModelForTokenClassification", "TOKEN_CLS"),
 }
