@@ -10,6 +10,8 @@ QUANT_BUFFERS = ("qweight", "qzeros", "scales", "g_idx")
 # Kernels that must not be used to train: no backward (Marlin, exllama), or a mode fixed on the first forward that
 # turns training off after an eval/no-grad forward (TorchAtenLinear).
 UNTRAINABLE_KERNELS = ("TorchAtenLinear",)
+# Never `auto`: MarlinLinear cannot train; on CPU, TorchAtenLinear stops training after an eval-first forward.
+BACKEND = {False: "gptq_torch", True: "auto_trainable"}  # by on_gpu
 
 
 def require_gptq() -> None:
@@ -28,11 +30,6 @@ def require_gptq() -> None:
     os.environ.setdefault("HF_HOME", constants.HF_HOME)
 
 
-def gptq_backend(on_gpu: bool) -> str:
-    """Never `auto`: MarlinLinear cannot train; on CPU, TorchAtenLinear stops training after an eval-first forward."""
-    return "auto_trainable" if on_gpu else "gptq_torch"
-
-
 def gptq_load_kwargs(quant_config: dict, on_gpu: bool) -> dict:
     """from_pretrained kwargs for a GPTQ checkpoint's quantization_config (transformers keeps its own config, takes
     only our `backend`)."""
@@ -40,7 +37,7 @@ def gptq_load_kwargs(quant_config: dict, on_gpu: bool) -> dict:
     from transformers import GPTQConfig
 
     device_map = {"": int(os.environ.get("LOCAL_RANK", "0"))} if on_gpu else "cpu"
-    return {"quantization_config": GPTQConfig(bits=int(quant_config.get("bits", 4)), backend=gptq_backend(on_gpu)),
+    return {"quantization_config": GPTQConfig(bits=int(quant_config.get("bits", 4)), backend=BACKEND[on_gpu]),
             "device_map": device_map}
 
 
@@ -54,8 +51,8 @@ def check_trainable_kernels(model) -> set[str]:
                  if k in UNTRAINABLE_KERNELS or not getattr(type(m), "SUPPORTS_TRAINING", False))
     if bad:
         raise RuntimeError(f"GPTQ kernel(s) {bad} cannot train LoRA (no backward pass, or inference-only after an "
-                           f"eval forward): load with backend='{gptq_backend(False)}' on CPU or "
-                           f"'{gptq_backend(True)}' on GPU (gptq_load_kwargs)")
+                           f"eval forward): load with backend='{BACKEND[False]}' on CPU or "
+                           f"'{BACKEND[True]}' on GPU (gptq_load_kwargs)")
     trainable = [f"{n}.{p}" for n, m in layers.items() for p, t in m.named_parameters(recurse=False)
                  if t.requires_grad]
     if trainable:
