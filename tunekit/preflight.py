@@ -157,7 +157,7 @@ def check_remote_code(model_path: str | None, trust_remote_code: bool) -> None:
             name = model_path.split("/")[-1]
             raise ArgumentError(f"--model_name_or_path: {model_path} is not a folder here; it looks like a model hub "
                                 "id, and only local checkpoint folders are loaded (no download happens): fetch it "
-                                f"first, e.g. `huggingface-cli download {model_path} --local-dir /models/{name}`, and "
+                                f"first, e.g. `hf download {model_path} --local-dir /models/{name}`, and "
                                 "pass that folder")
         raise ArgumentError(f"--model_name_or_path: {model_path} does not exist (a checkpoint folder is expected)")
     if trust_remote_code:
