@@ -8,7 +8,7 @@ The offload context is around the decoder's forward; the loss comes after it, in
 ours then fails the checkpoint's recompute check, "Recomputed values ... have different metadata", while TRL's runs).
 
   offload group   none         no offload
-                  ours         tunekit.offload.offload_saved_tensors around the forward (ActivationOffloadMixin)
+                  ours         tunekit.offload.offload_saved_tensors around the forward (RunMixin)
                   trl          trl's get_act_offloading_ctx_manager(model) (what SFTTrainer builds), reused every step
   tiled group     ours-tiled   tunekit.tiling.apply_tiled_mlp(model, CHUNK) + our offload
                   ds-tiled     deepspeed's TiledMLP (ceil(tokens / CHUNK) shards of the same size) + our offload
@@ -149,7 +149,7 @@ def child(a) -> dict:
     sync()
     for step in range(a.warmup + a.steps):
         t0 = time.perf_counter()
-        # ours: a new context around each forward (ActivationOffloadMixin.compute_loss); TRL's: one, reused
+        # ours: a new context around each forward (RunMixin.compute_loss); TRL's: one, reused
         ctx = (trl if variant == "trl" else offload_saved_tensors(**small)
                if variant in ("ours", "ours-tiled", "ds-tiled") else contextlib.nullcontext())
         loss = forward(ctx)

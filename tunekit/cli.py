@@ -20,7 +20,8 @@ COMMANDS = {
     "evaluate": ("tunekit.evaluate", "loss and perplexity on a file; with --generate ROUGE and BLEU"),
     "predict": ("tunekit.predict", "labels and probabilities from a trained classifier"),
     "export": ("tunekit.export", "a merged model as GGUF with an Ollama Modelfile"),
-    "convert": ("tunekit.convert.__main__", "original ChatGLM2/3 and Qwen-1 folders to and from native layouts"),
+    "convert": ("tunekit.convert.__main__",
+                "original ChatGLM2/3 and Qwen-1 folders to and from native layouts; a GGUF file to a folder"),
     "compare": ("tunekit.report", "one markdown table of finished runs"),
 }
 

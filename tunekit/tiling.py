@@ -88,7 +88,7 @@ def mlp_modules(model) -> list:
 
 def apply_tiled_mlp(model, chunk_tokens: int) -> int:
     """Patches every MLP's forward in place, before or after PEFT; returns how many.  Applying again changes the chunk
-    size and tiles a forward replaced since (Liger rebinds each MLP's forward: training.TileAgain re-applies)."""
+    size and tiles a forward replaced since (Liger rebinds each MLP's forward: training.AfterSetup re-applies)."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     found = mlp_modules(model)
