@@ -73,7 +73,8 @@ def _cuda_count() -> int:  # the one seam the tests set to pretend a GPU box
 
 def check_machine(a) -> None:
     if a.use_liger_kernel and not _cuda_count():
-        raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); drop it on CPU")
+        raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); on a CPU add "
+                            "recipes/cpu.json after the recipe (CPU settings), or drop it")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
     if a.eval_generation and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -93,7 +94,7 @@ def check_varlen(packing: bool) -> None:
 
     if not (packing and _cuda_count()):
         raise ArgumentError("--attn_implementation varlen needs --packing true and a CUDA GPU (its kernel is flash "
-                            "attention on packed rows); use sdpa otherwise")
+                            "attention on packed rows); use sdpa otherwise (on a CPU: add recipes/cpu.json)")
     if importlib.util.find_spec("torch.nn.attention.varlen") is None:
         raise ArgumentError(f"--attn_implementation varlen needs torch >= 2.10 (this is {torch.__version__}); "
                             "use sdpa")
