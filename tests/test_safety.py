@@ -231,3 +231,22 @@ def test_atomic_folders_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+
+
+def test_an_adapter_that_never_trained_is_one_error_line(tiny_llama2, tmp_path, capsys):
+    """One step at learning rate 0 (warm-up) leaves every lora_B zero: the run says so in one line, status 1."""
+    import json
+
+    from tunekit.errors import run_cli
+    from tunekit.train import main
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                             {"role": "assistant", "content": "Hello."}]}) + "\n")
+    argv = ["recipes/cpu-tiny.json", "--model_name_or_path", tiny_llama2, "--data_path", str(data), "--output_dir",
+            str(tmp_path / "o"), "--use_lora", "--max_steps", "1", "--warmup_steps", "1", "--eval_on_train", "false",
+            "--eval_strategy", "no"]
+    assert run_cli(main, argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()  # progress bars, then the one error line, no traceback
+    assert [line for line in err if line.startswith("error: ")] == err[-1:] and "every lora_B is zero" in err[-1]
+    assert not any("Traceback" in line for line in err)

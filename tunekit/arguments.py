@@ -263,9 +263,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         name = flag.lstrip("-").split("=")[0].replace("-", "_")
         raise _unknown("command line", f"argument {flag}", name, known, "--")
     check(namespace)
-    if not namespace.eval_data_path and not namespace.eval_on_train and str(namespace.eval_strategy) not in ("no", "IntervalStrategy.NO"):
+    if not namespace.eval_data_path and not namespace.eval_on_train and (
+            namespace.eval_on_start or str(namespace.eval_strategy) not in ("no", "IntervalStrategy.NO")):
         print(f"note: no --eval_data_path, so --eval_strategy {namespace.eval_strategy} is turned off")
-        namespace.eval_strategy = "no"
+        namespace.eval_strategy, namespace.eval_on_start = "no", False
     return namespace
 
 

@@ -38,7 +38,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def run_cli(main, argv=None) -> int:
-    """Runs main(argv) with library noise off; an ArgumentError becomes one `error: ...` line on stderr, status 2."""
+    """Runs main(argv) with library noise off; an ArgumentError becomes one `error: ...` line on stderr, status 2, a
+    run that fails its own checks (a non-finite loss, an adapter that did not train) one line, status 1."""
     from .noise import quiet_libraries
 
     quiet_libraries()
@@ -47,6 +48,9 @@ def run_cli(main, argv=None) -> int:
     except ArgumentError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
+    except (NonFiniteLossError, EmptyAdapterError) as e:  # the run failed its own checks: said in one line too
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
