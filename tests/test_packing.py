@@ -24,7 +24,7 @@ def tiny_model_and_samples(path, family_name, data_file, n=6, attn="sdpa"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    ds = build_dataset(str(DATA / data_file), tok, FAMILIES[family_name], max_length=96, max_samples=n)
+    ds = build_dataset(str(DATA / data_file), tok, FAMILIES[family_name], max_length=256, max_samples=n)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=attn)
     model.config.use_cache = False

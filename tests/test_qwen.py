@@ -1,5 +1,6 @@
 """Qwen: ChatML label masks against hand-written golden strings, and LoRA on a base model whose tokenizer lacks
 the template's special tokens (added, embeddings resized and trained, carried by the adapter, reproduced by merge)."""
+import json
 import torch
 
 from conftest import DATA, cpu_flags
@@ -44,10 +45,12 @@ def test_base_model_lora_adds_tokens_and_merge_reproduces_them(tmp_path):
     base = str(build("qwen", tmp_path / "qwen-base", base=True))
     assert "<|im_start|>" not in AutoTokenizer.from_pretrained(base).get_vocab()
     out = tmp_path / "out"
+    # a base tokenizer has no chat template: --template qwen names ChatML, whose tokens it lacks (added, trained)
     trainer = main(["--model_name_or_path", base, "--data_path", str(DATA / "qwen_conversations.json"),
-                    "--use_lora", "--max_samples", "16", *cpu_flags(out, max_steps=3)])
+                    "--use_lora", "--max_samples", "16", "--template", "qwen", *cpu_flags(out, max_steps=3)])
     tok = AutoTokenizer.from_pretrained(out)
-    assert tok.convert_tokens_to_ids("<|im_end|>") == tok.eos_token_id
+    assert tok.eos_token == AutoTokenizer.from_pretrained(base).eos_token  # EOS unchanged; answers end at <|im_end|>
+    assert "<|im_end|>" in json.loads((out / "chat_format.json").read_text())["stop"]
     n_vocab = len(tok)
     from safetensors.torch import load_file
 
