@@ -23,7 +23,7 @@ override BASE := $(value BASE)
 override ARGS := $(value ARGS)
 export PYTHON MODEL DATA OUTPUT ADAPTER BASE SUITE ARGS METHOD
 
-.PHONY: install install-gptq install-gguf test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
+.PHONY: install install-gptq install-gguf install-llama-cpp test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
         qwen-full qwen-merge bench bench-smoke clean
 
 install: .venv/.installed
@@ -50,7 +50,16 @@ install-gguf: .venv/.installed-gguf
 	$(PYTHON) recipes/fetch_converter.py .venv/llama.cpp
 	touch $@
 
-test: install install-gptq install-gguf
+# llama.cpp's own llama-simple and llama-tokenize, compiled (CPU, portable, 2 jobs: several CPU-minutes) from the same
+# pinned sdist into .venv/llama.cpp-bin/, so the tests run an exported GGUF in a real serving client.  Built once:
+# recipes/build_llama_cpp.py skips the build while .venv/llama.cpp-bin/BUILD names the same sdist hash and settings.
+install-llama-cpp: .venv/.installed-llama-cpp
+
+.venv/.installed-llama-cpp: recipes/build_llama_cpp.py recipes/fetch_converter.py .venv/.installed
+	$(PYTHON) recipes/build_llama_cpp.py .venv/llama.cpp-bin
+	touch $@
+
+test: install install-gptq install-gguf install-llama-cpp
 	$(PYTHON) -m pytest -q tests
 
 llama2-qlora llama2-lora llama2-full: llama2-%: install
@@ -78,11 +87,17 @@ qwen-merge: install
 	@adapter="$${ADAPTER:-out/qwen-qlora}"; bash recipes/qwen/merge.sh "$$adapter" "$${OUTPUT:-$$adapter-merged}"
 
 # Any chat model in its own chat template (recipes/chat/): MODEL=/models/Qwen3-8B [METHOD=lora|qlora|full] [DATA=...];
-# MODEL empty: the tiny Qwen2 on the CPU.  A base model's tokenizer has no template: ARGS="--template llama3".
+# A base model's tokenizer has no template: ARGS="--template llama3".  MODEL and DATA empty: the real
+# SmolLM2-135M-Instruct learns a new identity on the CPU (recipes/cpu-real.json, data/identity_train.jsonl), and
+# recipes/chat/before_after.py prints its answers before and after on held-out and general questions.  OpenMP threads
+# that wait sleep rather than spin (OMP_WAIT_POLICY), which keeps 2 threads fast on 2 cores other work shares.
 .PHONY: sft
+sft: export OMP_WAIT_POLICY ?= PASSIVE
 sft: install
 	OUTPUT_DIR="$${OUTPUT:-out/sft-$$METHOD}" bash recipes/chat/train.sh "$$METHOD" $$ARGS
-	@out="$${OUTPUT:-out/sft-$$METHOD}"; if [ "$$METHOD" != full ]; then bash recipes/chat/merge.sh "$$out" "$$out-merged"; fi
+	@out="$${OUTPUT:-out/sft-$$METHOD}"; default=$$([ -z "$$MODEL$$DATA" ] && echo 1 || true); \
+	if [ "$$METHOD" != full ]; then NO_SAMPLE=$$default bash recipes/chat/merge.sh "$$out" "$$out-merged"; fi; \
+	if [ -n "$$default" ]; then $(PYTHON) recipes/chat/before_after.py "$$out"; fi
 
 # ChatGLM2/3: MODEL may be the original THUDM folder (converted to native glm first, cached); merge.sh also writes the
 # merged model back in the original layout (out/chatglm2-<method>-merged-chatglm2).

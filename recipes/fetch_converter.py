@@ -52,15 +52,21 @@ def sdist_url() -> str:
     sys.exit(f"error: {SDIST} is not on {page}")
 
 
+def fetch_sdist(folder: Path) -> Path:
+    """folder/SDIST, downloaded and checked against the pinned sha256 (recipes/build_llama_cpp.py uses it too)."""
+    archive = Path(folder) / SDIST
+    with urllib.request.urlopen(sdist_url(), timeout=600) as r, open(archive, "wb") as f:
+        shutil.copyfileobj(r, f, 1 << 20)
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    if digest != SHA256:
+        sys.exit(f"error: {SDIST} has sha256 {digest}, not the pinned {SHA256}")
+    return archive
+
+
 def main(dest: str) -> None:
     dest = Path(dest)
     with tempfile.TemporaryDirectory(prefix="llama-cpp-", dir=dest.parent) as tmp:
-        archive = Path(tmp) / SDIST
-        with urllib.request.urlopen(sdist_url(), timeout=600) as r, open(archive, "wb") as f:
-            shutil.copyfileobj(r, f, 1 << 20)
-        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-        if digest != SHA256:
-            sys.exit(f"error: {SDIST} has sha256 {digest}, not the pinned {SHA256}")
+        archive = fetch_sdist(Path(tmp))
         prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
         out = Path(tmp) / "llama.cpp"
         with tarfile.open(archive) as tar:

@@ -2,7 +2,9 @@
 # The one recipe launcher: bash recipes/<recipe>/train.sh [METHOD] [overlay.json ...] [--any_flag value ...]
 # (each train.sh sets FAMILY, its default METHOD and, when the folder is not named after the family, RECIPE).  Edit the variables below, or set them in the
 # environment; flags after the method override the recipe JSON.  With MODEL empty it builds the family's embedded
-# tiny model (cached in .cache/tiny/) and adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute.
+# tiny model (cached in .cache/tiny/) and adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute;
+# a train.sh may name another embedded default (DEFAULT_MODEL, an argument of `python -m tunekit.tiny`: chat's is
+# smollm2, the real SmolLM2-135M-Instruct) and its CPU settings (CPU_OVERLAY).
 METHOD="${1:-$DEFAULT_METHOD}"; shift || true
 MODEL="${MODEL:-}"                  # checkpoint folder (an original ChatGLM2/Qwen-1 folder is converted first); empty: tiny
 DATA="${DATA:-}"                    # empty: the recipe's data_path
@@ -25,13 +27,8 @@ PYTHON="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo pyt
 recipe="recipes/$RECIPE/$METHOD.json"
 [ -f "$recipe" ] || { echo "error: no recipe $recipe (methods: $(cd "recipes/$RECIPE" && ls *.json | sed 's/.json//' | tr '\n' ' '))" >&2; exit 2; }
 args=("$recipe")
-# Overlay JSON files given right after the method (e.g. recipes/lean.json) override the recipe, flags override both.
-while [ $# -gt 0 ] && [[ "$1" == *.json ]]; do
-  [ -f "$1" ] || { echo "error: no argument file $1" >&2; exit 2; }
-  args+=("$1"); shift
-done
 if [ -z "$MODEL" ]; then
-  tiny=("$FAMILY"); [[ "$METHOD" == *gptq* ]] && tiny+=(--gptq)  # a GPTQ-Int4 copy of the tiny model
+  tiny=("${DEFAULT_MODEL:-$FAMILY}"); [[ "$METHOD" == *gptq* ]] && tiny+=(--gptq)  # a GPTQ-Int4 copy of the tiny model
   MODEL="$("$PYTHON" -m tunekit.tiny "${tiny[@]}" | tail -n 1)"
   args+=("${CPU_OVERLAY:-recipes/cpu-tiny.json}")  # CPU settings: 8 samples learned by heart (classifiers: their own)
   GPUS_PER_NODE=1
@@ -39,9 +36,15 @@ elif [ -f "$MODEL/config.json" ]; then  # an original layout that needs remote c
   MODEL="$("$PYTHON" -m tunekit.convert "$MODEL" | tail -n 1)"
   if ! "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
     args+=(recipes/cpu.json)  # no GPU: settings that fit a CPU's memory (fp32, one sample of at most 1024 tokens a step)
-    echo "note: no CUDA GPU: recipes/cpu.json's CPU settings are added (flags after the method override them)"
+    echo "note: no CUDA GPU: recipes/cpu.json's CPU settings are added (overlays and flags after the method override them)"
   fi
 fi
+# Overlay JSON files given right after the method (e.g. recipes/lean.json) override the recipe and the CPU settings;
+# flags override them all.
+while [ $# -gt 0 ] && [[ "$1" == *.json ]]; do
+  [ -f "$1" ] || { echo "error: no argument file $1" >&2; exit 2; }
+  args+=("$1"); shift
+done
 args+=(--model_name_or_path "$MODEL" --output_dir "$OUTPUT_DIR")
 [ -n "$DATA" ] && args+=(--data_path "$DATA")
 [ -n "$EVAL_DATA" ] && args+=(--eval_data_path "$EVAL_DATA")

@@ -163,7 +163,9 @@ def no_marker(h):
 
 
 def invocations(log: Path):
-    return [chunk.strip("\n").split("\n") for chunk in log.read_text().split("---\n") if chunk.strip()]
+    """Each recorded argv, but the launcher's `python -c` probes (is there a GPU?), which take no paths."""
+    argvs = [chunk.strip("\n").split("\n") for chunk in log.read_text().split("---\n") if chunk.strip()]
+    return [a for a in argvs if a[0] != "-c"]
 
 
 def test_train_sh_passes_hostile_paths_as_single_arguments(hostile):

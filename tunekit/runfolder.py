@@ -146,8 +146,8 @@ def load(run: RunFolder, base: str | None = None, quantized: bool | None = None,
     compute = train_dtype(SimpleNamespace(**{"bf16": False, "fp16": False, **run.args})) if cuda else torch.float32
     model_class, config = model_class_and_config(run, base, trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(run.path, trust_remote_code=trust_remote_code)
-    model = model_class.from_pretrained(base, config=config, dtype=dtype, trust_remote_code=trust_remote_code,
-                                        device_map={"": device}, **quantization_kwargs(run, base, quantized, compute))
+    kwargs = {"device_map": {"": device}, **quantization_kwargs(run, base, quantized, compute)}  # GPTQ: its own map
+    model = model_class.from_pretrained(base, config=config, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
     keep_portable_4bit(model)
     if run.adapter is not None:
         resize_embeddings(model, tokenizer)  # as training did; the adapter carries the new rows
