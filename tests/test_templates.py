@@ -75,6 +75,33 @@ def test_training_ids_are_the_templates_rendering_and_labels_each_answer(models,
         assert [r.strip() for r in runs] == [w.strip() for w in want]
 
 
+THINKING = [{"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "<think>\nAny colour will do.\n</think>\n\nBlue."},
+            {"role": "user", "content": "And another?"},
+            {"role": "assistant", "content": "<think>\nNot blue again.\n</think>\n\nRed."}]
+
+
+def test_qwen3_thinking_answers_are_labelled_as_its_template_renders_them_at_inference(models):
+    """Qwen3 with thinking content: each answer is trained with its <think> block, after the prompt inference gives
+    for that turn, in which the earlier answers have lost theirs (the template drops reasoning before the last user
+    turn); single-turn, the full rendering is that prompt and answer."""
+    tok = tokenizer_of(models["qwen3"])
+    for messages in (THINKING[:2], THINKING):
+        examples, _ = tokenize_sample({"messages": messages, "where": "test"}, tok, FAMILIES["any"], 4096)
+        answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        assert len(examples) == len(answers)
+        for ex, i in zip(examples, answers):
+            prompt = tok.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            answer = messages[i]["content"] + "<|im_end|>"
+            full = tok.apply_chat_template(messages, tokenize=False)  # single-turn: the whole rendering
+            assert tok.decode(ex["input_ids"]) == (full if len(answers) == 1 else prompt + answer)
+            assert full.startswith(prompt + answer)  # single-turn, the full rendering is inference's prompt + answer
+            labelled = [t for t, label in zip(ex["input_ids"], ex["labels"]) if label != IGNORE_INDEX]
+            assert tok.decode(labelled) == answer
+    prompt_turn_2 = tok.apply_chat_template(THINKING[:3], tokenize=False, add_generation_prompt=True)
+    assert "Any colour will do." not in prompt_turn_2  # what makes the full rendering unusable for turn 2
+
+
 def test_the_end_of_turn_and_pad_are_the_models_own(models):
     from tunekit.model import load_tokenizer
 
