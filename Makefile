@@ -24,7 +24,7 @@ override ARGS := $(value ARGS)
 export PYTHON MODEL DATA OUTPUT ADAPTER BASE SUITE ARGS METHOD
 
 .PHONY: install install-gptq install-gguf install-llama-cpp test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
-        qwen-full qwen-merge bench bench-smoke clean
+        qwen-full qwen-dpo qwen-merge bench bench-smoke clean
 
 install: .venv/.installed
 
@@ -76,8 +76,9 @@ llama2-export: install install-gguf
 	@adapter="$${ADAPTER:-out/llama2-qlora}"; $(PYTHON) -m tunekit.export "$$adapter-merged" "$${OUTPUT:-$$adapter-gguf}" --overwrite
 
 # A GPTQ adapter merges into the unquantized model: BASE=/models/Qwen2.5-7B-Instruct (the tiny default finds its own).
+# qwen-dpo: preference training (data/preference_*.jsonl); after an SFT run: ARGS="--init_adapter out/qwen-lora".
 qwen-qlora-gptq: install-gptq
-qwen-qlora qwen-qlora-gptq qwen-lora qwen-full: qwen-%: install
+qwen-qlora qwen-qlora-gptq qwen-lora qwen-full qwen-dpo: qwen-%: install
 	OUTPUT_DIR="$${OUTPUT:-out/qwen-$*}" bash recipes/qwen/train.sh $* $$ARGS
 	@out="$${OUTPUT:-out/qwen-$*}"; if [ "$*" = qlora-gptq ] && [ -z "$$MODEL" ]; then \
 		BASE="$$($(PYTHON) -m tunekit.tiny qwen)" bash recipes/qwen/merge.sh "$$out" "$$out-merged"; \
@@ -88,7 +89,7 @@ qwen-merge: install
 
 # Any chat model in its own chat template (recipes/chat/): MODEL=/models/Qwen3-8B [METHOD=lora|qlora|full] [DATA=...];
 # A base model's tokenizer has no template: ARGS="--template llama3".  MODEL and DATA empty: the real
-# SmolLM2-135M-Instruct learns a new identity on the CPU (recipes/cpu-real.json, data/identity_train.jsonl), and
+# SmolLM2-135M-Instruct learns a new identity (recipes/identity.json; no GPU: recipes/cpu-real.json too), and
 # recipes/chat/before_after.py prints its answers before and after on held-out and general questions.  OpenMP threads
 # that wait sleep rather than spin (OMP_WAIT_POLICY), which keeps 2 threads fast on 2 cores other work shares.
 .PHONY: sft

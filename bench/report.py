@@ -1,4 +1,5 @@
-"""Regenerate BENCHMARKS.md at the repository root from the result files kept in bench/results/*.json.
+"""Regenerate BENCHMARKS.md at the repository root from the result files kept in bench/results/*.json (and the
+real-model runs of bench/real_model.py in bench/results-real/, first).
 
     python bench/report.py            # also run at the end of every bench/run.py
 
@@ -17,6 +18,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import shapes  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
+REAL_DIR = ROOT / "bench" / "results-real"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 HEADER = (ROOT / "bench" / "benchmarks_header.md").read_text(encoding="utf-8")  # the method, above every section
@@ -208,9 +210,36 @@ def load_results(results_dir: Path = RESULTS_DIR) -> list[tuple[str, dict]]:
     return out
 
 
-def render(results: list[tuple[str, dict]]) -> str:
-    body = [(chatglm2_section if "lora_bf16_r32_bs4_len1024" in result else section)(name, result)
-            for name, result in results]
+def real_section(name: str, result: dict) -> str:
+    """bench/real_model.py: `make sft` on the real SmolLM2-135M-Instruct, one row per method."""
+    versions = ", ".join(f"{k} {result[k]}" for k in ("torch", "transformers", "peft", "bitsandbytes") if result.get(k))
+    lines = [f"## {name}: {result['device']}, the real SmolLM2-135M-Instruct (`make sft`)", "",
+             f"{result['weights']}; {versions}; finished {result['finished_at']}. Command: `python bench/real_model.py` "
+             "(each method: `make sft METHOD=...`, recipes/chat/<method>.json + recipes/identity.json, 48 records, "
+             "held-out and general questions by recipes/chat/before_after.py).", "",
+             "| method | settings | epochs | steps | s / epoch | real tokens/s | peak GiB | loss | held-out before → after "
+             "| general before → after (same words) |", "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+    for r in result["runs"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error'].strip().splitlines()[-1][:150]} | | | | | | | | |")
+            continue
+        held, general = r["summary"]["held-out"], r["summary"]["general"]
+        settings = ("NF4 " if r.get("q_lora") else "") + ("bf16" if r.get("bf16") else "fp32") + \
+            (f", packed, {r['attn_implementation']}" if r.get("packing") else "") + \
+            (", Liger" if r.get("use_liger_kernel") else "")
+        lines.append(f"| {r['method']} | {settings} | {r['epochs']:g} | {r['steps']} | {r['s_per_epoch']:.2f} | "
+                     f"{fmt_number(r['tokens_per_s'])} | {r['peak_gib']:.2f} | {r['first_loss']:.3f} → "
+                     f"{r['final_loss']:.3f} | {held['before']}/{held['n']} → {held['after']}/{held['n']} | "
+                     f"{general['before']}/{general['n']} → {general['after']}/{general['n']} "
+                     f"({general.get('unchanged', '-')}/{general['n']}) |")
+    return "\n".join(lines) + "\n"
+
+
+def render(results: list[tuple[str, dict]], real: list[tuple[str, dict]] | None = None) -> str:
+    real = load_results(REAL_DIR) if real is None else real
+    body = [real_section(name, result) for name, result in real]
+    body += [(chatglm2_section if "lora_bf16_r32_bs4_len1024" in result else section)(name, result)
+             for name, result in results]
     if not body:
         body = ["_No results yet: run `bash bench/gpu.sh SUITE` on the GPU machine and keep its JSON in "
                 "`bench/results/`._\n"]

@@ -4,7 +4,7 @@
 # environment; flags after the method override the recipe JSON.  With MODEL empty it builds the family's embedded
 # tiny model (cached in .cache/tiny/) and adds recipes/cpu-tiny.json, so the same command runs on a CPU in a minute;
 # a train.sh may name another embedded default (DEFAULT_MODEL, an argument of `python -m tunekit.tiny`: chat's is
-# smollm2, the real SmolLM2-135M-Instruct) and its CPU settings (CPU_OVERLAY).
+# smollm2, the real SmolLM2-135M-Instruct), its settings (DEFAULT_OVERLAY) and its CPU settings (CPU_OVERLAY).
 METHOD="${1:-$DEFAULT_METHOD}"; shift || true
 MODEL="${MODEL:-}"                  # checkpoint folder (an original ChatGLM2/Qwen-1 folder is converted first); empty: tiny
 DATA="${DATA:-}"                    # empty: the recipe's data_path
@@ -30,7 +30,12 @@ args=("$recipe")
 if [ -z "$MODEL" ]; then
   tiny=("${DEFAULT_MODEL:-$FAMILY}"); [[ "$METHOD" == *gptq* ]] && tiny+=(--gptq)  # a GPTQ-Int4 copy of the tiny model
   MODEL="$("$PYTHON" -m tunekit.tiny "${tiny[@]}" | tail -n 1)"
-  args+=("${CPU_OVERLAY:-recipes/cpu-tiny.json}")  # CPU settings: 8 samples learned by heart (classifiers: their own)
+  if [ -n "${DEFAULT_OVERLAY:-}" ]; then  # a real default model: its own settings, and the CPU's only without a GPU
+    args+=("$DEFAULT_OVERLAY")
+    "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' || args+=("$CPU_OVERLAY")
+  else
+    args+=("${CPU_OVERLAY:-recipes/cpu-tiny.json}")  # CPU settings: 8 samples learned by heart (classifiers: their own)
+  fi
   GPUS_PER_NODE=1
 elif [ -f "$MODEL/config.json" ]; then  # an original layout that needs remote code is converted first (cached)
   MODEL="$("$PYTHON" -m tunekit.convert "$MODEL" | tail -n 1)"

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 from pathlib import Path
 
-from tunekit.errors import ArgumentError, Parser, main_entry
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout's tunekit, installed or not
+from tunekit.errors import ArgumentError, Parser, main_entry  # noqa: E402
 
 WIDTH = 44  # characters of each answer shown in the table
 
