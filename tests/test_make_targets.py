@@ -101,6 +101,19 @@ def test_merge_chat_and_eval_targets_on_the_qwen_run(qwen_run, tmp_path):
     assert {"loss", "perplexity", "rouge-1", "bleu-4"} <= set(metrics) and metrics["samples"] == 8, metrics
 
 
+def test_qwen_dpo_learns_the_preference(tmp_path):
+    """make qwen-dpo: DPO on the embedded default (recipes/qwen/dpo.json, data/preference_train.jsonl; fewer epochs
+    than recipes/cpu-tiny.json's 60), merged and sampled.  SFT -> DPO (--init_adapter): test_preference.py."""
+    out = tmp_path / "qwen-dpo"
+    r = make("qwen-dpo", OUTPUT=out, ARGS="--num_train_epochs 10 --logging_steps 1 --eval_steps 5")
+    assert noise(r.stdout + r.stderr) == [], "\n".join(noise(r.stdout + r.stderr))
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert abs(summary["first_loss"] - 0.6931) < 1e-3 and summary["first_metrics"]["rewards/margins"] == 0, summary
+    assert summary["eval_metrics"]["eval_rewards/accuracies"] == 1 and summary["final_metrics"]["rewards/margins"] > 0
+    assert "train rewards/margins" in r.stdout and "--- trained answer" in r.stdout
+    assert (out.with_name(out.name + "-merged") / "chat_format.json").is_file()
+
+
 def test_llama2_export_writes_gguf_and_modelfile(llama2_run):
     out, _ = llama2_run
     make("llama2-export", ADAPTER=out)

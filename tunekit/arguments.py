@@ -47,7 +47,8 @@ class ModelArguments:
                                      "mistral, gemma, phi3, ... (tunekit/chat_templates/) or a .jinja file; a "
                                      "tokenizer's own template always wins.")
     task: str = arg("causal_lm", "causal_lm (next-token prediction on the assistant turns), seq_cls (one label per "
-                                 "text), token_cls (one BIO tag per word): tunekit/tasks.py.")
+                                 "text), token_cls (one BIO tag per word), dpo and kto (preferences), reward (a "
+                                 "reward model): tunekit/tasks.py.")
     attn_implementation: str = arg("sdpa", "sdpa, eager, flash_attention_2, ..., or varlen: PyTorch's variable-length "
                                            "flash attention for --packing on a CUDA GPU (tunekit/attention.py).")
     trust_remote_code: bool = arg(False, "Run code shipped in the model folder.")
@@ -86,6 +87,8 @@ class LoraArguments:
     bnb_4bit_use_double_quant: bool = True
     bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = arg("auto", "auto: the training dtype.")
     bnb_4bit_quant_storage: Literal["uint8", "bfloat16", "float16", "float32"] = "uint8"
+    init_adapter: str | None = arg(None, "Start from a trained adapter (an SFT run's output_dir) and train it further, "
+                                         "e.g. DPO after SFT; its LoRA settings are the adapter's.")
     kbit_upcast: bool = arg(False, "PEFT's prepare_model_for_kbit_training: embeddings, norms and lm_head in fp32 "
                                    "(about half the speed); default: they stay in the compute dtype.")
 
@@ -121,6 +124,12 @@ class TrainingArguments(transformers.TrainingArguments):
     eval_max_new_tokens: int = arg(256, "With --eval_generation: tokens per answer.")
     token_budget: int = arg(0, "Micro-batches of up to N tokens (sum of lengths with --packing, longest x count "
                                "without) instead of --per_device_train_batch_size samples; 0 = off.")
+    beta: float | None = arg(None, "dpo, kto: how far the policy may move from the reference (TRL's beta; default "
+                                   "0.1); for --loss_type ipo, IPO's tau.")
+    loss_type: str | None = arg(None, "dpo: sigmoid (DPO, the default) or ipo; kto: kto (the default) or "
+                                      "apo_zero_unpaired (TRL's loss_type).")
+    precompute_ref_log_probs: bool = arg(False, "dpo, kto: compute the reference log-probabilities once before "
+                                                "training (no reference forward per step).")
 
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
@@ -213,6 +222,7 @@ files set the arguments (later files win), flags override them.
 SPEED = ("packing", "token_budget", "gradient_checkpointing_fraction", "offload_activations", "lora_upcast_inputs",
          "use_liger_kernel", "gradient_checkpointing", "offload_activations_async", "tiled_mlp_tokens", "fused_lora")
 OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint", "eval_generation", "eval_max_new_tokens")
+PREFERENCE = ("beta", "loss_type", "precompute_ref_log_probs")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -236,11 +246,14 @@ def make_parser() -> _Parser:
     groups = {g.title: g for g in parser._action_groups}
     trainer = groups["transformers TrainingArguments"]
     speed, ours = parser.add_argument_group("speed and memory"), parser.add_argument_group("run")
+    preference = parser.add_argument_group("preference tasks (dpo, kto)")
     for action in list(trainer._group_actions):
-        if action.dest in SPEED or action.dest in OURS:
+        group = speed if action.dest in SPEED else ours if action.dest in OURS else \
+            preference if action.dest in PREFERENCE else None
+        if group is not None:
             trainer._group_actions.remove(action)
-            (speed if action.dest in SPEED else ours)._group_actions.append(action)
-    order = [groups["model"], groups["data"], groups["LoRA and quantization"], speed, ours, trainer]
+            group._group_actions.append(action)
+    order = [groups["model"], groups["data"], groups["LoRA and quantization"], speed, ours, preference, trainer]
     parser._action_groups[:] = [g for g in parser._action_groups if g not in order] + order
     return parser
 

@@ -25,7 +25,7 @@ NOT_FINGERPRINTED = {
     "include_num_input_tokens_seen", "metric_for_best_model", "greater_is_better", "load_best_model_at_end",
     "enable_jit_checkpoint", "torch_empty_cache_steps",
     # memory/speed knobs: the same loss and gradients either way
-    "offload_activations", "offload_activations_async", "tiled_mlp_tokens", "fused_lora",
+    "offload_activations", "offload_activations_async", "tiled_mlp_tokens", "fused_lora", "precompute_ref_log_probs",
 }
 NOT_FINGERPRINTED_PREFIXES = ("logging_", "log_", "save_", "eval_", "hub_", "push_to_hub", "trackio_")
 FINGERPRINTED_ANYWAY = {"logging_nan_inf_filter"}  # decides whether a non-finite loss stops the run

@@ -1,5 +1,7 @@
 """Data files and record formats: .json/.jsonl in, one normalised sample per record out, {"messages": [...]} (roles
-user/assistant/system) or {"text": str}; the format is found per record by its keys (FORMATS, data/README.md)."""
+user/assistant/system) or {"text": str}; the format is found per record by its keys (FORMATS, data/README.md).
+Preference records (PREFERENCE_FORMATS) become {"prompt": [...], "chosen": [one assistant turn], "rejected": [...]}
+or, unpaired (KTO), {"prompt": [...], "completion": [...], "label": bool}: TRL's conversational form."""
 from __future__ import annotations
 
 import json
@@ -42,22 +44,27 @@ def read_records(path: str) -> list[dict]:
     return data
 
 
+def read_turn(turn, where: str, name: str, role_key: str = "role", content_key: str = "content") -> dict:
+    """One turn {role, content} (or {from, value}) -> {"role": user|assistant|system, "content": str}."""
+    if isinstance(turn, dict) and role_key not in turn and "from" in turn:  # ShareGPT's keys where OpenAI's were asked
+        role_key, content_key = "from", "value"
+    if not isinstance(turn, dict) or role_key not in turn or content_key not in turn:
+        raise DataError(f"{where}: {name} must be an object with '{role_key}' and '{content_key}'")
+    role = ROLE_ALIASES.get(str(turn[role_key]).lower())
+    if role is None:
+        raise DataError(f"{where}: {name} has {role_key}={turn[role_key]!r}; expected user, assistant or "
+                        "system (human/gpt are accepted too)")
+    if not isinstance(turn[content_key], str):
+        raise DataError(f"{where}: {name}.{content_key} must be a string")
+    return {"role": role, "content": turn[content_key]}
+
+
 def _turns(key: str, role_key: str, content_key: str):
     def read(record, where: str) -> dict:
         turns = record[key]
         if not isinstance(turns, list) or not turns:
             raise DataError(f"{where}: '{key}' must be a non-empty list of turns")
-        messages = []
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict) or role_key not in turn or content_key not in turn:
-                raise DataError(f"{where}: {key}[{i}] must be an object with '{role_key}' and '{content_key}'")
-            role = ROLE_ALIASES.get(str(turn[role_key]).lower())
-            if role is None:
-                raise DataError(f"{where}: {key}[{i}] has {role_key}={turn[role_key]!r}; expected user, assistant or "
-                                "system (human/gpt are accepted too)")
-            if not isinstance(turn[content_key], str):
-                raise DataError(f"{where}: {key}[{i}].{content_key} must be a string")
-            messages.append({"role": role, "content": turn[content_key]})
+        messages = [read_turn(turn, where, f"{key}[{i}]", role_key, content_key) for i, turn in enumerate(turns)]
         check_roles(messages, where)
         return {"messages": messages}
     return read
@@ -95,10 +102,91 @@ FORMATS = (
 )
 
 
+# ---------------------------------------------------------------- preference records (tunekit/preference.py)
+
+def read_prompt(record, where: str) -> list[dict]:
+    """'prompt' (a string: one user turn; or turns) or ShareGPT's 'conversations': the turns before the answer, which
+    alternate user/assistant after an optional system turn and end with the user's."""
+    key = "prompt" if "prompt" in record else "conversations"
+    value = record[key]
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"{where}: '{key}' is empty")
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{where}: '{key}' must be a string or a non-empty list of turns")
+    messages = [read_turn(t, where, f"{key}[{i}]") for i, t in enumerate(value)]
+    rest = messages[1:] if messages[0]["role"] == "system" else messages
+    if not any(m["role"] == "user" for m in rest):
+        raise DataError(f"{where}: the prompt has no user turn, so there is nothing to answer")
+    for i, m in enumerate(rest):
+        if m["role"] != ("user" if i % 2 == 0 else "assistant"):
+            raise DataError(f"{where}: the prompt's turns must alternate user/assistant after an optional system turn; "
+                            f"turn {i + len(messages) - len(rest)} is {m['role']}")
+    if rest[-1]["role"] != "user":
+        raise DataError(f"{where}: the prompt must end with a user turn (the answers in 'chosen'/'rejected' follow it)")
+    return messages
+
+
+def read_answer(record, key: str, where: str) -> list[dict]:
+    """A completion: a string, one assistant turn, or a list holding one (TRL's form) -> [assistant turn]."""
+    value = record[key]
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    turn = {"role": "assistant", "content": value} if isinstance(value, str) else read_turn(value, where, f"'{key}'")
+    if turn["role"] != "assistant":
+        raise DataError(f"{where}: '{key}' must be the assistant's answer, not a {turn['role']} turn")
+    if not turn["content"].strip():
+        raise DataError(f"{where}: '{key}' is empty")
+    return [turn]
+
+
+def _missing(record, where: str, needed: tuple, shape: str) -> None:
+    """needed: keys, 'a|b' where either will do."""
+    for key in needed:
+        if not any(k in record for k in key.split("|")):
+            name = " (or ".join(f"'{k}'" for k in key.split("|")) + ")" * key.count("|")
+            raise DataError(f"{where}: {name} is missing; {shape} (see data/README.md)")
+
+
+def read_pair(record, where: str) -> dict:
+    _missing(record, where, ("prompt|conversations", "chosen", "rejected"),
+             "a preference record is 'prompt' (or 'conversations'), 'chosen' and 'rejected'")
+    sample = {"prompt": read_prompt(record, where), "chosen": read_answer(record, "chosen", where),
+              "rejected": read_answer(record, "rejected", where)}
+    if sample["chosen"][0]["content"].strip() == sample["rejected"][0]["content"].strip():
+        raise DataError(f"{where}: 'chosen' and 'rejected' are the same answer, so there is no preference to learn")
+    return sample
+
+
+def read_unpaired(record, where: str) -> dict:
+    """KTO's record: one answer and whether it is desirable."""
+    _missing(record, where, ("prompt|conversations", "completion", "label"),
+             "an unpaired (KTO) record is 'prompt', 'completion' and 'label' (true: desirable)")
+    if not isinstance(record["label"], bool):
+        raise DataError(f"{where}: 'label' must be true or false (is the completion desirable?), got "
+                        f"{record['label']!r}")
+    return {"prompt": read_prompt(record, where), "completion": read_answer(record, "completion", where),
+            "label": record["label"]}
+
+
+# (a key that marks the kind, its reader): a record with 'chosen' or 'rejected' is a pair, with 'completion' unpaired
+PREFERENCE_FORMATS = {"pair": (("chosen", "rejected"), read_pair), "unpaired": (("completion",), read_unpaired)}
+
+
+def preference_kind(record) -> str | None:
+    return next((kind for kind, (marks, _) in PREFERENCE_FORMATS.items()
+                 if isinstance(record, dict) and any(k in record for k in marks)), None)
+
+
 def normalise(record, where: str) -> dict:
-    """One record -> {"messages": [...]} or {"text": str}."""
+    """One record -> {"messages": [...]} or {"text": str}; a preference pair is read as its prompt and chosen answer
+    (what evaluate, generate and a training sample compare with)."""
     if not isinstance(record, dict):
         raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+    if preference_kind(record) == "pair":
+        sample = read_pair(record, where)
+        return {"messages": sample["prompt"] + sample["chosen"]}
     for keys, read in FORMATS:
         if all(k in record for k in keys):
             return read(record, where)

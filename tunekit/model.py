@@ -3,6 +3,7 @@ checkpoint quantized on load with bitsandbytes, or a GPTQ checkpoint trained as 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from torch import nn
@@ -181,6 +182,8 @@ def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_sa
     elif train_args.gradient_checkpointing:
         model.enable_input_require_grads()
     head = [task.head(family)] if task.head(family) else []
+    if lora_args.init_adapter:  # trained further as it is: its targets, rank and fully trained modules
+        return _after_lora(load_adapter(model, lora_args.init_adapter, is_trainable=True), train_args)
     targets = resolve_targets(model, lora_args.lora_target_modules, family, skip=head)
     modules_to_save = head + [m for m in modules_to_save or () if m not in head] or None
     config = LoraConfig(r=lora_args.lora_r, lora_alpha=lora_args.lora_alpha, lora_dropout=lora_args.lora_dropout,
@@ -188,7 +191,10 @@ def apply_lora(model, lora_args, train_args, family: Family, task, modules_to_sa
                         use_dora=lora_args.use_dora, use_rslora=lora_args.use_rslora, task_type=task.peft_task_type)
     # the adapter's initial weights from the seed alone, however many draws loading took (ZeRO-3's zero.Init: all)
     torch.manual_seed(train_args.seed)
-    model = get_peft_model(model, config)
+    return _after_lora(get_peft_model(model, config), train_args)
+
+
+def _after_lora(model, train_args):
     if not train_args.lora_upcast_inputs:
         skip_lora_input_upcast(model)
     if getattr(train_args, "fused_lora", False) and not _zero3(train_args):  # ZeRO-3: weights exist only in hooks
@@ -227,12 +233,14 @@ def expected_trainable(model, lora_args) -> tuple[int, int]:
     """(expected trainable parameters, adapted layers): r × (in + out) per layer, DoRA, biases, fully trained ones."""
     from peft.tuners.lora import LoraLayer
 
-    r, total, layers = lora_args.lora_r, 0, 0
+    total, layers = 0, 0
     for module in model.modules():
         if isinstance(module, LoraLayer) and "default" in module.lora_A:
             base = module.get_base_layer()
             fan_in, fan_out = base.in_features, base.out_features
-            total += r * (fan_in + fan_out) + (fan_out if lora_args.use_dora else 0)
+            # the layer's own rank and DoRA: an --init_adapter's are its own, not the flags'
+            r, dora = module.r["default"], module.use_dora["default"]
+            total += r * (fan_in + fan_out) + (fan_out if dora else 0)
             if lora_args.lora_bias == "lora_only" and getattr(base, "bias", None) is not None:
                 total += fan_out
             layers += 1
@@ -288,3 +296,23 @@ def build_model(model_args, lora_args, train_args, tokenizer, family: Family, ta
         raise RuntimeError("nothing to train: no parameter requires a gradient")
     print(line, flush=True)
     return model, report
+
+
+def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
+    """PeftModel.from_pretrained on a bare base model.  On a model already wrapped by get_peft_model the adapter
+    would load as nothing, silently, so that is refused; so are adapter weights that do not load."""
+    from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if isinstance(base_model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in base_model.modules()):
+        raise ArgumentError("the base model already carries LoRA layers (get_peft_model was called on it): load the "
+                            "adapter onto a freshly loaded base model instead")
+    with warnings.catch_warnings(record=True) as caught:  # PEFT only warns when adapter weights do not load
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
+    for w in caught:
+        if "missing adapter keys" in str(w.message):
+            raise ArgumentError(f"{adapter_dir}: some adapter weights were not loaded, so the model would silently "
+                                f"behave more like its base: {str(w.message)[:300]}")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return model

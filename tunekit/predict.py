@@ -4,7 +4,8 @@
 
 MODEL is a classifier's adapter folder or its merged folder.  seq_cls records {"text": ...[, "text_pair": ...]} get
 "prediction" and "probabilities" ({label: p}), token_cls records {"tokens": [...]} get "predicted_tags" (one per
-token); every other field, gold "label"/"tags" too, is kept.
+token); a reward model's preference pairs get "scores" ({"chosen": s, "rejected": s}), its conversations (any chat
+format) a "score"; every other field, gold "label"/"tags" too, is kept.
 """
 from __future__ import annotations
 
@@ -44,6 +45,27 @@ def predict(model, tokenizer, task: str, records: list[dict], batch_size: int = 
     return out
 
 
+def reward_scores(model, tokenizer, records: list[dict], where: str, batch_size: int = 32) -> list[dict]:
+    """Each record's conversation(s) scored whole, in the chat template, as the reward model trained on them."""
+    from .formats import normalise, preference_kind, read_pair
+    from .preference import scores
+
+    conversations, slots = [], []
+    for i, r in enumerate(records):
+        if preference_kind(r) == "pair":
+            pair = read_pair(r, f"{where} record {i}")
+            slots.append(("chosen", "rejected"))
+            conversations += [pair["prompt"] + pair["chosen"], pair["prompt"] + pair["rejected"]]
+        else:
+            slots.append(None)
+            conversations.append(normalise(r, f"{where} record {i}")["messages"])
+    values, out = iter(scores(model, tokenizer, conversations, batch_size)), []
+    for r, keys in zip(records, slots):
+        out.append({**r, "scores": {k: round(next(values), 6) for k in keys}} if keys else
+                   {**r, "score": round(next(values), 6)})
+    return out
+
+
 def main(argv=None):
     from . import runfolder
     from .generate import check_output_file, positive
@@ -57,17 +79,29 @@ def main(argv=None):
     run = runfolder.read_for("predict", a.model)
     check_output_file(a.output, "OUTPUT")
     records = read_records(a.input)
-    key = "text" if run.task.name == "seq_cls" else "tokens"
-    for i, r in enumerate(records):
-        if not isinstance(r, dict) or not r.get(key) or not isinstance(r[key], str if key == "text" else list):
-            what = '{"text": "..."}' if key == "text" else '{"tokens": ["...", ...]}'
-            raise DataError(f"{a.input} record {i}: a {run.task.name} record is {what}; this one has "
-                            f"{sorted(r) if isinstance(r, dict) else type(r).__name__}")
+    for i, r in enumerate(records):  # every record checked before the model loads
+        check_record(run.task.name, r, f"{a.input} record {i}")
     model, tokenizer = runfolder.load(run)
-    rows = predict(model, tokenizer, run.task.name, records, a.batch_size)
+    if run.task.name == "reward":
+        rows = reward_scores(model, tokenizer, records, a.input, a.batch_size)
+    else:
+        rows = predict(model, tokenizer, run.task.name, records, a.batch_size)
     with atomic_file(a.output) as f:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"{len(rows)} predictions -> {a.output}")
+
+
+def check_record(task: str, r, where: str) -> None:
+    if task == "reward":  # a preference pair, or a conversation in any chat format
+        from .formats import normalise, preference_kind, read_pair
+
+        (read_pair if preference_kind(r) == "pair" else normalise)(r, where)
+        return
+    key = "text" if task == "seq_cls" else "tokens"
+    if not isinstance(r, dict) or not r.get(key) or not isinstance(r[key], str if key == "text" else list):
+        what = '{"text": "..."}' if key == "text" else '{"tokens": ["...", ...]}'
+        raise DataError(f"{where}: a {task} record is {what}; this one has "
+                        f"{sorted(r) if isinstance(r, dict) else type(r).__name__}")
 
 
 if __name__ == "__main__":

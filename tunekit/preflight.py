@@ -35,6 +35,7 @@ def preflight(a) -> Run:
     from .tasks import get_task
 
     check_files(a)
+    check_init_adapter(a)
     check_machine(a)
     resolved = check_deepspeed(a)
     check_remote_code(a.model_name_or_path, a.trust_remote_code)  # before anything reads the model folder further
@@ -59,6 +60,22 @@ def check_files(a) -> None:
             raise ArgumentError(f"--{key}: {path} must be a .json or .jsonl file")
         if path and not Path(path).is_file():
             raise ArgumentError(f"--{key}: file not found: {path}")
+
+
+def check_init_adapter(a) -> None:
+    """--init_adapter: a saved LoRA adapter trained on this run's model (SFT then DPO: the SFT run's output_dir)."""
+    if not a.init_adapter:
+        return
+    folder = Path(a.init_adapter)
+    if not a.use_lora:
+        raise ArgumentError("--init_adapter trains a saved LoRA adapter further: add --use_lora")
+    if not (folder / "adapter_config.json").is_file() or not (folder / "adapter_model.safetensors").is_file():
+        raise ArgumentError(f"--init_adapter: {folder} holds no saved adapter (adapter_config.json and "
+                            "adapter_model.safetensors); pass the output_dir of a finished LoRA run")
+    base = read_json(folder / "adapter_config.json").get("base_model_name_or_path") or ""
+    if a.model_name_or_path and Path(base).resolve() != Path(a.model_name_or_path).resolve():
+        raise ArgumentError(f"--init_adapter: {folder} was trained on {base}, not on --model_name_or_path "
+                            f"{a.model_name_or_path}; pass the model it was trained on")
 
 
 def is_distributed_launch() -> bool:

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 TIMINGS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_epoch"}  # logged, not metrics
+# what every train log holds; anything else a trainer logs (DPO's rewards/*, a reward model's accuracy) is a metric
+BOOKKEEPING = {"loss", "grad_norm", "learning_rate", "epoch", "step", "num_tokens"}
 
 
 def finish(trainer, run, model_report: dict, data_stats: dict, train_result, evaluation: dict | None = None) -> dict:
@@ -41,7 +43,13 @@ def plot_loss(log_history, path: Path) -> None:
             ax.plot(*zip(*points), style, label=label)
     ax.set(xlabel="optimizer step", ylabel="loss")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left")
+    margins = [(h["step"], h["rewards/margins"]) for h in log_history if "rewards/margins" in h]
+    if margins:  # a preference run: the reward margin (chosen - rejected) beside the loss
+        right = ax.twinx()
+        right.plot(*zip(*margins), "--", color="tab:green", label="reward margin")
+        right.set(ylabel="reward margin")
+        right.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -56,7 +64,8 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
     step_tokens = torch.tensor(rec.step_tokens, dtype=torch.long, device=trainer.args.device)
     step_tokens = trainer.accelerator.reduce(step_tokens, "sum").tolist()
     tokens = sum(step_tokens)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    losses = [h["loss"] for h in logs]
     evals = [h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h]
     return {
         **model_report,
@@ -74,6 +83,8 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         "final_loss": losses[-1] if losses else None,
         "first_eval_loss": evals[0] if evals else None,
         "final_eval_loss": evals[-1] if evals else None,
+        "first_metrics": metrics(logs[0]) if logs else {},
+        "final_metrics": metrics(logs[-1]) if logs else {},
         "eval_metrics": next(({k: v for k, v in h.items() if k.startswith("eval_") and isinstance(v, float)}
                               for h in reversed(trainer.state.log_history) if "eval_loss" in h), {}),
         "train_loss": train_result.training_loss,
@@ -82,6 +93,16 @@ def summarize(trainer, model_report: dict, data_stats: dict, train_result) -> di
         "tokens_per_s_per_process": round(tokens / runtime / trainer.args.world_size, 1),
         "step_peak_gib": rec.step_peak_gib,
     }
+
+
+def metrics(log: dict) -> dict:
+    """What a train log holds besides the loss and bookkeeping (DPO: rewards/chosen, rewards/margins ...)."""
+    return {k: v for k, v in log.items() if k not in BOOKKEEPING and isinstance(v, (int, float))}
+
+
+def shown(metric: str) -> bool:
+    """The logged metrics the printed summary shows of a trainer that logs many (TRL's): rewards and accuracies."""
+    return metric.startswith("rewards/") or metric in ("accuracy", "margin")
 
 
 def effective_batch(args) -> dict:
@@ -105,8 +126,11 @@ def print_summary(s: dict, output_dir: str) -> None:
                                lr=s["learning_rate"])),
         ("loss", f"{s['first_loss']:.4f} -> {s['final_loss']:.4f}" if s["final_loss"] is not None else "-"),
         ("eval loss", f"{s['final_eval_loss']:.4f}" if s["final_eval_loss"] is not None else "-"),
+        *[(f"train {name}", f"{s['first_metrics'][name]:.4f} -> {value:.4f}")
+          for name, value in s["final_metrics"].items() if name in s["first_metrics"] and shown(name)],
+        # a classifier's eval metrics all; of a trainer that logs many per step (TRL's), the rewards and accuracies
         *[(name.removeprefix("eval_"), f"{value:.4f}") for name, value in s["eval_metrics"].items()
-          if name != "eval_loss" and name not in TIMINGS],
+          if name != "eval_loss" and name not in TIMINGS and (not s["final_metrics"] or shown(name[5:]))],
         *[(f"generation {k}", f"{v:.2f}") for k, v in (s.get("evaluation") or {}).items()
           if k in ("rouge-1", "rouge-2", "rouge-l", "bleu-4")],
         ("real tokens/s", f"{s['tokens_per_s']:,.0f} ({s['real_tokens']:,} tokens in {s['train_runtime_s']:.1f} s)"),

@@ -2,7 +2,6 @@
 training (`load`, with training's functions): the base quantized as trained unless asked otherwise, then the adapter."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
@@ -156,20 +155,7 @@ def load(run: RunFolder, base: str | None = None, quantized: bool | None = None,
 
 
 def load_adapter(base_model, adapter_dir: str, is_trainable: bool = False):
-    """PeftModel.from_pretrained on a bare base model.  On a model already wrapped by get_peft_model the adapter
-    would load as nothing, silently, so that is refused; so are adapter weights that do not load."""
-    from peft import PeftModel
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    """model.load_adapter: PeftModel.from_pretrained on a bare base model, refusing what would load as nothing."""
+    from .model import load_adapter as load
 
-    if isinstance(base_model, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in base_model.modules()):
-        raise ArgumentError("the base model already carries LoRA layers (get_peft_model was called on it): load the "
-                            "adapter onto a freshly loaded base model instead")
-    with warnings.catch_warnings(record=True) as caught:  # PEFT only warns when adapter weights do not load
-        warnings.simplefilter("always")
-        model = PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=is_trainable)
-    for w in caught:
-        if "missing adapter keys" in str(w.message):
-            raise ArgumentError(f"{adapter_dir}: some adapter weights were not loaded, so the model would silently "
-                                f"behave more like its base: {str(w.message)[:300]}")
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return model
+    return load(base_model, adapter_dir, is_trainable)

@@ -1,12 +1,14 @@
 """Tasks: what the model learns, one row each that owns its behaviour (ARCHITECTURE.md, the task seam).  causal_lm:
 next-token prediction on the assistant turns (data.py), served by chat, generate, evaluate and export; seq_cls (one
-label per text) and token_cls (one BIO tag per word): classify.py, served by predict."""
+label per text) and token_cls (one BIO tag per word): classify.py, served by predict; dpo and kto (a causal LM
+aligned on preferences, served as causal_lm is) and reward (a one-output classifier scoring a conversation, served by
+predict): preference.py, trained by TRL's trainers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
-from . import classify, data
+from . import classify, data, preference
 from .errors import ArgumentError
 
 
@@ -23,7 +25,8 @@ class Task:
     check: Callable = lambda a: None      # (parsed arguments) -> None, or ArgumentError
     save: Callable = lambda train_ds, family, output_dir: None  # what it leaves beside the adapter
     metrics: Callable = lambda labels: None  # the Trainer's compute_metrics, or None
-    trainer: str = "Trainer"  # the transformers trainer class it trains with
+    trainer: str | Callable = "Trainer"  # the transformers trainer class it trains with, or () -> another class
+    trainer_args: Callable = lambda train_args: train_args  # our TrainingArguments -> that trainer's own config
 
     def model_class(self):
         import transformers
@@ -33,7 +36,7 @@ class Task:
     def trainer_class(self):
         import transformers
 
-        return getattr(transformers, self.trainer)
+        return self.trainer() if callable(self.trainer) else getattr(transformers, self.trainer)
 
     def require(self, command: str, where) -> None:
         """Refuses a model of this task in a command that does not serve it, naming the one that does."""
@@ -68,11 +71,26 @@ def classification(name: str, auto_model: str, peft_task_type: str) -> Task:
                 metrics=lambda labels: classify.metrics(name, labels))
 
 
+def preference_task(name: str, auto_model: str, peft_task_type: str, **row) -> Task:
+    """A row trained by TRL's trainer for the task: its config, its own collator (None), its reference handling."""
+    return Task(name, auto_model, peft_task_type, auto_model.removeprefix("AutoModel"),
+                build_datasets=lambda data_args, tokenizer, family, max_length: preference.build_datasets(
+                    name, data_args, tokenizer, max_length),
+                collator=lambda tokenizer, train_args, varlen: None, check=preference.check,
+                trainer=lambda: preference.trainer_class(name),
+                trainer_args=lambda train_args: preference.trainer_config(name, train_args), **row)
+
+
+CHAT = ("chat", "generate", "evaluate", "export")
 TASKS = {
     "causal_lm": Task("causal_lm", "AutoModelForCausalLM", "CAUSAL_LM", "ForCausalLM", causal_lm_datasets,
-                      data.collator, served_by=("chat", "generate", "evaluate", "export"), save=save_prompt_format),
+                      data.collator, served_by=CHAT, save=save_prompt_format),
     "seq_cls": classification("seq_cls", "AutoModelForSequenceClassification", "SEQ_CLS"),
     "token_cls": classification("token_cls", "AutoModelForTokenClassification", "TOKEN_CLS"),
+    "dpo": preference_task("dpo", "AutoModelForCausalLM", "CAUSAL_LM", served_by=CHAT, save=save_prompt_format),
+    "kto": preference_task("kto", "AutoModelForCausalLM", "CAUSAL_LM", served_by=CHAT, save=save_prompt_format),
+    "reward": preference_task("reward", "AutoModelForSequenceClassification", "SEQ_CLS", served_by=("predict",),
+                              head=lambda family: family.classifier_head),
 }
 
 

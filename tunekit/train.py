@@ -14,7 +14,8 @@ def main(argv=None):
     from .preflight import preflight
 
     run = preflight(parse_args(argv))  # bad input stops here, before anything is loaded or written
-    m, d, lora, t = run.model_args, run.data_args, run.lora_args, run.train_args
+    m, d, lora = run.model_args, run.data_args, run.lora_args
+    t = run.task.trainer_args(run.train_args)  # the task's trainer's own config (TRL's DPOConfig ...)
     tokenizer, added_tokens = load_tokenizer(m, run.family)
     train_ds, eval_ds, labels = run.task.build_datasets(d, tokenizer, run.family, t.model_max_length)
     set_seed(t.seed)  # before the model: LoRA's initial weights (and a classifier's head) are drawn from it

@@ -193,10 +193,15 @@ def write_native(tmp: Path, src: Path, state: dict, config, generation_config, t
 # ------------------------------------------------------------------------------------------------------ tokenizers
 def corpus(data_dir: Path = DATA_DIR):
     """Every text of the repository's data/ samples: chat turns, plain texts, classification texts and token lists."""
-    from ..formats import normalise, read_records
+    from ..formats import PREFERENCE_FORMATS, normalise, preference_kind, read_records
 
     for path in sorted(Path(data_dir).glob("*.json*")):
         for i, rec in enumerate(read_records(str(path))):
+            kind = preference_kind(rec)
+            if kind:  # preference records: every turn and every answer, rejected ones too
+                sample = PREFERENCE_FORMATS[kind][1](rec, f"{path} record {i}")
+                yield from (m["content"] for turns in sample.values() if isinstance(turns, list) for m in turns)
+                continue
             if isinstance(rec, dict) and ("label" in rec or "tokens" in rec):  # classification records
                 yield from [rec[k] for k in ("text", "text_pair") if isinstance(rec.get(k), str)]
                 if isinstance(rec.get("tokens"), list):
