@@ -176,6 +176,18 @@ def test_reward_model_ranks_held_out_pairs_and_reloads_to_identical_scores(tiny_
     assert len(scores) == 16 and sum(c > r for c, r in scores) >= 0.9 * len(scores), scores
 
 
+def test_dpo_overlay_turns_any_chat_recipe_into_dpo(tiny_qwen, tmp_path, monkeypatch):
+    """recipes/dpo.json after a chat recipe (bash recipes/chat/train.sh lora recipes/dpo.json [--init_adapter SFT]):
+    the real-model path, here parsed as launch.sh orders the files on a CPU."""
+    from conftest import resolve
+
+    monkeypatch.chdir(ROOT)  # the recipes name data/ relative to the checkout
+    files = [str(ROOT / f) for f in ("recipes/chat/lora.json", "recipes/identity.json", "recipes/cpu-real.json",
+                                     "recipes/dpo.json")]
+    m, d, lora, t = resolve([*files, "--model_name_or_path", tiny_qwen, "--output_dir", str(tmp_path / "o")])
+    assert (m.task, d.data_path, t.packing, t.loss_type) == ("dpo", "data/preference_train.jsonl", False, "sigmoid")
+
+
 # ---------------------------------------------------------------- bad records: one error line, exit 2, nothing written
 
 PAIR = {"prompt": "What is 2 + 2?", "chosen": "In short: 4.", "rejected": "Great question! It is 4."}
