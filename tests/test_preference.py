@@ -174,6 +174,16 @@ def test_reward_model_ranks_held_out_pairs_and_reloads_to_identical_scores(tiny_
     assert rows[0] == rows[1]
     scores = [(r["scores"]["chosen"], r["scores"]["rejected"]) for r in rows[0]]
     assert len(scores) == 16 and sum(c > r for c, r in scores) >= 0.9 * len(scores), scores
+    # merged, it is still a reward model (its finetune_args.json goes along): the same scores
+    from tunekit import merge, predict
+    from tunekit.errors import run_cli
+
+    merged = tmp_path / "merged"
+    assert run_cli(merge.main, ["--adapter", str(out), "--output", str(merged), "--dtype", "float32"]) == 0
+    assert run_cli(predict.main, [str(merged), HELD_OUT, str(tmp_path / "merged.jsonl")]) == 0
+    again = [json.loads(line)["scores"] for line in (tmp_path / "merged.jsonl").read_text().splitlines()]
+    assert [v for s in again for v in (s["chosen"], s["rejected"])] == pytest.approx(
+        [v for pair in scores for v in pair], abs=1e-4)
 
 
 def test_dpo_overlay_turns_any_chat_recipe_into_dpo(tiny_qwen, tmp_path, monkeypatch):
