@@ -131,6 +131,20 @@ def test_dpo_from_an_sft_adapter_uses_it_as_the_reference(random_qv_adapter, tin
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("method", ["qlora", "full"])
+def test_dpo_with_qlora_and_full_fine_tuning_starts_at_ln2(tiny_qwen, tmp_path, method):
+    """NF4 Q-LoRA (the reference: the 4-bit base, adapter disabled) and full fine-tuning (TRL loads the reference
+    from the same folder: the one case with a second model)."""
+    argv = ["--model_name_or_path", tiny_qwen, "--task", "dpo", "--data_path", TRAIN,
+            *(["--use_lora", "--q_lora", "--lora_r", "8"] if method == "qlora" else []),
+            *cpu_flags(tmp_path / "out", max_steps=2, max_samples=16, per_device_train_batch_size=8,
+                       learning_rate=5e-3 if method == "qlora" else 1e-4)]
+    trainer = finetune.main(argv)
+    first = first_log(trainer)
+    assert abs(first["loss"] - math.log(2)) < 1e-4 and first["rewards/margins"] == 0, first
+    assert (trainer.ref_model is None) == (method == "qlora")
+
+
 @pytest.mark.parametrize("loss_type", ["ipo"])
 def test_dpo_loss_types(tiny_qwen, tmp_path, loss_type):
     trainer = train(tiny_qwen, tmp_path / "out", "dpo", TRAIN, None, "--loss_type", loss_type, max_steps=2,
