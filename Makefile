@@ -60,7 +60,7 @@ install-llama-cpp: .venv/.installed-llama-cpp
 	touch $@
 
 test: install install-gptq install-gguf install-llama-cpp
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=25 tests  # the 25 slowest, to keep the suite within its 20 minutes
 
 llama2-qlora llama2-lora llama2-full: llama2-%: install
 	OUTPUT_DIR="$${OUTPUT:-out/llama2-$*}" bash recipes/llama2/train.sh $* $$ARGS
