@@ -1,5 +1,6 @@
 """Regenerate BENCHMARKS.md at the repository root from the result files kept in bench/results/*.json (and the
-real-model runs of bench/real_model.py in bench/results-real/, first).
+real-model runs of bench/real_model.py in bench/results-real/, first, then the DPO runs of bench/dpo.py in
+bench/results-dpo/).
 
     python bench/report.py            # also run at the end of every bench/run.py
 
@@ -19,6 +20,7 @@ import shapes  # noqa: E402
 
 RESULTS_DIR = ROOT / "bench" / "results"
 REAL_DIR = ROOT / "bench" / "results-real"
+DPO_DIR = ROOT / "bench" / "results-dpo"  # bench/dpo.py (issue 24, bar 5)
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 
 HEADER = (ROOT / "bench" / "benchmarks_header.md").read_text(encoding="utf-8")  # the method, above every section
@@ -235,9 +237,79 @@ def real_section(name: str, result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(results: list[tuple[str, dict]], real: list[tuple[str, dict]] | None = None) -> str:
+DPO_ARMS = {
+    "tunekit": "`finetune.py --task dpo`: NF4 recipe switches (fused LoRA, Liger, async offload, 8-bit AdamW), "
+               "precomputed reference",
+    "tunekit-nooffload": "the same without the activation offload",
+    "tunekit-otf": "the same with the reference computed every step",
+    "trl-defaults": "TRL's `DPOTrainer`, `DPOConfig` defaults (bf16 weights beside NF4)",
+    "trl-fp32": "TRL's `DPOTrainer`, `DPOConfig` defaults, TRL's float32 default for the unquantized weights",
+}
+
+
+def dpo_section(name: str, result: dict) -> str:
+    """bench/dpo.py: the project's DPO path against TRL's DPOTrainer defaults, one row per arm."""
+    v, w = result.get("versions", {}), result.get("workload", {})
+    comparison = result.get("comparison", {})
+    lines = [f"## {name}: {result.get('device', '?')}, DPO on the {result.get('shape', '?')} shape, "
+             f"{'CPU smoke, fp32' if result.get('smoke') else 'NF4'} (issue 24, bar 5)", "",
+             f"- date: {result.get('finished_at', '?')}; runner commit `{result.get('git_commit') or '–'}`; command: "
+             f"`{result.get('command', '?')}`" + (" (**partial**)" if result.get("partial") else ""),
+             "- software: " + ", ".join(f"{pkg} {v.get(pkg) or '–'}" for pkg in
+                                        ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate",
+                                         "liger_kernel")) + f"; Python {result.get('python', '?')}, CUDA "
+             f"{result.get('cuda') or '–'}",
+             f"- workload: {w.get('pairs')} preference pairs, {result.get('batch')} a step, max_length "
+             f"{result.get('max_length')}; {w.get('distribution', '')}; prompt + chosen "
+             f"median {fmt_number(w.get('prompt_chosen_tokens', {}).get('median'))} tokens, longest pair median "
+             f"{fmt_number(w.get('pair_longest_tokens', {}).get('median'))}, max "
+             f"{fmt_number(w.get('pair_longest_tokens', {}).get('max'))}; {fmt_number(w.get('real_tokens'))} real "
+             f"tokens in all; LoRA {result.get('lora')}; {result.get('warmup')} warm-up steps, then "
+             f"{result.get('steps')} timed", "",
+             "| arm | what | real tokens/s | with the precompute | peak GiB | vs trl-defaults | peak vs trl-defaults "
+             "| first loss − ln 2 | last loss | precompute s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for arm in result.get("arms_run", []):
+        r = result.get("runs", {}).get(arm)
+        if not r:
+            continue
+        if "error" in r or not r.get("tokens_per_s"):
+            notes.append(f"- `{arm}`: **failed**: {str(r.get('error', '?'))[:300]}")
+            continue
+        row = comparison.get(f"{arm}/trl-defaults", {})
+        lines.append(
+            f"| {arm} | {DPO_ARMS.get(arm, '')} | {fmt_number(r['tokens_per_s'])} "
+            f"| {fmt_number(r.get('tokens_per_s_with_precompute'))} | {fmt_number(r.get('peak_gib'), 2)} "
+            f"| {fmt_ratio(row.get('tokens_per_s_ratio')) if row else ('1.00×' if arm == 'trl-defaults' else '–')} "
+            f"| {fmt_ratio(row.get('peak_ratio')) if row else ('1.00×' if arm == 'trl-defaults' else '–')} "
+            f"| {r['first_loss'] - 0.6931471805599453:+.2e} | {r['losses'][-1]:.4f} | {r.get('precompute_s', 0):.1f} |")
+        s = r.get("resolved", {})
+        notes.append(f"- `{arm}`: optim {str(s.get('optim', '?')).split('.')[-1].lower()}, checkpointing "
+                     f"{s.get('gradient_checkpointing')}, Liger {s.get('use_liger_kernel')} (norm forward "
+                     f"`{s.get('norm_forward')}`), padding_free {s.get('padding_free')}, LoRA weights "
+                     f"{'/'.join(s.get('lora_dtype', []))}, embeddings {s.get('embed_dtype')}, fused LoRA layers "
+                     f"{s.get('fused_lora_layers') or 0}, offload {s.get('offload_activations_async')}; setup "
+                     f"{r.get('setup_s')} s; " + (f"same batches as trl-defaults: {row.get('same_batches')}; "
+                                                  if row else "") + f"losses {[round(x, 4) for x in r['losses']]}")
+    notes += [f"- skipped: {skipped}" for skipped in result.get("skipped", [])]
+    notes += [f"- {note}" for note in result.get("notes", [])]
+    return "\n".join(lines + (["", "Notes:", *notes] if notes else [])) + "\n"
+
+
+DPO_NONE = ("## DPO speed (issue 24, bar 5): no GPU result yet\n\n"
+            "`bench/dpo.py` times the project's `finetune.py --task dpo` against TRL's `DPOTrainer` defaults on a "
+            "Llama-2-7B-shaped NF4 model, each in its own process, in one GPU run; on the device machine "
+            "`OUT=$OUT python3 bench/dpo.py --deadline 420` writes `bench/results-dpo/<h100|h200>-dpo.json`, "
+            "then `python bench/report.py`.\n")
+
+
+def render(results: list[tuple[str, dict]], real: list[tuple[str, dict]] | None = None,
+           dpo: list[tuple[str, dict]] | None = None) -> str:
     real = load_results(REAL_DIR) if real is None else real
+    dpo = (load_results(DPO_DIR) if DPO_DIR.is_dir() else []) if dpo is None else dpo
     body = [real_section(name, result) for name, result in real]
+    body += [dpo_section(name, result) for name, result in dpo] or [DPO_NONE]
     body += [(chatglm2_section if "lora_bf16_r32_bs4_len1024" in result else section)(name, result)
              for name, result in results]
     if not body:

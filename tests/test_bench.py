@@ -1,6 +1,7 @@
 """The benchmark harness keeps working: a few steps of the throughput suite on a tiny model, on CPU; the suite table
 names only runs, shapes and recipes that exist; BENCHMARKS.md is what bench/report.py makes of bench/results/."""
 import json
+import math
 import subprocess
 import sys
 
@@ -48,3 +49,25 @@ def test_suite_table_names_what_exists():
 
 def test_benchmarks_md_is_generated_from_the_results():
     assert report.render(report.load_results()) == (ROOT / "BENCHMARKS.md").read_text()
+
+
+def test_dpo_bench_smoke(tmp_path):
+    """bench/dpo.py --smoke (issue 24, bar 5's benchmark, CPU): the project's `finetune.py --task dpo` and TRL's
+    DPOTrainer defaults, each in its own process on a tiny model, train the same batches, count every real token of
+    the pairs and start at ln 2 (policy = reference; the project's arm with the precomputed reference)."""
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "dpo.py"), "--smoke", "--arms", "tunekit,trl-defaults",
+                        "--out", str(out), "--work", str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    result = json.loads((out / "dpo.json").read_text())
+    assert not result["partial"] and set(result["runs"]) == {"tunekit", "trl-defaults"}, result.get("skipped")
+    for name, arm in result["runs"].items():
+        assert abs(arm["first_loss"] - math.log(2)) < 1e-3, (name, arm["losses"])
+        assert arm["tokens_per_s"] > 0 and arm["all_real_tokens"] == result["workload"]["real_tokens"], name
+    ours = result["runs"]["tunekit"]
+    assert ours["resolved"]["precompute_ref_log_probs"] and ours["precompute_s"] > 0
+    assert ours["resolved"]["fused_lora_layers"]
+    assert ours["tunekit_recorder_tokens"] == ours["step_tokens"]  # tunekit's own count of the same steps
+    assert result["comparison"]["tunekit/trl-defaults"]["same_batches"]
+    assert "tunekit" in report.dpo_section("smoke", result)
