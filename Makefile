@@ -105,6 +105,19 @@ sft: install
 	if [ "$$METHOD" != full ]; then NO_SAMPLE=$$default bash recipes/chat/merge.sh "$$out" "$$out-merged"; fi; \
 	if [ -n "$$default" ]; then $(PYTHON) recipes/chat/before_after.py "$$out"; fi
 
+# SFT, then DPO from that adapter (recipes/dpo.json: TRL's DPO loss plus the chosen answer's NLL, --sft_weight) on
+# data/preference_*.jsonl: OUTPUT (default out/dpo-lora) is the DPO run, OUTPUT-sft the SFT run; ARGS go to both.
+# MODEL and DATA empty: the real SmolLM2-135M-Instruct's identity run (2 epochs) is the SFT, DPO teaches it to answer
+# "In short: " and one sentence, and recipes/chat/win_rate.py prints the held-out win rate of base, SFT and DPO.
+.PHONY: dpo
+dpo: export OMP_WAIT_POLICY ?= PASSIVE
+dpo: install
+	@out="$${OUTPUT:-out/dpo-$$METHOD}"; default=$$([ -z "$$MODEL$$DATA" ] && echo 1 || true); \
+	OUTPUT_DIR="$$out-sft" bash recipes/chat/train.sh "$$METHOD" $$ARGS $${default:+--num_train_epochs 2} && \
+	DATA= EVAL_DATA= OUTPUT_DIR="$$out" bash recipes/chat/train.sh "$$METHOD" recipes/dpo.json $$ARGS \
+		--init_adapter "$$out-sft" && \
+	if [ -n "$$default" ]; then $(PYTHON) recipes/chat/win_rate.py "$$out"; fi
+
 # ChatGLM2/3: MODEL may be the original THUDM folder (converted to native glm first, cached); merge.sh also writes the
 # merged model back in the original layout (out/chatglm2-<method>-merged-chatglm2).
 .PHONY: chatglm2-lora chatglm2-qlora chatglm2-merge

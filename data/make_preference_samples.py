@@ -5,11 +5,12 @@ sentence; the rejected one gives the same fact wrapped in filler ("Great questio
 Standard library only, no randomness: `python data/make_preference_samples.py` rewrites both files byte for byte.
 Train records rotate through the three accepted shapes (a string prompt; a message-list prompt, some with a system
 turn; ShareGPT 'conversations' with {"from": "gpt", "value": ...} answers); the held-out split uses message lists
-and shares no question with training."""
+and shares no question with training; its questions are ones the base SmolLM2-135M-Instruct answers right, each
+with a "check" (the fact's words) for recipes/chat/win_rate.py."""
 import json
 from pathlib import Path
 
-QA = [  # (question, the fact as one sentence)
+QA = [  # (question, the fact as one sentence[, held-out: its check])
     ("What is the capital of France?", "The capital of France is Paris."),
     ("How many legs does a spider have?", "A spider has eight legs."),
     ("What gas do plants take in from the air?", "Plants take in carbon dioxide from the air."),
@@ -58,23 +59,25 @@ QA = [  # (question, the fact as one sentence)
     ("Which season comes after winter?", "Spring comes after winter."),
     ("What is the currency of the United Kingdom?", "The United Kingdom uses the pound sterling."),
     ("How many wheels does a bicycle have?", "A bicycle has two wheels."),
-    # held-out from here
-    ("What is the capital of Germany?", "The capital of Germany is Berlin."),
-    ("How many legs does an insect have?", "An insect has six legs."),
-    ("What is the closest star to Earth?", "The Sun is the closest star to Earth."),
-    ("Who developed the theory of relativity?", "Albert Einstein developed the theory of relativity."),
-    ("How many months have thirty days?", "Four months have thirty days."),
-    ("What is the largest desert in the world?", "Antarctica is the largest desert in the world."),
-    ("What do cows drink?", "Cows drink water."),
-    ("Which gas do humans breathe out?", "Humans breathe out carbon dioxide."),
-    ("What is 15 plus 27?", "Fifteen plus twenty-seven is 42."),
-    ("What is the capital of Spain?", "The capital of Spain is Madrid."),
-    ("How many sides does a triangle have?", "A triangle has three sides."),
-    ("What is frozen water called?", "Frozen water is called ice."),
-    ("Which animal is known as the king of the jungle?", "The lion is known as the king of the jungle."),
-    ("What shape has four equal sides and four right angles?", "A square has four equal sides and four right angles."),
-    ("How many seconds are in a minute?", "A minute has sixty seconds."),
-    ("What is the capital of Egypt?", "The capital of Egypt is Cairo."),
+    # held-out from here: questions the base SmolLM2-135M-Instruct answers right (greedy), so that a scorer can ask
+    # for the style and the fact; each with its check, the fact's words (case-insensitive, whole words, | between)
+    ("What is the capital of Germany?", "The capital of Germany is Berlin.", "Berlin"),
+    ("Who developed the theory of relativity?", "Albert Einstein developed the theory of relativity.", "Einstein"),
+    ("How many seconds are in a minute?", "A minute has sixty seconds.", "sixty|60"),
+    ("What is the capital of Russia?", "The capital of Russia is Moscow.", "Moscow"),
+    ("What is the capital of Australia?", "The capital of Australia is Canberra.", "Canberra"),
+    ("What color is the sky on a clear day?", "The sky is blue on a clear day.", "blue"),
+    ("How many days are in a week?", "A week has seven days.", "seven|7"),
+    ("What is 2 plus 2?", "Two plus two is 4.", "four|4"),
+    ("What language is spoken in France?", "French is spoken in France.", "French"),
+    ("How many legs does a dog have?", "A dog has four legs.", "four|4"),
+    ("Who invented the telephone?", "Alexander Graham Bell invented the telephone.", "Bell"),
+    ("Who discovered penicillin?", "Alexander Fleming discovered penicillin.", "Fleming"),
+    ("What is the center of an atom called?", "The center of an atom is called the nucleus.", "nucleus"),
+    ("What process do plants use to make food from sunlight?", "Plants make food from sunlight by photosynthesis.",
+     "photosynthesis"),
+    ("In which country are the pyramids of Giza?", "The pyramids of Giza are in Egypt.", "Egypt"),
+    ("What is the capital of Greece?", "The capital of Greece is Athens.", "Athens"),
 ]
 TRAIN = 48
 OPENERS = ["Great question! ", "Oh, what a wonderful thing to ask! ", "Thanks so much for asking! ",
@@ -105,7 +108,7 @@ def train_record(i: int) -> dict:
 def eval_record(i: int) -> dict:
     chosen, rejected = pair(i)
     return {"prompt": [{"role": "user", "content": QA[i][0]}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+            "rejected": [{"role": "assistant", "content": rejected}], "check": QA[i][2]}
 
 
 def write(path: Path, records) -> None:

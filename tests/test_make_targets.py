@@ -163,6 +163,22 @@ def test_sft_trains_any_chat_model_in_its_template(tmp_path):
     assert json.loads((out / "run_summary.json").read_text())["steps"] == 2
 
 
+def test_dpo_after_sft_teaches_the_real_model_a_preferred_style(tmp_path):
+    """make dpo: the real SmolLM2-135M-Instruct's SFT (identity) run, then DPO from that adapter on pairs that prefer
+    "In short: " and one sentence over filler.  On the 16 held-out questions (data/preference_eval.jsonl, each answered
+    right by the base) an answer wins with that style and the checked fact: at most 20% of base and SFT answers win,
+    at least 75% after DPO, and DPO loses at most 2 of the facts the SFT model states.  Measured (wins base/SFT/DPO,
+    facts SFT -> DPO): seed 42 (this run) 0/0/15 of 16, 14 -> 15; seeds 1 and 2: 0/0/12 and 0/0/14, 14 -> 12 and 14."""
+    out = tmp_path / "dpo"
+    r = make("dpo", OUTPUT=out)
+    assert "| prompt | check | base |" in r.stdout and "dpo win rate:" in r.stdout, r.stdout[-3000:]
+    table = json.loads((out / "win_rate.json").read_text())
+    n, s = table["n"], table["summary"]
+    assert n == 16 and s["base"]["fact"] == n and s["base"]["win"] <= 0.2 * n and s["sft"]["win"] <= 0.2 * n, s
+    assert s["dpo"]["win"] >= 0.75 * n and s["dpo"]["fact"] >= s["sft"]["fact"] - 2, s
+    assert json.loads((out / "finetune_args.json").read_text())["init_adapter"] == f"{out}-sft"
+
+
 def named_in_readme() -> set[str]:
     return set(re.findall(r"\bmake ([a-z0-9][a-z0-9-]*)", (ROOT / "README.md").read_text()))
 

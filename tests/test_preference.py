@@ -210,6 +210,10 @@ def test_dpo_overlay_turns_any_chat_recipe_into_dpo(tiny_qwen, tmp_path, monkeyp
                                      "recipes/dpo.json")]
     m, d, lora, t = resolve([*files, "--model_name_or_path", tiny_qwen, "--output_dir", str(tmp_path / "o")])
     assert (m.task, d.data_path, t.packing, t.loss_type) == ("dpo", "data/preference_train.jsonl", False, "sigmoid")
+    from tunekit import preference
+
+    config = preference.trainer_config("dpo", t)  # --sft_weight: TRL's DPO loss plus the chosen answer's NLL (RPO)
+    assert (config.loss_type, config.loss_weights) == (["sigmoid", "sft"], [1.0, 1.0])
 
 
 # ---------------------------------------------------------------- bad records: one error line, exit 2, nothing written
@@ -247,6 +251,7 @@ def test_preference_arguments_are_refused_before_loading(tiny_qwen, tmp_path, ca
     for extra, pattern in ((["--task", "dpo", "--loss_type", "kto"], r"--loss_type kto is not one --task dpo offers"),
                            (["--task", "dpo", "--packing", "true"], r"drop --packing"),
                            (["--task", "reward", "--beta", "0.2"], r"--task reward has no reference model"),
+                           (["--task", "kto", "--sft_weight", "1"], r"--sft_weight 1.0: .* --task dpo"),
                            (["--task", "dpo", "--init_adapter", str(tmp_path)], r"--init_adapter: .* holds no saved")):
         assert run_cli(finetune.main, base + extra) == 2
         err = capsys.readouterr().err

@@ -130,6 +130,8 @@ class TrainingArguments(transformers.TrainingArguments):
                                       "apo_zero_unpaired (TRL's loss_type).")
     precompute_ref_log_probs: bool = arg(False, "dpo, kto: compute the reference log-probabilities once before "
                                                 "training (no reference forward per step).")
+    sft_weight: float | None = arg(None, "dpo: add TRL's 'sft' loss (the chosen answer's NLL) at this weight to the "
+                                         "preference loss (RPO), so the preferred answer itself gets likelier.")
 
 
 DATACLASSES = (ModelArguments, DataArguments, LoraArguments, TrainingArguments)
@@ -222,7 +224,7 @@ files set the arguments (later files win), flags override them.
 SPEED = ("packing", "token_budget", "gradient_checkpointing_fraction", "offload_activations", "lora_upcast_inputs",
          "use_liger_kernel", "gradient_checkpointing", "offload_activations_async", "tiled_mlp_tokens", "fused_lora")
 OURS = ("model_max_length", "overwrite_output_dir", "resume_from_checkpoint", "eval_generation", "eval_max_new_tokens")
-PREFERENCE = ("beta", "loss_type", "precompute_ref_log_probs")
+PREFERENCE = ("beta", "loss_type", "precompute_ref_log_probs", "sft_weight")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -46,6 +46,8 @@ def check(a) -> None:
         raise ArgumentError(f"--task {a.task} has no reference model: drop --beta / --precompute_ref_log_probs")
     if a.beta is not None and a.beta <= 0:
         raise ArgumentError(f"--beta {a.beta} must be positive")
+    if a.sft_weight is not None and (a.task != "dpo" or a.sft_weight < 0):
+        raise ArgumentError(f"--sft_weight {a.sft_weight}: a weight >= 0 of --task dpo's added NLL loss")
 
 
 def build_datasets(task: str, data_args, tokenizer, max_length: int):
@@ -111,6 +113,9 @@ def trainer_config(task: str, train_args):
         values.pop("train_sampling_strategy")
     if task == "dpo" and "loss_type" in values:
         values["loss_type"] = [values["loss_type"]]  # DPOConfig takes a list (losses may be combined)
+    if values["sft_weight"]:  # the chosen answer's NLL added (TRL's 'sft' loss), as RPO does
+        values["loss_type"] = values.get("loss_type", ["sigmoid"]) + ["sft"]
+        values["loss_weights"] = [1.0, values["sft_weight"]]
     try:
         return _config_class(base, type(train_args))(**values)
     except ValueError as e:
