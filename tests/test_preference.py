@@ -252,6 +252,8 @@ def test_preference_arguments_are_refused_before_loading(tiny_qwen, tmp_path, ca
                            (["--task", "dpo", "--packing", "true"], r"drop --packing"),
                            (["--task", "reward", "--beta", "0.2"], r"--task reward has no reference model"),
                            (["--task", "kto", "--sft_weight", "1"], r"--sft_weight 1.0: .* --task dpo"),
+                           (["--sft_weight", "1", "--beta", "0.2"], r"--beta, --sft_weight: only the preference"),
+                           (["--task", "seq_cls", "--loss_type", "ipo"], r"--loss_type: only the preference"),
                            (["--task", "dpo", "--init_adapter", str(tmp_path)], r"--init_adapter: .* holds no saved")):
         assert run_cli(finetune.main, base + extra) == 2
         err = capsys.readouterr().err

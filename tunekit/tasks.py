@@ -22,7 +22,7 @@ class Task:
     collator: Callable        # (tokenizer, train_args, varlen: bool) -> data collator
     served_by: tuple          # the commands that use the trained model, the one to name first
     head: Callable = lambda family: None  # a module trained fully and saved with the adapter (a classifier's head)
-    check: Callable = lambda a: None      # (parsed arguments) -> None, or ArgumentError
+    check: Callable = lambda a: no_preference_flags(a)  # (parsed arguments) -> None, or ArgumentError
     save: Callable = lambda train_ds, family, output_dir: None  # what it leaves beside the adapter
     metrics: Callable = lambda labels: None  # the Trainer's compute_metrics, or None
     trainer: str | Callable = "Trainer"  # the transformers trainer class it trains with, or () -> another class
@@ -56,7 +56,18 @@ def save_prompt_format(train_ds, family, output_dir) -> None:
     prompts.save(prompts.from_stats(train_ds.stats, family), output_dir)
 
 
+def no_preference_flags(a) -> None:
+    """A task without a reference model or preference loss refuses their flags rather than ignoring them."""
+    from .arguments import PREFERENCE
+
+    given = [f"--{k}" for k in PREFERENCE if getattr(a, k, None) not in (None, False)]
+    if given:
+        raise ArgumentError(f"{', '.join(given)}: only the preference tasks (--task dpo, kto) use it; --task {a.task} "
+                            "has no preference loss: drop it")
+
+
 def padded_only(a) -> None:
+    no_preference_flags(a)
     if a.packing:
         raise ArgumentError(f"--task {a.task} trains a classifier on padded batches: drop --packing (it is for "
                             "causal_lm)")
