@@ -26,7 +26,8 @@ DPO refactor) and tunekit refuses --packing / --token_budget for --task dpo, so 
 rejected concatenated, padded to the longest). Liger's fused DPO loss is not in TRL 1.16 either (no `use_liger_loss`):
 its DPO computes the per-token log-probs with its own chunked fused LM head (trl/kernels/chunked_logprob.py) in every
 arm, so no (tokens x vocab) logits exist anywhere; `use_liger_kernel` there patches only the layers (RMSNorm, RoPE,
-SwiGLU; fused_linear_cross_entropy forced off), when training starts, i.e. after the precompute pass.
+SwiGLU; fused_linear_cross_entropy forced off), when training starts, i.e. after TRL's precompute pass, so
+tunekit/preference.py patches them before the trainer is built.
 
 Both arms are measured by the same probes, installed on trl.DPOTrainer (measurement only): real (non-pad) tokens per
 step from each batch's attention mask (chosen + rejected, prompt + answer), wall time per optimizer step (CUDA synced),
@@ -78,7 +79,9 @@ NOTES = [
     "padded to the longest)",
     "TRL 1.16 has no use_liger_loss (Liger's fused DPO loss): every arm computes the per-token log-probs with TRL's "
     "chunked fused LM head (no tokens x vocab logits); use_liger_kernel patches RMSNorm, RoPE and SwiGLU only, when "
-    "training starts, so a precomputed reference ran without them",
+    "training starts; tunekit patches them before TRL computes a precomputed reference (tunekit/preference.py), so "
+    "reference and policy share kernels (this bench's first H100 run, before that fix: the tunekit arm's first loss was "
+    "ln 2 + 0.047)",
     "TRL casts the trainable LoRA weights of a 4-bit model to bf16 (its QLoRA rule) in every arm, tunekit's too",
     "'with the precompute' charges the precompute (TRL's hash of the model, then the reference pass over all pairs) "
     "to the timed steps in proportion (timed / all steps of the one epoch)",
