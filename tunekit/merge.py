@@ -120,10 +120,11 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
     with atomic_folder(out) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(tmp)
-        if (run.path / prompts.FILE).is_file():  # the prompt format trained with, for chat/generate/export
-            shutil.copy2(run.path / prompts.FILE, Path(tmp) / prompts.FILE)
-        if (run.path / runfolder.ARGS).is_file():  # how it was trained: its task (a reward model is no seq_cls)
-            shutil.copy2(run.path / runfolder.ARGS, Path(tmp) / runfolder.ARGS)
+        # the prompt format trained with (for chat/generate/export) and how it was trained (its task: a reward
+        # model is no seq_cls) go along
+        for name in (prompts.FILE, runfolder.ARGS):
+            if (run.path / name).is_file():
+                shutil.copy2(run.path / name, Path(tmp) / name)
     report = {"base": base, "adapter": adapter, "output": str(out), "dtype": dtype,
               "merged_in": str(work_dtype).removeprefix("torch."), "probe_max_abs_diff": diff,
               "probe_relative_diff": relative}

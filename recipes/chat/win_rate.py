@@ -39,6 +39,7 @@ def right(text: str, check: str) -> bool:
 
 
 def main(argv=None):
+    from tunekit import runfolder
     from tunekit.formats import read_pair, read_records
 
     p = Parser(__doc__)
@@ -47,7 +48,7 @@ def main(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=48)
     a = p.parse_args(argv)
     run = Path(a.run)
-    args = json.loads((run / "finetune_args.json").read_text()) if (run / "finetune_args.json").is_file() else {}
+    args = runfolder.read(run, "DPO_RUN").args  # finetune_args.json, {} for a folder training did not write
     if not args.get("init_adapter"):
         raise ArgumentError(f"{run}: not a finished run trained with --init_adapter (the SFT run)")
     folders = {"base": args["model_name_or_path"], "sft": args["init_adapter"], "dpo": str(run)}
