@@ -1,17 +1,19 @@
 """Issue 21: can TRL's activation offloading and DeepSpeed's TiledMLP replace tunekit/offload.py and tunekit/tiling.py?
+TRL's did (same speed and peak, half the memory reserved: results-offload/h100-16l-offload-tiling.json, the last run
+with our own, tunekit/offload.py, as "ours"); DeepSpeed's is slower (tunekit/tiling.py says by how much).
 
 One long random sequence through a Llama-3.1-8B-shaped model cut to a few layers (random bf16 weights, LoRA r=16 alpha=32
 on all linear layers with PEFT's fp32 adapters, non-reentrant gradient checkpointing, bf16 autocast as the Trainer's
 --bf16, AdamW), warm-up steps then timed steps, each variant in its own process (its own peak memory), at each length.
 The offload context is around the decoder's forward; the loss comes after it, in non-reentrant-checkpointed chunks of
 --loss_chunk tokens so that no (tokens x vocab) logits exist (--loss_in_context puts it inside: on an H100, torch 2.11,
-ours then fails the checkpoint's recompute check, "Recomputed values ... have different metadata", while TRL's runs).
+our former offload failed the checkpoint's recompute check, "Recomputed values ... have different metadata"; TRL's runs).
 
   offload group   none         no offload
-                  ours         tunekit.offload.offload_saved_tensors around the forward (RunMixin)
-                  trl          trl's get_act_offloading_ctx_manager(model) (what SFTTrainer builds), reused every step
-  tiled group     ours-tiled   tunekit.tiling.apply_tiled_mlp(model, CHUNK) + our offload
-                  ds-tiled     deepspeed's TiledMLP (ceil(tokens / CHUNK) shards of the same size) + our offload
+                  trl          tunekit.training.async_offload_context(model): TRL's get_act_offloading_ctx_manager (as
+                               SFTTrainer builds it), built once and reused every step, as RunMixin does
+  tiled group     ours-tiled   tunekit.tiling.apply_tiled_mlp(model, CHUNK) + that offload
+                  ds-tiled     deepspeed's TiledMLP (ceil(tokens / CHUNK) shards of the same size) + that offload
 
 Same seed everywhere: the losses of every step (and the gradient norms) of a group are printed side by side.
 Tokens/s = tokens x timed steps / their wall time; peak = torch.cuda.max_memory_allocated over the whole run.
@@ -32,7 +34,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GROUPS = {"offload": ["none", "ours", "trl"], "tiled": ["ours-tiled", "ds-tiled"]}
+GROUPS = {"offload": ["none", "trl"], "tiled": ["ours-tiled", "ds-tiled"]}
 VARIANTS = [v for g in GROUPS.values() for v in g]
 LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                   num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
@@ -69,7 +71,9 @@ def trl_ctx(model, cpu: bool):
     import torch
 
     if not cpu:
-        return get_act_offloading_ctx_manager(model)  # what SFTTrainer(activation_offloading=True) builds
+        from tunekit.training import async_offload_context
+
+        return async_offload_context(model)  # --offload_activations_async
     # CPU smoke only: TRL reads the accelerator's type and device module; present the CPU as one, without pinned
     # memory, so that its pack/unpack logic runs at all (its CUDA path is what the GPU run measures)
     real = torch.accelerator.current_accelerator
@@ -92,7 +96,6 @@ def child(a) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     sys.path.insert(0, ROOT)
-    from tunekit.offload import offload_saved_tensors
     from tunekit.tiling import apply_tiled_mlp
 
     cuda = torch.cuda.is_available() and not a.smoke
@@ -142,21 +145,14 @@ def child(a) -> dict:
                 return loss_of(h)
         return loss_of(h)
 
-    trl = trl_ctx(model, not cuda) if variant == "trl" else None
-    small = {} if cuda else dict(min_bytes=1024)  # CPU smoke: tiny tensors, offloaded all the same (TRL's default)
+    offload = trl_ctx(model, not cuda) if variant != "none" else contextlib.nullcontext()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    losses, norms, times, counters = [], [], [], {}
+    losses, norms, times = [], [], []
     sync()
     for step in range(a.warmup + a.steps):
         t0 = time.perf_counter()
-        # ours: a new context around each forward (RunMixin.compute_loss); TRL's: one, reused
-        ctx = (trl if variant == "trl" else offload_saved_tensors(**small)
-               if variant in ("ours", "ours-tiled", "ds-tiled") else contextlib.nullcontext())
-        loss = forward(ctx)
+        loss = forward(offload)
         loss.backward()
-        if step == 0 and hasattr(ctx, "offloaded"):
-            counters = dict(offloaded=ctx.offloaded, offloaded_gib=ctx.offloaded_bytes / 2**30,
-                            prefetched=ctx.prefetched)
         norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad.float())
                                                            for p in trainable])))
         losses.append(loss.detach())
@@ -168,7 +164,7 @@ def child(a) -> dict:
     out = dict(variant=variant, tokens=T, layers=a.layers, steps=a.steps, warmup=a.warmup,
                tokens_per_s=round(T * len(timed) / sum(timed), 1), step_s=[round(t, 4) for t in times],
                losses=[float(x) for x in losses], grad_norms=[float(x) for x in norms],
-               bitsandbytes_imported="bitsandbytes" in sys.modules, **counters)
+               bitsandbytes_imported="bitsandbytes" in sys.modules)
     if cuda:
         out.update(peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 3),
                    reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3))
@@ -230,7 +226,7 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=None, help="tiled MLP tokens per chunk (default 8192; smoke 64)")
     p.add_argument("--loss_chunk", type=int, default=None, help="tokens per logits slice (default 4096; smoke 64)")
     p.add_argument("--loss_in_context", action="store_true",
-                   help="the checkpointed loss chunks inside the offload context too (a probe: ours fails so on a GPU)")
+                   help="the checkpointed loss chunks inside the offload context too (a probe)")
     p.add_argument("--ckpt_debug", action="store_true", help="torch.utils.checkpoint debug mode (with a probe)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)

@@ -7,7 +7,6 @@ import torch
 from test_tiling_offload import ATOL, assert_same, batch, loss_and_grads, tiny
 
 from tunekit.fused_lora import fuse_lora_layers
-from tunekit.offload import offload_saved_tensors
 from tunekit.tiling import apply_tiled_mlp
 
 LAYERS = 7 * 2  # q, k, v, o, gate, up, down (glm: qkv fused, gate_up fused: fewer) x 2 layers
@@ -33,10 +32,11 @@ def test_fused_with_tiling_and_offload():
     model = tiny("llama", checkpointing=True)
     fuse_lora_layers(model)
     apply_tiled_mlp(model, 7)
-    offload = offload_saved_tensors(min_bytes=0)
-    offload.stream = None
+    # saved tensors through hooks (as --offload_activations does; the async one is CUDA only: test_tiling_offload)
+    moved = []
+    offload = torch.autograd.graph.saved_tensors_hooks(lambda t: moved.append(t) or t.clone(), lambda t: t)
     assert_same(plain, loss_and_grads(model, batch("packed"), offload))
-    assert offload.offloaded > 0
+    assert moved
 
 
 def test_fused_reads_the_adapter_weights_it_trains():

@@ -220,19 +220,23 @@ def test_make_runs_a_real_recipe_with_hostile_paths(hostile):
     no_marker(hostile)
 
 
-def test_atomic_folders_honour_the_umask(tmp_path):
-    """A merged, exported or cached folder gets mkdir's permissions, not mkdtemp's private 0700."""
+def test_atomic_folders_and_files_honour_the_umask(tmp_path):
+    """A merged, exported or cached folder gets mkdir's permissions, not mkdtemp's private 0700; a written file (predict's
+    output) open()'s, not mkstemp's private 0600."""
     import os
 
-    from tunekit.atomic import atomic_folder
+    from tunekit.atomic import atomic_file, atomic_folder
 
     old = os.umask(0o022)
     try:
         with atomic_folder(tmp_path / "out") as tmp:
             (tmp / "f").write_text("x")
+        with atomic_file(tmp_path / "out.jsonl") as f:
+            f.write("{}\n")
     finally:
         os.umask(old)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o644
 
 
 def test_an_adapter_that_never_trained_is_one_error_line(tiny_llama2, tmp_path, capsys):

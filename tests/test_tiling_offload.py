@@ -1,8 +1,9 @@
-"""Issue 14's CPU groundwork: the tiled MLP (tunekit/tiling.py) and the asynchronously offloaded saved tensors
-(tunekit/offload.py) give the same loss and gradients as the plain model (fp32, 1e-6), on padded and packed batches,
-with and without gradient checkpointing, with LoRA on every linear layer (random A and B, so no gradient is zero by
-construction); the MLP intermediate never exists for more than chunk_tokens tokens, forward or backward; offloaded
-tensors really are host copies.  GPU speed and memory are not measured here."""
+"""Issue 14's CPU groundwork: the tiled MLP (tunekit/tiling.py) gives the same loss and gradients as the plain model
+(fp32, 1e-6), on padded and packed batches, with and without gradient checkpointing, with LoRA on every linear layer
+(random A and B, so no gradient is zero by construction); the MLP intermediate never exists for more than chunk_tokens
+tokens, forward or backward.  --offload_activations_async (TRL's OffloadActivations, CUDA only): the trainer enters it
+once per step, a CPU run is refused, and on a GPU the numbers are those without it.  GPU speed and memory are not
+measured here."""
 import math
 import types
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 from conftest import cpu_flags
 
-from tunekit.offload import _is_parameter, _Packed, offload_saved_tensors
 from tunekit.tiling import _run_chunked, apply_tiled_mlp, mlp_modules
 
 ATOL = 1e-6
@@ -182,65 +182,38 @@ def test_tiled_mlp_through_bitsandbytes_nf4_with_lora():
         assert g.abs().max() > 0 and torch.allclose(g, tiled[1][name], atol=ATOL, rtol=0), name
 
 
-class Spy(offload_saved_tensors):
-    """Records what each pack call got and gave back."""
+class CountingOffload(torch.autograd.graph.save_on_cpu):
+    """Stands in for TRL's context on the CPU (its own needs CUDA): saved tensors to host copies, entries counted."""
 
-    def __init__(self, cuda=False, **kw):
-        super().__init__(**kw)
-        self.packs = []
-        if not cuda:
-            self.stream = None  # CPU tensors are copied (synchronously) even where CUDA exists: the CPU path
+    def __init__(self):
+        super().__init__(pin_memory=False)
+        self.entered = self.packed = 0
+        pack = self.pack_hook
 
-    def _pack(self, t):
-        out = super()._pack(t)
-        self.packs.append((t, out))
-        return out
+        def counting(t):
+            self.packed += 1
+            return pack(t)
+        self.pack_hook = counting
 
-
-@pytest.mark.parametrize("checkpointing", [False, True])
-@pytest.mark.parametrize("tiled", [0, 7])
-def test_offloaded_saved_tensors_same_loss_and_gradients(checkpointing, tiled):
-    inputs = batch("packed")
-    plain = loss_and_grads(tiny(checkpointing=checkpointing), inputs)
-    model = tiny(checkpointing=checkpointing)
-    if tiled:
-        apply_tiled_mlp(model, tiled)
-    spy = Spy(min_bytes=1024)
-    assert_same(plain, loss_and_grads(model, inputs, spy))
-    moved = [(t, p) for t, p in spy.packs if isinstance(p, _Packed)]
-    assert moved and spy.offloaded == len({id(p) for _, p in moved}) and spy.offloaded_bytes > 0
-    for t, p in moved:  # host copies of activations, never of weights
-        assert p.cpu.device.type == "cpu" and p.cpu.data_ptr() != t.data_ptr() and torch.equal(p.cpu, t)
-        assert not _is_parameter(t)
-    kept = [t for t, p in spy.packs if p is t]
-    assert any(_is_parameter(t) for t in kept)  # the LoRA and base weights (and views of them) stayed
-    assert all(_is_parameter(t) or t.numel() * t.element_size() < 1024 or 0 in t.stride() for t in kept)
-    layer_inputs = [t for t, _ in moved if tuple(t.shape) == (1, 61, SHAPE["hidden_size"])]
-    assert len(layer_inputs) >= SHAPE["num_hidden_layers"]
-    if not checkpointing:
-        assert len(moved) > spy.offloaded  # x saved by gate_proj and up_proj (and q/k/v) was copied once
-    assert 0 < spy.prefetched <= spy.offloaded  # the backward fetched ahead, and nothing twice
-
-
-def test_offload_keeps_small_tensors_and_weights_in_place():
-    spy = Spy(min_bytes=1 << 30)
-    assert_same(loss_and_grads(tiny(), batch("padded")), loss_and_grads(tiny(), batch("padded"), spy))
-    assert spy.packs and spy.offloaded == 0 and all(p is t for t, p in spy.packs)
+    def __enter__(self):
+        self.entered += 1
+        return super().__enter__()
 
 
 def test_finetune_with_tiled_mlp_and_async_offload(tiny_llama2, guanaco_small, tmp_path, monkeypatch):
     """finetune.main end to end on the CPU: --tiled_mlp_tokens 16 (and --offload_activations_async) patch the model
-    and train to a finite loss equal to the plain run's."""
+    and train to a finite loss equal to the plain run's; the offload context is built once and entered each step."""
     import finetune
-    import tunekit.offload
+    import tunekit.training
 
     contexts = []
 
-    def spy(**kw):
-        contexts.append(Spy(min_bytes=1024))
+    def build(model):
+        contexts.append(CountingOffload())
         return contexts[-1]
 
-    monkeypatch.setattr(tunekit.offload, "offload_saved_tensors", spy)
+    monkeypatch.setattr(tunekit.training, "async_offload_context", build)
+    monkeypatch.setattr("tunekit.preflight._cuda_count", lambda: 1)  # past the pre-flight's "needs a CUDA GPU"
     losses = {}
     for extra in ({}, {"tiled_mlp_tokens": 16, "offload_activations_async": True}):
         trainer = finetune.main([
@@ -252,7 +225,19 @@ def test_finetune_with_tiled_mlp_and_async_offload(tiny_llama2, guanaco_small, t
         assert len(tiled) == (2 if extra else 0)  # the tiny Llama-2's two decoder layers
     assert len(losses[True]) == 3 and all(math.isfinite(v) for v in losses[True])
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)
-    assert len(contexts) == 3 and all(c.offloaded > 0 for c in contexts)  # one offloaded forward per step
+    assert len(contexts) == 1 and contexts[0].entered == 3 and contexts[0].packed > 0  # one forward per step
+
+
+def test_async_offload_on_a_cpu_is_one_error_line(tiny_llama2, guanaco_small, tmp_path, capsys, monkeypatch):
+    import finetune
+    from tunekit.errors import run_cli
+
+    monkeypatch.setattr("tunekit.preflight._cuda_count", lambda: 0)
+    code = run_cli(finetune.main, ["--model_name_or_path", tiny_llama2, "--data_path", guanaco_small, "--use_lora",
+                                   *cpu_flags(tmp_path / "out", offload_activations_async=True)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--offload_activations_async" in err[0] and "CUDA" in err[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_negative_tiled_mlp_tokens_is_one_error_line(tiny_llama2, guanaco_small, tmp_path, capsys):
@@ -275,12 +260,34 @@ def test_tiled_mlp_with_zero3_is_refused_before_loading(tiny_llama2, guanaco_sma
                  *cpu_flags(tmp_path / "out", tiled_mlp_tokens=16)])
 
 
+def tracked_forward(model, inputs, context):
+    """loss_and_grads under the context, also returning what it holds between the forward and the backward."""
+    held = []
+    forward = model.forward
+
+    def spy(*args, **kw):
+        out = forward(*args, **kw)
+        held.extend(v[0] for v in context.tracker.values() if v[1])  # (host copy, offloaded?, ...) per saved tensor
+        return out
+
+    model.forward = spy
+    try:
+        return loss_and_grads(model, inputs, context), held
+    finally:
+        del model.forward
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the side stream and pinned buffers need CUDA")
-def test_offload_on_cuda_side_stream_same_numbers():
-    """On a GPU: pinned host copies on the side stream, brought back ahead of use; the numbers are those without
-    offload (tensors big enough that a missing stream synchronisation would show as wrong gradients)."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_offload_on_cuda_side_stream_same_numbers(fused):
+    """On a GPU, --offload_activations_async's context (TRL's, as the trainer builds it) with the tiled MLP (and fused
+    LoRA): pinned host copies of the layer inputs, and the numbers without offload (tensors big enough that a missing
+    stream synchronisation would show as wrong gradients)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunekit.fused_lora import fuse_lora_layers
+    from tunekit.training import async_offload_context
 
     torch.backends.cuda.matmul.allow_tf32 = False
     shape = dict(SHAPE, hidden_size=256, intermediate_size=688, num_hidden_layers=4, vocab_size=512)
@@ -295,12 +302,19 @@ def test_offload_on_cuda_side_stream_same_numbers():
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
         apply_tiled_mlp(model, 1000)
-        spy = Spy(cuda=True, min_bytes=1 << 20) if offload else None
-        runs.append(loss_and_grads(model.train(), inputs, spy))
+        if fused:
+            fuse_lora_layers(model)
+        if offload:
+            context = async_offload_context(model)
+            for _ in range(2):  # reused every step, as the trainer does
+                result, held = tracked_forward(model.train(), inputs, context)
+            runs.append(result)
+        else:
+            runs.append(loss_and_grads(model.train(), inputs))
     assert_same(*runs)
-    moved = [p for _, p in spy.packs if isinstance(p, _Packed)]
-    assert len(moved) >= shape["num_hidden_layers"] and all(p.cpu.is_pinned() for p in moved)
-    assert spy.stream is not None and spy.prefetched > 0
+    inputs_held = [t for t in held if tuple(t.shape) == (1, 4096, shape["hidden_size"])]
+    assert len(inputs_held) >= shape["num_hidden_layers"] and all(t.device.type == "cpu" and t.is_pinned()
+                                                                  for t in inputs_held)
 
 
 def test_tiling_survives_the_trainers_liger_patch(tiny_llama2, guanaco_small, tmp_path, monkeypatch):
@@ -333,19 +347,3 @@ def test_tiling_survives_the_trainers_liger_patch(tiny_llama2, guanaco_small, tm
     for mlp, liger_forward in zip(mlps, patched):
         assert mlp.forward.__func__ is _tiled_forward and mlp._untiled_forward is liger_forward
     assert seen and max(seen) <= 16 and sum(seen) > 2 * 16  # packed rows of >16 tokens, cut into chunks
-
-
-@pytest.mark.parametrize("cap, expected", [(1 << 30, 2), (100, 1)])
-def test_prefetch_beyond_the_first_tensor_stays_under_the_byte_cap(cap, expected, monkeypatch):
-    """At the end of the forward the last saved tensors are fetched back ahead of the backward: two of them, unless
-    the second would pass PREFETCH_BYTES (at 500k tokens each is a 3.8 GiB layer input); same gradients either way."""
-    import tunekit.offload
-
-    monkeypatch.setattr(tunekit.offload, "PREFETCH_BYTES", cap)
-    x = torch.randn(64, 16, requires_grad=True)  # 4 KiB per saved activation
-    spy = Spy(min_bytes=1024)
-    with spy:
-        y = x.sin().sin().sin().sum()
-    assert spy.offloaded == 3 and spy.prefetched == expected
-    y.backward()
-    assert torch.allclose(x.grad, x.detach().cos() * x.detach().sin().cos() * x.detach().sin().sin().cos())

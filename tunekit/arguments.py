@@ -109,9 +109,8 @@ class TrainingArguments(transformers.TrainingArguments):
     packing: bool = arg(False, "Padding-free micro-batches, attention inside each sample: same loss and gradients.")
     offload_activations: bool = arg(False, "Keep the tensors saved for backward (with checkpointing: each layer's "
                                            "input) in pinned CPU memory: long sequences on one GPU, at some speed.")
-    offload_activations_async: bool = arg(False, "As --offload_activations, copied on a side CUDA stream and "
-                                                 "prefetched for the backward (tunekit/offload.py); measured with the "
-                                                 "NF4 recipe defaults on an H200 (BENCHMARKS.md).")
+    offload_activations_async: bool = arg(False, "As --offload_activations, copied on a side CUDA stream (TRL's "
+                                                 "OffloadActivations, SFTTrainer's activation_offloading): CUDA only.")
     tiled_mlp_tokens: int = arg(0, "Run each decoder MLP over at most N tokens at a time, forward and backward: less "
                                    "peak memory at long sequences for one more MLP forward; not with ZeRO-3; 0 = off.")
     gradient_checkpointing_fraction: float = arg(1.0, "With --gradient_checkpointing: the share of decoder layers "

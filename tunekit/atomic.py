@@ -28,6 +28,13 @@ def _temporary(out: Path) -> str:
     return f".{out.name}.tmp-{os.getpid()}-"
 
 
+def _as_created(tmp: Path, mode: int) -> None:
+    """mkdtemp and mkstemp make what only the owner may read: give it the mode open() or mkdir would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(mode & ~umask)
+
+
 @contextmanager
 def atomic_folder(out: Path):
     """Yields a fresh temporary folder next to `out`.  When the block ends normally it replaces `out` (an old `out` is
@@ -35,9 +42,7 @@ def atomic_folder(out: Path):
     folder is deleted."""
     out = Path(out)
     tmp = Path(tempfile.mkdtemp(prefix=_temporary(out), dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it drwx------; the folder it becomes is made as mkdir would make it
+    _as_created(tmp, 0o777)
     try:
         yield tmp
         aside = Path(tempfile.mkdtemp(prefix=_temporary(out), dir=out.parent))
@@ -54,6 +59,7 @@ def atomic_file(out):
     """Yields a text file open next to `out`, renamed onto `out` when the block ends normally."""
     out = Path(out)
     fd, tmp = tempfile.mkstemp(prefix=_temporary(out), dir=out.parent)
+    _as_created(Path(tmp), 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f

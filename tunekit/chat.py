@@ -14,6 +14,7 @@ import sys
 from transformers.generation.streamers import BaseStreamer
 
 from .errors import Parser, main_entry
+from .generate import add_model_arguments, answer, load_from_args, positive, probability, read_from_args, temperature
 
 
 class Streamer(BaseStreamer):
@@ -40,9 +41,9 @@ class Streamer(BaseStreamer):
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
         if final:
             text = self.fmt.clean(text)
+        elif text.endswith("\ufffd"):  # half of a multi-byte character
+            return
         else:
-            if text.endswith("\ufffd"):  # half of a multi-byte character
-                return
             hold = max((k for stop in self.fmt.stop_strings() for k in range(1, len(stop) + 1)
                         if text.endswith(stop[:k])), default=0)
             text = text[:len(text) - hold]
@@ -55,8 +56,6 @@ class Streamer(BaseStreamer):
 def chat(model, tokenizer, fmt, lines, out=sys.stdout, system: str | None = None, prompt: str = ">>> ",
          **options) -> list[dict]:
     """The loop: one user turn per input line; returns the history at the end."""
-    from .generate import answer
-
     history = [{"role": "system", "content": system}] if system else []
     start = list(history)
     for line in lines:
@@ -84,8 +83,6 @@ def input_lines():
 
 
 def main(argv=None):
-    from .generate import add_model_arguments, load_from_args, positive, probability, read_from_args, temperature
-
     p = Parser(__doc__)
     add_model_arguments(p)
     p.add_argument("--system", help="a system prompt (families whose template has a system turn)")

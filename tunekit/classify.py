@@ -2,6 +2,8 @@
 word, on its first sub-token (`token_cls`: "tokens", "tags"); labels: the training file's (sorted) or --labels."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .data import IGNORE_INDEX, right_padding, to_dataset
@@ -87,10 +89,7 @@ def build_datasets(task_name: str, data_args, tokenizer, max_length: int):
     if len(labels) < 2 and key == "label":
         raise DataError(f"{data_args.data_path}: only one label ({labels}); a classifier needs at least two")
     label2id = {name: i for i, name in enumerate(labels)}
-
-    def encode(sample):
-        return encode_sample(sample, tokenizer, label2id, max_length)
-
+    encode = functools.partial(encode_sample, tokenizer=tokenizer, label2id=label2id, max_length=max_length)
     return to_dataset(train, encode), (to_dataset(evals, encode) if evals is not None else None), labels
 
 

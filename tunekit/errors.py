@@ -45,12 +45,9 @@ def run_cli(main, argv=None) -> int:
     quiet_libraries()
     try:
         main(argv)
-    except ArgumentError as e:
+    except (ArgumentError, NonFiniteLossError, EmptyAdapterError) as e:  # bad input, or a run that failed its checks
         print(f"error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except (NonFiniteLossError, EmptyAdapterError) as e:  # the run failed its own checks: said in one line too
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
+        return 2 if isinstance(e, ArgumentError) else 1
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

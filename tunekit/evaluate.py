@@ -12,10 +12,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
+from . import prompts
+from .data import IGNORE_INDEX, build_dataset, collator
 from .errors import ArgumentError, Parser, main_entry
+from .formats import read_records
+from .generate import add_model_arguments, generate_file, load_from_args, positive, read_from_args, read_items
+from .report import write_json
+from .scores import score_generations
 
 METRICS, PREDICTIONS = "eval_metrics.json", "eval_predictions.jsonl"
 
@@ -32,10 +39,6 @@ def eval_file(settings: dict) -> tuple[str | None, int | None]:
 @torch.no_grad()
 def loss_and_perplexity(model, tokenizer, family, path: str, settings: dict, batch_size: int = 8,
                         max_samples: int | None = None) -> dict:
-    from types import SimpleNamespace
-
-    from .data import IGNORE_INDEX, build_dataset, collator
-
     ds = build_dataset(path, tokenizer, family, settings.get("model_max_length") or 2048, max_samples=max_samples,
                        max_source_length=settings.get("max_source_length"),
                        max_target_length=settings.get("max_target_length"))
@@ -56,17 +59,11 @@ def loss_and_perplexity(model, tokenizer, family, path: str, settings: dict, bat
 def evaluate(model, tokenizer, fmt, family, data: str, out_dir, settings: dict, generate: bool = False,
              batch_size: int = 8, max_new_tokens: int = 256, limit: int | None = None, resume: bool = False) -> dict:
     """Writes out_dir/eval_metrics.json (and eval_predictions.jsonl); returns the metrics."""
-    from .generate import generate_file, read_items
-    from .report import write_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.eval()
     metrics = {"data": data, **loss_and_perplexity(model, tokenizer, family, data, settings, batch_size, limit)}
     if generate:
-        from .formats import read_records
-        from .scores import score_generations
-
         predictions = out / PREDICTIONS
         if not resume:
             predictions.unlink(missing_ok=True)  # another model's answers must not be scored as this one's
@@ -87,8 +84,6 @@ def evaluate(model, tokenizer, fmt, family, data: str, out_dir, settings: dict, 
 
 def after_training(trainer, tokenizer, run, train_ds) -> dict:
     """--eval_generation: the trained model (still in memory) on the eval file, written beside the adapter."""
-    from . import prompts
-
     t = run.train_args
     fmt = prompts.from_stats(train_ds.stats, run.family)
     data, limit = eval_file(run.arguments)
@@ -110,8 +105,6 @@ def after_training(trainer, tokenizer, run, train_ds) -> dict:
 
 
 def main(argv=None):
-    from .generate import add_model_arguments, load_from_args, positive, read_from_args, read_items
-
     p = Parser(__doc__)
     add_model_arguments(p)
     p.add_argument("--data", help="records in any training format; default: the run's eval file")

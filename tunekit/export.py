@@ -23,12 +23,14 @@ from .errors import ArgumentError, ConversionError, Parser, main_entry
 # `make install-gguf` puts the converter into the environment that runs this (.venv/llama.cpp/ for the project's).
 DEFAULT_CONVERTER = Path(sys.prefix) / "llama.cpp" / "convert_hf_to_gguf.py"
 OUTTYPES = ("f16", "bf16", "q8_0", "f32")
+
+
 def find_converter(given: str | None = None) -> Path:
     path = Path(given or os.environ.get("LLAMA_CPP_CONVERTER") or DEFAULT_CONVERTER)
     path = path / "convert_hf_to_gguf.py" if path.is_dir() else path
     if not path.is_file():
-        raise ArgumentError(f"llama.cpp's GGUF converter is not at {path}: run `make install-gguf` (or pass --converter "
-                            "/path/to/llama.cpp/convert_hf_to_gguf.py)")
+        raise ArgumentError(f"llama.cpp's GGUF converter is not at {path}: run `make install-gguf` (or pass "
+                            "--converter /path/to/llama.cpp/convert_hf_to_gguf.py)")
     return path
 
 

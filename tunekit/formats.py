@@ -59,13 +59,25 @@ def read_turn(turn, where: str, name: str, role_key: str = "role", content_key: 
     return {"role": role, "content": turn[content_key]}
 
 
+def _alternating(messages: list[dict], where: str, what: str) -> list[dict]:
+    """The turns after an optional system turn, which must alternate user/assistant from a user turn."""
+    rest = messages[1:] if messages[0]["role"] == "system" else messages
+    for i, m in enumerate(rest):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != want:
+            raise DataError(f"{where}: {what} must alternate user/assistant after an optional system turn; "
+                            f"turn {i + len(messages) - len(rest)} is {m['role']}, expected {want}")
+    return rest
+
+
 def _turns(key: str, role_key: str, content_key: str):
     def read(record, where: str) -> dict:
         turns = record[key]
         if not isinstance(turns, list) or not turns:
             raise DataError(f"{where}: '{key}' must be a non-empty list of turns")
         messages = [read_turn(turn, where, f"{key}[{i}]", role_key, content_key) for i, turn in enumerate(turns)]
-        check_roles(messages, where)
+        if not any(m["role"] == "assistant" for m in _alternating(messages, where, "turns")):
+            raise DataError(f"{where}: no assistant turn, so nothing to learn from")
         return {"messages": messages}
     return read
 
@@ -116,14 +128,9 @@ def read_prompt(record, where: str) -> list[dict]:
     if not isinstance(value, list) or not value:
         raise DataError(f"{where}: '{key}' must be a string or a non-empty list of turns")
     messages = [read_turn(t, where, f"{key}[{i}]") for i, t in enumerate(value)]
-    rest = messages[1:] if messages[0]["role"] == "system" else messages
-    if not any(m["role"] == "user" for m in rest):
+    if not any(m["role"] == "user" for m in messages):
         raise DataError(f"{where}: the prompt has no user turn, so there is nothing to answer")
-    for i, m in enumerate(rest):
-        if m["role"] != ("user" if i % 2 == 0 else "assistant"):
-            raise DataError(f"{where}: the prompt's turns must alternate user/assistant after an optional system turn; "
-                            f"turn {i + len(messages) - len(rest)} is {m['role']}")
-    if rest[-1]["role"] != "user":
+    if _alternating(messages, where, "the prompt's turns")[-1]["role"] != "user":
         raise DataError(f"{where}: the prompt must end with a user turn (the answers in 'chosen'/'rejected' follow it)")
     return messages
 
@@ -193,17 +200,6 @@ def normalise(record, where: str) -> dict:
     names = ["+".join(f"'{k}'" for k in keys) for keys, _ in FORMATS]
     raise DataError(f"{where}: unknown record format (keys: {sorted(record)}); expected {', '.join(names[:-1])} or "
                     f"{names[-1]} (see data/README.md)")
-
-
-def check_roles(messages: list[dict], where: str) -> None:
-    rest = messages[1:] if messages[0]["role"] == "system" else messages
-    for i, m in enumerate(rest):
-        want = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != want:
-            raise DataError(f"{where}: turns must alternate user/assistant after an optional system turn; "
-                            f"turn {i + len(messages) - len(rest)} is {m['role']}, expected {want}")
-    if not any(m["role"] == "assistant" for m in rest):
-        raise DataError(f"{where}: no assistant turn, so nothing to learn from")
 
 
 def load_records(path: str, max_samples: int | None = None, read=normalise) -> list[dict]:

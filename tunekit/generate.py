@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from . import prompts
+from . import prompts, runfolder
 from .errors import ArgumentError, Parser, main_entry
 from .formats import read_records
 
@@ -38,8 +38,6 @@ def add_model_arguments(p) -> None:
 
 def read_from_args(a, command: str):
     """The run folder the arguments name (the adapter, or MODEL), checked before anything loads."""
-    from . import runfolder
-
     if a.adapter:
         return runfolder.read_for(command, a.adapter, "--adapter", base=a.model)
     return runfolder.read_for(command, a.model)
@@ -47,8 +45,6 @@ def read_from_args(a, command: str):
 
 def load_from_args(a, run):
     """(model in eval mode, tokenizer, ChatFormat): the run's model as trained unless --base_in_4bit says otherwise."""
-    from . import runfolder
-
     model, tokenizer = runfolder.load(run, base=a.model if a.adapter else None, quantized=BASE_IN_4BIT[a.base_in_4bit])
     return model, tokenizer, run.fmt
 
@@ -59,8 +55,8 @@ def generation_kwargs(model, tokenizer, fmt, max_new_tokens=256, temperature=0.0
     eos = model.generation_config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     for token in (tokenizer.eos_token, *fmt.stop):  # the end-of-turn tokens training ended answers with
-        if token and tokenizer.convert_tokens_to_ids(token) not in eos:
-            eos.append(tokenizer.convert_tokens_to_ids(token))
+        if token and (token_id := tokenizer.convert_tokens_to_ids(token)) not in eos:
+            eos.append(token_id)
     kw = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
               repetition_penalty=repetition_penalty, use_cache=True)
     if fmt.stop_strings():
@@ -112,7 +108,7 @@ def check_output_file(path: str, flag: str) -> None:
     """An output file that can be written, checked before any model loads."""
     out = Path(path)
     if out.is_dir():
-        raise ArgumentError(f"{flag}: {path} is a directory; pass a file name (e.g. {Path(path) / 'out.jsonl'})")
+        raise ArgumentError(f"{flag}: {path} is a directory; pass a file name (e.g. {out / 'out.jsonl'})")
     if out.parent.exists() and not out.parent.is_dir():
         raise ArgumentError(f"{flag}: {out.parent} is not a directory")
 
@@ -145,8 +141,8 @@ def generate_file(model, tokenizer, fmt, items, output_path: str, batch_size: in
     with open(out, "a", encoding="utf-8") as f, tqdm(total=len(items), initial=start, desc="generating") as bar:
         for lo in range(start, len(items), batch_size):
             chunk = items[lo:lo + batch_size]
-            for i, (conv, ref), text in zip(range(lo, lo + len(chunk)), chunk,
-                                            answer(model, tokenizer, fmt, [c for c, _ in chunk], **options)):
+            texts = answer(model, tokenizer, fmt, [conv for conv, _ in chunk], **options)
+            for i, ((conv, ref), text) in enumerate(zip(chunk, texts), lo):
                 row = {"index": i, "prompt": conv[-1]["content"], "reference": ref, "output": text}
                 if len(conv) > 1:
                     row["messages"] = conv
@@ -159,16 +155,15 @@ def generate_file(model, tokenizer, fmt, items, output_path: str, batch_size: in
 
 def sample_from_run(model, tokenizer, fmt, run_dir: str, **options) -> bool:
     """Prints the run's first training record's prompt, the trained answer and the model's; True if they match."""
-    from . import runfolder
-
     args = runfolder.read(run_dir, "--sample_from").args
     if not args.get("data_path"):
         raise ArgumentError(f"--sample_from: {run_dir} has no finetune_args.json naming its training data")
     conv, ref = prompts.split_record(read_records(args["data_path"])[0], f"{args['data_path']} record 0")
     got = answer(model, tokenizer, fmt, [conv], **options)[0]
     same = " ".join(got.split()) == " ".join(ref.split())
+    verdict = "the model gives the trained answer" if same else "differs from the trained answer"
     print(f">>> {conv[-1]['content']}\n--- trained answer (record 0 of {args['data_path']}):\n{ref}\n"
-          f"--- model:\n{got}\n--- {'the model gives the trained answer' if same else 'differs from the trained answer'}")
+          f"--- model:\n{got}\n--- {verdict}")
     return same
 
 
@@ -198,8 +193,8 @@ def main(argv=None):
     if a.sample_from:
         sample_from_run(model, tokenizer, fmt, a.sample_from, **options)
     if a.prompts:
-        for prompt, text in zip(a.prompts, answer(model, tokenizer, fmt, [[{"role": "user", "content": q}]
-                                                                           for q in a.prompts], **options)):
+        conversations = [[{"role": "user", "content": q}] for q in a.prompts]
+        for prompt, text in zip(a.prompts, answer(model, tokenizer, fmt, conversations, **options)):
             print(f">>> {prompt}\n{text}\n")
     if a.input:
         n = generate_file(model, tokenizer, fmt, items, a.output, a.batch_size, **options)

@@ -109,9 +109,10 @@ def merge(adapter: str, output: str, base: str | None = None, dtype: str = "bflo
     got = model(input_ids=probe).logits.float()
     diff = (got - expected).abs().max().item()
     relative = diff / max(expected.abs().max().item(), 1e-6)
-    if relative > TOLERANCE[work_dtype]:
-        raise RuntimeError(f"merged logits differ from the adapter model's by {diff:.3g} ({relative:.2%} of the largest "
-                           f"logit, more than {TOLERANCE[work_dtype]:.2%} for {work_dtype}); nothing was written")
+    limit = TOLERANCE[work_dtype]
+    if relative > limit:
+        raise RuntimeError(f"merged logits differ from the adapter model's by {diff:.3g} ({relative:.2%} of the "
+                           f"largest logit, more than {limit:.2%} for {work_dtype}); nothing was written")
     model = model.to(torch_dtype)  # rounded once, after the check
     if hasattr(model.config, "pretraining_tp"):
         model.config.pretraining_tp = 1

@@ -13,9 +13,11 @@ import json
 
 import torch
 
+from . import runfolder
 from .atomic import atomic_file
 from .errors import DataError, Parser, main_entry
-from .formats import read_records
+from .formats import normalise, preference_kind, read_pair, read_records
+from .generate import check_output_file, positive
 
 
 @torch.no_grad()
@@ -25,8 +27,8 @@ def predict(model, tokenizer, task: str, records: list[dict], batch_size: int = 
     for start in range(0, len(records), batch_size):
         batch = records[start:start + batch_size]
         if task == "seq_cls":
-            enc = tokenizer([r["text"] for r in batch], [r.get("text_pair") for r in batch]
-                            if any(r.get("text_pair") for r in batch) else None, padding=True, truncation=True,
+            pairs = [r.get("text_pair") for r in batch]
+            enc = tokenizer([r["text"] for r in batch], pairs if any(pairs) else None, padding=True, truncation=True,
                             return_tensors="pt")
             probs = model(**enc).logits.float().softmax(-1)
             for r, p in zip(batch, probs):
@@ -47,7 +49,6 @@ def predict(model, tokenizer, task: str, records: list[dict], batch_size: int = 
 
 def reward_scores(model, tokenizer, records: list[dict], where: str, batch_size: int = 32) -> list[dict]:
     """Each record's conversation(s) scored whole, in the chat template, as the reward model trained on them."""
-    from .formats import normalise, preference_kind, read_pair
     from .preference import scores
 
     conversations, slots = [], []
@@ -59,17 +60,13 @@ def reward_scores(model, tokenizer, records: list[dict], where: str, batch_size:
         else:
             slots.append(None)
             conversations.append(normalise(r, f"{where} record {i}")["messages"])
-    values, out = iter(scores(model, tokenizer, conversations, batch_size)), []
-    for r, keys in zip(records, slots):
-        out.append({**r, "scores": {k: round(next(values), 6) for k in keys}} if keys else
-                   {**r, "score": round(next(values), 6)})
-    return out
+    values = iter(scores(model, tokenizer, conversations, batch_size))
+    return [{**r, "scores": {k: round(next(values), 6) for k in keys}} if keys else
+            {**r, "score": round(next(values), 6)}
+            for r, keys in zip(records, slots)]
 
 
 def main(argv=None):
-    from . import runfolder
-    from .generate import check_output_file, positive
-
     p = Parser(__doc__)
     p.add_argument("model", help="a classifier's adapter folder written by training, or its merged folder")
     p.add_argument("input", help="records to label (.json or .jsonl)")
@@ -93,8 +90,6 @@ def main(argv=None):
 
 def check_record(task: str, r, where: str) -> None:
     if task == "reward":  # a preference pair, or a conversation in any chat format
-        from .formats import normalise, preference_kind, read_pair
-
         (read_pair if preference_kind(r) == "pair" else normalise)(r, where)
         return
     key = "text" if task == "seq_cls" else "tokens"

@@ -34,11 +34,11 @@ ANSWERS = {"pair": ("chosen", "rejected"), "unpaired": ("completion",)}
 
 def check(a) -> None:
     """What the preference tasks refuse before loading: TRL pads every batch itself, and offers these losses."""
+    row = TRAINERS[a.task]
     for flag in ("packing", "token_budget", "lazy_preprocess"):
         if getattr(a, flag):
-            raise ArgumentError(f"--task {a.task}: TRL's {TRAINERS[a.task].trainer} tokenizes and pads the records "
-                                f"itself: drop --{flag}")
-    row = TRAINERS[a.task]
+            raise ArgumentError(f"--task {a.task}: TRL's {row.trainer} tokenizes and pads the records itself: drop "
+                                f"--{flag}")
     if a.loss_type is not None and a.loss_type not in row.losses:
         raise ArgumentError(f"--loss_type {a.loss_type} is not one --task {a.task} offers: " +
                             (", ".join(row.losses) if row.losses else "it has none (drop --loss_type)"))

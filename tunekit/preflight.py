@@ -92,6 +92,9 @@ def check_machine(a) -> None:
     if a.use_liger_kernel and not _cuda_count():
         raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); on a CPU add "
                             "recipes/cpu.json after the recipe (CPU settings), or drop it")
+    if a.offload_activations_async and not _cuda_count():
+        raise ArgumentError("--offload_activations_async copies on a side CUDA stream and needs a CUDA GPU; on a CPU "
+                            "add recipes/cpu.json after the recipe (CPU settings), or drop it")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
     if a.eval_generation and int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -17,7 +17,6 @@ from .formats import normalise
 
 FILE = "chat_format.json"
 HUMAN, ASSISTANT = "### Human:", "### Assistant:"  # the guanaco markers: training splits text on them (data.py)
-GUANACO_STOP = HUMAN
 
 
 @dataclass(frozen=True)
@@ -36,11 +35,11 @@ class ChatFormat:
         for m in messages:
             if m["role"] == "system":
                 raise DataError("a guanaco-trained model has no system turn (its records are '### Human: ...')")
-            text += f"{HUMAN} {m['content']}" if m["role"] == "user" else f"{ASSISTANT} {m['content']}"
+            text += f"{HUMAN if m['role'] == 'user' else ASSISTANT} {m['content']}"
         return text + ASSISTANT
 
     def stop_strings(self) -> list[str]:
-        return [GUANACO_STOP] if self.kind == "guanaco" else []
+        return [HUMAN] if self.kind == "guanaco" else []  # a guanaco answer ends where the next human turn starts
 
     def clean(self, answer: str) -> str:
         """The answer without a stop string it ended on (generation keeps the stop string's tokens)."""
@@ -80,11 +79,9 @@ def split_record(record, where: str) -> tuple[list[dict], str]:
     from .data import guanaco_messages
 
     sample = normalise(record, where)
-    if "text" in sample:
-        sample = {"messages": guanaco_messages(sample["text"])}
-        if sample["messages"] is None:
-            raise DataError(f"{where}: a plain 'text' record has no prompt to answer; use '### Human: ...### "
-                            "Assistant: ...' text or a chat format (data/README.md)")
-    messages = sample["messages"]
+    messages = guanaco_messages(sample["text"]) if "text" in sample else sample["messages"]
+    if messages is None:
+        raise DataError(f"{where}: a plain 'text' record has no prompt to answer; use '### Human: ...### "
+                        "Assistant: ...' text or a chat format (data/README.md)")
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
     return messages[:last], messages[last]["content"]

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from .errors import ArgumentError, Parser, main_entry
+
 TIMINGS = {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_epoch"}  # logged, not metrics
 # what every train log holds; anything else a trainer logs (DPO's rewards/*, a reward model's accuracy) is a metric
 BOOKKEEPING = {"loss", "grad_norm", "learning_rate", "epoch", "step", "num_tokens"}
@@ -165,8 +167,6 @@ def compare(folders, markdown=None) -> str:
 
 
 def main(argv=None):
-    from .errors import ArgumentError, Parser
-
     p = Parser("Compare finished runs: tunekit compare RUN... [--markdown F]")
     p.add_argument("runs", nargs="+", help="output folders of finished runs (each with run_summary.json)")
     p.add_argument("--markdown", help="also write the table to this file")
@@ -178,6 +178,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from .errors import main_entry
-
     main_entry(main)

@@ -56,14 +56,14 @@ def apply(tokenizer, template: str | None, model: str) -> list[str]:
               "tokenizer without one", flush=True)
         return []
     if template in NAMED:
-        named, tokenizer.chat_template = NAMED[template], NAMED[template].jinja
+        tokenizer.chat_template, tokens = NAMED[template].jinja, NAMED[template].tokens
     elif template.endswith(".jinja") and Path(template).is_file():
-        named, tokenizer.chat_template = None, Path(template).read_text(encoding="utf-8")
+        tokenizer.chat_template, tokens = Path(template).read_text(encoding="utf-8"), ()
     else:
         raise ArgumentError(f"--template: {template!r} is neither a named template ({', '.join(NAMED)}) nor a .jinja "
                             "file")
     vocab = tokenizer.get_vocab()
-    added = [t for t in (named.tokens if named else ()) if t not in vocab]
+    added = [t for t in tokens if t not in vocab]
     if added:
         tokenizer.add_special_tokens({"additional_special_tokens": added}, replace_extra_special_tokens=False)
     return added
