@@ -94,7 +94,8 @@ def check_machine(a) -> None:
                             "recipes/cpu.json after the recipe (CPU settings), or drop it")
     if a.offload_activations_async and not _cuda_count():
         raise ArgumentError("--offload_activations_async copies on a side CUDA stream and needs a CUDA GPU; on a CPU "
-                            "add recipes/cpu.json after the recipe (CPU settings), or drop it")
+                            "pass --offload_activations_async false (it comes with recipes/lean.json) or add "
+                            "recipes/cpu.json last")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
     if a.eval_generation and int(os.environ.get("WORLD_SIZE", "1")) > 1:
