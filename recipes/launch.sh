@@ -32,6 +32,8 @@ if [ -z "$MODEL" ]; then
   MODEL="$("$PYTHON" -m tunekit.tiny "${tiny[@]}" | tail -n 1)"
   if [ -n "${DEFAULT_OVERLAY:-}" ]; then  # a real default model: its own settings, and the CPU's only without a GPU
     args+=("$DEFAULT_OVERLAY")
+    # a method's own settings for it, e.g. recipes/identity-full.json: full fine-tuning at LoRA's rate forgets facts
+    [ -f "${DEFAULT_OVERLAY%.json}-$METHOD.json" ] && args+=("${DEFAULT_OVERLAY%.json}-$METHOD.json")
     "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' || args+=("$CPU_OVERLAY")
   else
     args+=("${CPU_OVERLAY:-recipes/cpu-tiny.json}")  # CPU settings: 8 samples learned by heart (classifiers: their own)
