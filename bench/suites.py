@@ -71,7 +71,7 @@ NO_LIGER = ("--use_liger_kernel", "false")
 # flex attention (transformers' flex_attention with the packed block mask) ran at 22 s per 16k-token step on an
 # H200 (2026-11-30): dropped for varlen, PyTorch's variable-length flash attention (tunekit/attention.py)
 VARLEN_LIGER = ("--attn_implementation", "varlen", *LIGER)
-ASYNC = ("--offload_activations_async", "true")  # issue 14: pinned buffers, side stream, prefetch
+ASYNC = ("--offload_activations_async", "true")  # TRL's OffloadActivations: pinned buffers, side stream
 NO_GC = ("--gradient_checkpointing", "false")
 NO_DROPOUT = ("--lora_dropout", "0")
 # A CPU smoke run: no bitsandbytes, no bf16, and none of the GPU-only speed switches the recipes default to (a variant
@@ -113,7 +113,7 @@ THROUGHPUT = (
         "--gradient_checkpointing_fraction", "0.5"), LORA_R16, cuda=CUDA, steps=BIG, default="extra"),
     Variant("qlora", "-bf16-r16-packed-8k-liger", FAST_R16 + BF16 + SDPA + LIGER + budget(8192), LORA_R16, cuda=CUDA,
             steps=MID, default="extra"),
-    # issue 14: the 16k default within Unsloth's 16k packed memory (7.03 GiB): async offload (tunekit/offload.py),
+    # issue 14: the 16k default within Unsloth's 16k packed memory (7.03 GiB): async offload (TRL's since issue 21),
     # 8-bit AdamW, no dropout; not measured yet
     Variant("qlora", "-nf4-r16-packed-varlen-liger-async-adam8", FAST_R16 + VARLEN_LIGER + budget(16384) + ASYNC
             + ("--optim", "adamw_bnb_8bit", *NO_DROPOUT), cuda=CUDA, steps=BIG, default="extra"))
