@@ -89,13 +89,11 @@ def _cuda_count() -> int:  # the one seam the tests set to pretend a GPU box
 
 
 def check_machine(a) -> None:
-    if a.use_liger_kernel and not _cuda_count():
-        raise ArgumentError("--use_liger_kernel needs a CUDA GPU (Liger's kernels are Triton); on a CPU add "
-                            "recipes/cpu.json after the recipe (CPU settings), or drop it")
-    if a.offload_activations_async and not _cuda_count():
-        raise ArgumentError("--offload_activations_async copies on a side CUDA stream and needs a CUDA GPU; on a CPU "
-                            "pass --offload_activations_async false (it comes with recipes/lean.json) or add "
-                            "recipes/cpu.json last")
+    for flag, why in (("use_liger_kernel", "Liger's kernels are Triton"),
+                      ("offload_activations_async", "its copies run on a side CUDA stream; recipes/lean.json turns it on")):
+        if getattr(a, flag) and not _cuda_count():
+            raise ArgumentError(f"--{flag} needs a CUDA GPU ({why}); on a CPU pass --{flag} false, or add "
+                                "recipes/cpu.json last (CPU settings)")
     if a.attn_implementation == "varlen":
         check_varlen(a.packing)
     if a.eval_generation and int(os.environ.get("WORLD_SIZE", "1")) > 1:
