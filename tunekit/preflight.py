@@ -89,8 +89,9 @@ def _cuda_count() -> int:  # the one seam the tests set to pretend a GPU box
 
 
 def check_machine(a) -> None:
-    for flag, why in (("use_liger_kernel", "Liger's kernels are Triton"),
-                      ("offload_activations_async", "its copies run on a side CUDA stream; recipes/lean.json turns it on")):
+    cuda_only = (("use_liger_kernel", "Liger's kernels are Triton"),
+                 ("offload_activations_async", "its copies run on a side CUDA stream; recipes/lean.json turns it on"))
+    for flag, why in cuda_only:
         if getattr(a, flag) and not _cuda_count():
             raise ArgumentError(f"--{flag} needs a CUDA GPU ({why}); on a CPU pass --{flag} false, or add "
                                 "recipes/cpu.json last (CPU settings)")
